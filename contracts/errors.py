@@ -1,0 +1,78 @@
+"""The one error tree of tradeflow; the runtime decides ack / nak / term from the class.
+
+    TradeflowError
+     ├── BadInput            the message can never succeed: dead-letter, then term
+     │    ├── TooLarge           body over the size limit
+     │    ├── Undecodable        not JSON, wrong types, unknown fields, a value out of range
+     │    ├── UnknownSubject     a subject no stage owns
+     │    ├── SubjectMismatch    body's symbol (or ce-type) disagrees with the subject
+     │    └── Rejected           the handler refuses the event for good (e.g. a bar out of order)
+     ├── Transient           infrastructure hiccup: nak with backoff, try again
+     │    ├── NatsUnavailable
+     │    └── RedisUnavailable
+     └── ConfigError         a setting is missing or invalid at start-up
+"""
+
+from __future__ import annotations
+
+
+class TradeflowError(Exception):
+    """Base of every error tradeflow raises on purpose."""
+
+
+class BadInput(TradeflowError):
+    """Raised when a message can never be processed; it goes to the DLQ without retries."""
+
+    reason = "bad_input"
+
+
+class TooLarge(BadInput):
+    """Raised when a body is larger than the configured limit."""
+
+    reason = "too_large"
+
+
+class Undecodable(BadInput):
+    """Raised when a body is not valid JSON for its event type."""
+
+    reason = "undecodable"
+
+
+class UnknownSubject(BadInput):
+    """Raised when a subject belongs to no pipeline stage."""
+
+    reason = "unknown_subject"
+
+
+class SubjectMismatch(BadInput):
+    """Raised when the body (symbol) or the ce-type header contradicts the subject."""
+
+    reason = "subject_mismatch"
+
+
+class Rejected(BadInput):
+    """Raised by a handler for a well-formed event it can never accept (out of order, duplicate bar)."""
+
+    reason = "rejected"
+
+
+class Transient(TradeflowError):
+    """Raised when a dependency is unavailable for now; the message is retried later."""
+
+    reason = "transient"
+
+
+class NatsUnavailable(Transient):
+    """Raised when NATS or JetStream did not answer in time."""
+
+    reason = "nats_unavailable"
+
+
+class RedisUnavailable(Transient):
+    """Raised when Redis cannot be reached."""
+
+    reason = "redis_unavailable"
+
+
+class ConfigError(TradeflowError):
+    """Raised at start-up when a setting is missing or invalid; names the variable."""

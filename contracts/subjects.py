@@ -1,0 +1,69 @@
+"""Subject names, which stage owns which event type, and ce-type names."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from contracts.errors import UnknownSubject
+from contracts.events import (
+    BarReceived,
+    OrderApproved,
+    OrderFilled,
+    SignalGenerated,
+    SignalRejected,
+    SignalValidated,
+)
+
+DATA_READY = "data_ready"
+SIGNALS_READY = "signals_ready"
+VALIDATED_READY = "validated_ready"
+APPROVED_READY = "approved_ready"
+EXECUTED_READY = "executed_ready"
+REJECTED = "rejected"
+DLQ = "dlq"
+
+PIPELINE_STREAM = "PIPELINE"
+DLQ_STREAM = "DLQ"
+
+# stage prefix -> (event type, ce-type)
+STAGES: dict[str, tuple[type[msgspec.Struct], str]] = {
+    DATA_READY: (BarReceived, "tradeflow.market_bar.v1"),
+    SIGNALS_READY: (SignalGenerated, "tradeflow.signal.v1"),
+    VALIDATED_READY: (SignalValidated, "tradeflow.validated_signal.v1"),
+    APPROVED_READY: (OrderApproved, "tradeflow.approved_order.v1"),
+    EXECUTED_READY: (OrderFilled, "tradeflow.fill.v1"),
+    REJECTED: (SignalRejected, "tradeflow.rejection.v1"),
+}
+CE_TYPES: dict[type[msgspec.Struct], str] = {cls: ce for cls, ce in STAGES.values()}
+PIPELINE_SUBJECTS = [f"{stage}.>" for stage in STAGES]
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9._-]{1,32}$")
+
+
+def subject_for(event: msgspec.Struct) -> str:
+    """The subject an event is published on: `<stage>.<SYM>` or `rejected.<stage>.<SYM>`."""
+    if isinstance(event, SignalRejected):
+        return f"{REJECTED}.{event.stage}.{event.symbol}"
+    for stage, (cls, _) in STAGES.items():
+        if type(event) is cls:
+            return f"{stage}.{event.symbol}"
+    raise TypeError(f"not a wire event: {type(event).__name__}")
+
+
+def parse_subject(subject: str) -> tuple[str, str]:
+    """Split a pipeline subject into (stage, symbol); UnknownSubject if no stage owns it."""
+    stage, _, rest = subject.partition(".")
+    if stage not in STAGES:
+        raise UnknownSubject(f"subject {subject!r} belongs to no pipeline stage")
+    if stage == REJECTED:
+        _, _, rest = rest.partition(".")
+    if not SYMBOL_RE.match(rest):
+        raise UnknownSubject(f"subject {subject!r} has no valid symbol (upper case [A-Z0-9._-])")
+    return stage, rest
+
+
+def dlq_subject(service: str, original: str) -> str:
+    """Where `service` dead-letters a message that came in on `original`."""
+    return f"{DLQ}.{service}.{original}"

@@ -1,0 +1,89 @@
+"""Audit logic: positions, cash and PnL from fills, marked to the last bar. Pure and synchronous."""
+
+from __future__ import annotations
+
+import msgspec
+
+from contracts.events import BarReceived, OrderFilled
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Signed quantity and its average entry price."""
+
+    quantity: float = 0.0
+    avg_price: float = 0.0
+
+
+class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
+    """What the audit trail adds up to."""
+
+    initial_cash: float
+    cash: float
+    positions: dict[str, Position] = {}
+    last_price: dict[str, float] = {}
+    realized_pnl: float = 0.0
+    commissions: float = 0.0
+    fills: int = 0
+    bars: int = 0
+
+
+def new_portfolio(cash: float) -> Portfolio:
+    """An empty portfolio holding `cash`."""
+    return Portfolio(initial_cash=cash, cash=cash)
+
+
+def on_fill(pf: Portfolio, f: OrderFilled) -> Portfolio:
+    """Apply a fill: cash moves, the position changes, closing quantity realises PnL."""
+    signed = f.quantity if f.side == "buy" else -f.quantity
+    pos = pf.positions.get(f.symbol, Position())
+    realized = 0.0
+    qty, avg = pos.quantity, pos.avg_price
+    if qty * signed < 0:  # reduces or flips
+        closing = min(abs(signed), abs(qty))
+        realized = closing * (f.price - avg) * (1 if qty > 0 else -1)
+    new_qty = qty + signed
+    if abs(new_qty) < 1e-12:
+        new = Position()
+    elif qty * new_qty > 0 and abs(new_qty) < abs(qty):  # partly closed: entry price unchanged
+        new = Position(new_qty, avg)
+    elif qty * signed >= 0:  # opened or added
+        new = Position(new_qty, (qty * avg + signed * f.price) / new_qty)
+    else:  # flipped through zero: the remainder opened at the fill price
+        new = Position(new_qty, f.price)
+    positions = {**pf.positions, f.symbol: new}
+    if new.quantity == 0:
+        positions.pop(f.symbol)
+    return msgspec.structs.replace(
+        pf, cash=pf.cash - signed * f.price - f.commission, positions=positions,
+        realized_pnl=pf.realized_pnl + realized - f.commission, commissions=pf.commissions + f.commission,
+        fills=pf.fills + 1, last_price={**pf.last_price, f.symbol: pf.last_price.get(f.symbol, f.price)},
+    )
+
+
+def on_bar(pf: Portfolio, bar: BarReceived) -> Portfolio:
+    """Mark to the bar's close."""
+    return msgspec.structs.replace(pf, last_price={**pf.last_price, bar.symbol: bar.close}, bars=pf.bars + 1)
+
+
+def equity(pf: Portfolio) -> float:
+    """Cash plus positions at their last price."""
+    return pf.cash + sum(p.quantity * pf.last_price.get(s, p.avg_price) for s, p in pf.positions.items())
+
+
+def summary(pf: Portfolio) -> dict:
+    """A JSON-ready view: positions, cash, equity, realised and unrealised PnL."""
+    eq = equity(pf)
+    unrealized = sum(p.quantity * (pf.last_price.get(s, p.avg_price) - p.avg_price) for s, p in pf.positions.items())
+    return {
+        "cash": round(pf.cash, 6),
+        "equity": round(eq, 6),
+        "initial_cash": pf.initial_cash,
+        "pnl": round(eq - pf.initial_cash, 6),
+        "realized_pnl": round(pf.realized_pnl, 6),
+        "unrealized_pnl": round(unrealized, 6),
+        "commissions": round(pf.commissions, 6),
+        "fills": pf.fills,
+        "bars": pf.bars,
+        "positions": {s: {"quantity": p.quantity, "avg_price": round(p.avg_price, 6),
+                          "last_price": pf.last_price.get(s)} for s, p in sorted(pf.positions.items())},
+    }

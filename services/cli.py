@@ -1,0 +1,226 @@
+"""The `tradeflow` command line: run one service, bring up a deployment, demo, publish, tail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import msgspec
+import orjson
+
+from contracts.errors import TradeflowError
+from services.registry import SERVICES
+
+
+class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the CLI reads from the environment."""
+
+    ENV_NAMES: ClassVar[dict[str, str]] = {"nats_url": "NATS_URL", "redis_url": "REDIS_URL"}
+    nats_url: str | None = None     # None: `up` starts its own server; publish/tail use 127.0.0.1:4222
+    redis_url: str | None = None
+
+    @property
+    def nats(self) -> str:
+        return self.nats_url or "nats://127.0.0.1:4222"
+
+
+def _settings() -> CliSettings:
+    from services.runtime.settings import load
+
+    return load(CliSettings, "TRADEFLOW_")
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _run_async(coro) -> object:
+    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly; tradeflow errors become one-line messages."""
+
+    async def main():
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        click.echo("stopped", err=True)
+        return None
+    except TradeflowError as exc:
+        _fail(str(exc))
+    except (OSError, TimeoutError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tradeflow")
+def cli() -> None:
+    """tradeflow: an event-sourced pipeline of six trading agents on NATS JetStream."""
+
+
+@cli.command()
+@click.argument("service", type=click.Choice(SERVICES))
+def run(service: str) -> None:
+    """Run one SERVICE in this process (settings from the environment)."""
+    from services.registry import build
+    from services.runtime.config import RuntimeSettings
+    from services.runtime.service import run as run_service
+    from services.runtime.settings import load
+
+    try:
+        settings = load(RuntimeSettings, "TRADEFLOW_")
+        agent = build(service)
+    except TradeflowError as exc:
+        _fail(str(exc))
+    producer = getattr(agent, "produce", None)
+    sys.exit(run_service(agent, settings, producer))
+
+
+def _data_env(data: tuple[str, ...]) -> dict[str, str]:
+    from services.data.service import DataSettings, load_bars
+
+    if not data:
+        return {"TRADEFLOW_DATA_SOURCE": "none"}
+    env = {"TRADEFLOW_DATA_SOURCE": "csv", "TRADEFLOW_DATA_FILES": ",".join(data)}
+    load_bars(DataSettings(source="csv", files=list(data)))  # a bad path fails here, not in a child
+    return env
+
+
+def _home(home: str | None, prefix: str) -> Path:
+    if home:
+        return Path(home)
+    return Path("var") / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@cli.command()
+@click.option("--data", multiple=True, metavar="SPEC",
+              help="Feed bars: a bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable.")
+@click.option("--home", type=click.Path(file_okay=False), help="Where the servers and logs keep their files.")
+def up(data: tuple[str, ...], home: str | None) -> None:
+    """Start NATS, Redis and all six services on this machine; Ctrl-C stops them all.
+
+    NATS_URL / REDIS_URL use existing servers instead of starting them.
+    """
+    from services.stack import Stack
+
+    settings = _settings()
+
+    async def main():
+        stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
+                      per_service_env={"data": _data_env(data)}, default_ports=True)
+        try:
+            await stack.start()
+            click.echo(f"tradeflow is up (home {stack.home})")
+            click.echo(f"  NATS   {stack.nats_url}    (nats --server {stack.nats_url} pub data_ready.AAPL '...')")
+            click.echo(f"  Redis  {stack.redis_url}")
+            for name in stack.services:
+                click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
+            click.echo("Ctrl-C to stop.")
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(stack.stop())
+
+    _run_async(main())
+
+
+@cli.command()
+@click.option("--data", multiple=True, default=("GOOG",), show_default=True, metavar="SPEC",
+              help="A bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable.")
+@click.option("--home", type=click.Path(file_okay=False), help="Run directory (default: a new one under var/).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Give up if the pipeline has not drained after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def demo(data: tuple[str, ...], home: str | None, timeout: float, as_json: bool) -> None:
+    """Run real historical bars through the whole pipeline, print a summary, shut down."""
+    from services.demo import run_demo, render
+
+    summary = _run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data)))
+    if summary is None:
+        sys.exit(130)
+    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if as_json else render(summary))
+
+
+@cli.command()
+@click.argument("subject")
+@click.argument("body")
+@click.option("--id", "event_id", help="Nats-Msg-Id to send (default: none, as `nats pub`).")
+@click.option("--no-check", is_flag=True, help="Send BODY as it is, even if it would be dead-lettered.")
+def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> None:
+    """Publish one JSON BODY to SUBJECT on JetStream, as `nats pub` would (no envelope headers)."""
+    from contracts.codec import decode
+
+    raw = body.encode()
+    if not no_check:
+        try:
+            decode(subject, raw)
+        except TradeflowError as exc:
+            _fail(f"not sent: {exc} (use --no-check to send it anyway)")
+
+    async def main():
+        import nats
+
+        nc = await nats.connect(_settings().nats, connect_timeout=3, max_reconnect_attempts=0)
+        try:
+            ack = await nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": event_id} if event_id else None)
+        finally:
+            await nc.close()
+        click.echo(f"published to {subject}: stream {ack.stream} seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
+
+    _run_async(main())
+
+
+@cli.command()
+@click.argument("subject", default=">")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+def tail(subject: str, count: int | None) -> None:
+    """Print live events on SUBJECT (a NATS wildcard, e.g. 'executed_ready.>') as JSON lines."""
+    from contracts.codec import decode
+
+    async def main():
+        import nats
+
+        nc = await nats.connect(_settings().nats, connect_timeout=3)
+        seen = 0
+        done = asyncio.Event()
+
+        async def on_msg(msg):
+            nonlocal seen
+            line: dict = {"subject": msg.subject}
+            try:
+                inc = decode(msg.subject, msg.data, msg.headers)
+                line.update(id=inc.id, source=inc.envelope.source, trace=inc.envelope.trace_id,
+                            event=msgspec.to_builtins(inc.event))
+            except TradeflowError as exc:
+                line.update(error=str(exc), body=msg.data[:200].decode(errors="replace"))
+            click.echo(orjson.dumps(line).decode())
+            seen += 1
+            if count and seen >= count:
+                done.set()
+
+        await nc.subscribe(subject, cb=on_msg)
+        try:
+            await done.wait()
+        finally:
+            await nc.close()
+
+    _run_async(main())
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="tradeflow")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Reading a running pipeline's state from JetStream: counts per stage, consumer lag, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+from nats.js import JetStreamManager
+from nats.js.errors import NotFoundError
+
+from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+
+
+async def subject_counts(jsm: JetStreamManager, stream: str = PIPELINE_STREAM) -> dict[str, int]:
+    """Messages held per subject."""
+    try:
+        info = await jsm.stream_info(stream, subjects_filter=">")
+    except NotFoundError:
+        return {}
+    return dict(info.state.subjects or {})
+
+
+def stage_totals(counts: dict[str, int]) -> Counter:
+    """Per-subject counts summed by stage (first token; rejected.<stage> kept apart)."""
+    totals: Counter = Counter()
+    for subject, n in counts.items():
+        parts = subject.split(".")
+        key = ".".join(parts[:2]) if parts[0] in ("rejected", "dlq") else parts[0]
+        totals[key] += n
+    return totals
+
+
+async def dead_letters(jsm: JetStreamManager) -> int:
+    """Messages in the DLQ stream."""
+    try:
+        return (await jsm.stream_info(DLQ_STREAM)).state.messages
+    except NotFoundError:
+        return 0
+
+
+async def consumers_idle(jsm: JetStreamManager, names: list[str]) -> bool:
+    """True when every named consumer has nothing pending and nothing awaiting an ack."""
+    for name in names:
+        try:
+            info = await jsm.consumer_info(PIPELINE_STREAM, name)
+        except NotFoundError:
+            return False
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+async def wait_drained(jsm: JetStreamManager, consumers: list[str], timeout: float, settle: float = 0.5) -> float:
+    """Wait until the stream stops growing and every consumer is idle; seconds waited. TimeoutError if not."""
+    start = deadline = time.monotonic()
+    deadline += timeout
+    last_seq = -1
+    while time.monotonic() < deadline:
+        seq = (await jsm.stream_info(PIPELINE_STREAM)).state.last_seq
+        if seq == last_seq and await consumers_idle(jsm, consumers):
+            return time.monotonic() - start
+        last_seq = seq
+        await asyncio.sleep(settle)
+    raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")

@@ -1,0 +1,61 @@
+"""What an agent gives the runtime: which subjects it consumes and a synchronous handler.
+
+The handler turns one decoded input into zero or more output events. Stateful
+agents also give `snapshot()`/`restore()`, so the runtime can roll their state
+back when the outputs of a batch could not be made durable, and their state is
+rebuilt at start-up by folding already-processed history through `handle()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from contracts.codec import Incoming
+from contracts.events import Event
+
+
+class Agent(Protocol):
+    """A pipeline stage: pure logic behind a thin, synchronous adapter."""
+
+    name: str
+    consumes: Sequence[str]     # JetStream filter subjects, e.g. ("data_ready.>",)
+    stateful: bool              # True: needs dedup to be reachable, rebuilt from history
+
+    def handle(self, incoming: Incoming, now: datetime) -> Sequence[Event]:
+        """Outputs for one input; raises Rejected for an input it can never accept."""
+        ...
+
+    def snapshot(self) -> Any:
+        """An opaque copy of the state (stateless agents return None)."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Put back a state taken by snapshot()."""
+        ...
+
+
+class HasRoutes(Protocol):
+    """An agent that serves extra HTTP routes (e.g. audit's portfolio)."""
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+
+class Publish(Protocol):
+    """Publishes (event id, event) pairs and returns once all are durable."""
+
+    async def __call__(self, events: Sequence[tuple[str, Event]]) -> None: ...
+
+
+class ProducerContext(Protocol):
+    """What a producing agent (data) is given: a publish function and the JetStream context."""
+
+    publish: Publish
+    js: Any
+    jsm: Any
+
+
+Producer = Callable[[ProducerContext], Awaitable[None]]

@@ -1,0 +1,58 @@
+"""Prometheus metrics every service exports, named tradeflow_*.
+
+Labels are the service and the stage (the subject's first token), not the full
+subject: a subject per symbol would make one time series per instrument.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One registry per service process."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.service = service
+        self.messages_in = Counter(
+            "tradeflow_messages_in", "Messages received", ["service", "stage"], registry=r
+        )
+        self.messages_out = Counter(
+            "tradeflow_messages_out", "Messages published (PubAck received)", ["service", "stage"], registry=r
+        )
+        self.messages_failed = Counter(
+            "tradeflow_messages_failed", "Messages that failed, by reason", ["service", "stage", "reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "tradeflow_duplicates_skipped", "Redelivered inputs found in the dedup registry", ["service"], registry=r
+        )
+        self.dead_letters = Counter(
+            "tradeflow_dead_letters", "Messages sent to the DLQ", ["service", "reason"], registry=r
+        )
+        self.processing = Histogram(
+            "tradeflow_processing_seconds",
+            "Decode to ack, per message",
+            ["service", "stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tradeflow_batch_size", "Messages per fetched batch", ["service"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        self.loop_lag = Histogram(
+            "tradeflow_event_loop_lag_seconds",
+            "How late the event loop ran a timer",
+            ["service"],
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "tradeflow_event_loop_lag_max_seconds", "Largest event-loop lag in the last window", ["service"], registry=r
+        )
+        self.ready = Gauge("tradeflow_ready", "1 when the service can do its work", ["service"], registry=r)
+        self.rebuilt_events = Counter(
+            "tradeflow_state_rebuild_events", "Events folded into state at start-up", ["service"], registry=r
+        )

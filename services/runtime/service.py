@@ -1,0 +1,157 @@
+"""A service's life: connect, declare topology, rebuild state, serve, consume; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import SimpleNamespace
+from collections.abc import Sequence
+
+from redis.exceptions import RedisError
+
+from contracts import envelope as ce
+from contracts.events import Event
+from contracts.subjects import PIPELINE_STREAM
+from services.runtime.agent import Agent, Producer
+from services.runtime.config import RuntimeSettings
+from services.runtime.connect import connect_nats, connect_redis
+from services.runtime.dedup import DedupRegistry
+from services.runtime.http import start_http
+from services.runtime.logs import setup_logging
+from services.runtime.looplag import watch_loop_lag
+from services.runtime.metrics import Metrics
+from services.runtime.publish import Publisher, envelope_out
+from services.runtime.rebuild import rebuild_state
+from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Runs one agent (a consumer) and/or one producer until SIGTERM."""
+
+    def __init__(self, agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.producer = producer
+        self.name = agent.name
+        self.metrics = Metrics(self.name)
+        self.stop = asyncio.Event()
+        self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
+        self.http_port = 0
+
+    def ready(self) -> dict[str, bool]:
+        """What /readyz reports."""
+        checks = dict(self._checks)
+        checks["nats"] = bool(self.nc and self.nc.is_connected)
+        return checks
+
+    async def _watch_redis(self, redis) -> None:
+        while True:
+            try:
+                self._checks["redis"] = bool(await redis.ping())
+            except (RedisError, OSError):
+                self._checks["redis"] = False
+            await asyncio.sleep(1.0)
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then drain; the exit code."""
+        s = self.settings
+        setup_logging(self.name, s.log_level)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.nc = None
+        runner, self.http_port = await start_http(
+            s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
+            routes=self.agent.routes() if hasattr(self.agent, "routes") else None)
+        log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
+        background: list[asyncio.Task] = [asyncio.create_task(watch_loop_lag(self.metrics), name="loop-lag")]
+        redis = connect_redis(s.redis_url)
+        background.append(asyncio.create_task(self._watch_redis(redis), name="redis-watch"))
+        try:
+            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name))
+            if self.nc is None:
+                return 0
+            js = self.nc.jetstream(timeout=s.publish_timeout)
+            jsm = self.nc.jsm()
+            await ensure_streams(jsm, s)
+            publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window)
+            dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
+            main: list[asyncio.Task] = []
+            worker = None
+            if self.agent.consumes:
+                await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.name, list(self.agent.consumes), s))
+                if self.agent.stateful:
+                    folded = await rebuild_state(self.agent, js, jsm, self.name, dedup)
+                    self.metrics.rebuilt_events.labels(self.name).inc(folded)
+                    self._checks["state"] = True
+                sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)
+                self._checks["consumer"] = True
+                worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s)
+                main.append(asyncio.create_task(worker.run(), name="worker"))
+            if self.producer is not None:
+                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm)
+                main.append(asyncio.create_task(self.producer(context), name="producer"))
+            log.info("service ready", extra={"consumes": list(self.agent.consumes)})
+            await self.stop.wait()
+            log.info("stopping: draining in-flight work")
+            if worker is not None:
+                worker.stopping.set()
+            done, pending = await asyncio.wait(main, timeout=s.drain_timeout) if main else (set(), set())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("task ended with error", extra={"task": task.get_name(), "error": repr(task.exception())})
+            return 0
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self.nc is not None and not self.nc.is_closed:
+                try:
+                    await asyncio.wait_for(self.nc.drain(), timeout=s.drain_timeout)
+                except Exception as exc:  # noqa: BLE001 - closing anyway
+                    log.warning("nats drain incomplete", extra={"error": repr(exc)})
+            await redis.aclose()
+            await runner.cleanup()
+            log.info("service stopped")
+
+    async def _until_stopped(self, coro):
+        """Await `coro` unless a stop signal comes first (then None)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+
+    def _publish_fn(self, publisher: Publisher):
+        service = self.name
+        metrics = self.metrics
+
+        async def publish(events: Sequence[tuple[str, Event]]) -> None:
+            batch = [envelope_out(event, service=service, event_id=event_id,
+                                  trace_id=ce.trace_id_for(event_id), causation_id=None)
+                     for event_id, event in events]
+            await publisher.publish(batch)
+            for out in batch:
+                metrics.messages_out.labels(service, out.subject.partition(".")[0]).inc()
+
+        return publish
+
+
+def run(agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> int:
+    """Run a service to completion under uvloop when available; returns the exit code."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(Service(agent, settings, producer).run())
+    return uvloop.run(Service(agent, settings, producer).run())

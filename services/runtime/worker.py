@@ -1,0 +1,245 @@
+"""The processing contract, in one place: decode -> handle -> publish, await PubAcks -> ack.
+
+Per fetched batch:
+  1. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
+  2. skip inputs the dedup registry says are done (ack them);
+  3. call the agent's handler on each remaining input, in stream order;
+  4. publish all outputs and await every PubAck;
+  5. mark the inputs done in Redis, then ack them.
+A handler error naks with backoff and, at the last delivery, dead-letters the
+message with the error. A Transient failure (NATS or Redis unreachable) rolls a
+stateful agent back and retries the whole batch in place, keeping the messages
+(and their order) in hand and telling JetStream they are in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from contracts import envelope as ce
+from contracts.codec import Incoming, decode
+from contracts.errors import BadInput, RedisUnavailable, Transient
+from contracts.subjects import dlq_subject
+from services.runtime.agent import Agent
+from services.runtime.config import RuntimeSettings
+from services.runtime.dedup import DedupRegistry
+from services.runtime.metrics import Metrics
+from services.runtime.publish import Outgoing, Publisher, envelope_out
+
+log = logging.getLogger(__name__)
+
+DLQ_REASON = "tradeflow-dlq-reason"
+DLQ_ERROR = "tradeflow-dlq-error"
+DLQ_SERVICE = "tradeflow-dlq-service"
+DLQ_SUBJECT = "tradeflow-dlq-subject"
+DLQ_SEQUENCE = "tradeflow-dlq-sequence"
+DLQ_DELIVERIES = "tradeflow-dlq-deliveries"
+DLQ_TIME = "tradeflow-dlq-time"
+
+
+def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
+    """Delay before retry number `attempt` (1-based), the last step repeating."""
+    if not schedule:
+        return 0.0
+    return schedule[min(max(attempt, 1), len(schedule)) - 1]
+
+
+def _header_safe(text: str, limit: int = 512) -> str:
+    return " ".join(text.split())[:limit]
+
+
+class Worker:
+    """Runs one agent over one pull subscription."""
+
+    def __init__(self, agent: Agent, sub: JetStreamContext.PullSubscription, *, publisher: Publisher,
+                 dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings) -> None:
+        self.agent = agent
+        self.sub = sub
+        self.publisher = publisher
+        self.dedup = dedup
+        self.metrics = metrics
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.service = agent.name
+
+    async def run(self) -> None:
+        """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun."""
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                msgs = await self.sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # disconnected, closed, server error: wait and go on
+                failures += 1
+                log.warning("fetch failed", extra={"error": repr(exc)})
+                await self._sleep(backoff_delay(self.settings.backoff, failures))
+                continue
+            failures = 0
+            self.metrics.batch_size.labels(self.service).observe(len(msgs))
+            await self.process(msgs)
+        await self._release_prefetched()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _release_prefetched(self) -> None:
+        queue = self.sub._sub._pending_queue if self.sub._sub else None  # noqa: SLF001 (no public API)
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            if msg.headers and msg.headers.get("Status"):
+                continue
+            await self._quietly(msg.nak())
+
+    @staticmethod
+    async def _quietly(coro) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("ack/nak not sent", extra={"error": repr(exc)})
+
+    # -- one batch -------------------------------------------------------------
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        """Apply the processing contract to one fetched batch."""
+        good: list[tuple[Msg, Incoming]] = []
+        for msg in msgs:
+            md = msg.metadata
+            stage = msg.subject.partition(".")[0]
+            self.metrics.messages_in.labels(self.service, stage).inc()
+            try:
+                incoming = decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp,
+                                  sequence=md.sequence.stream, attempt=md.num_delivered,
+                                  max_bytes=self.settings.max_body_bytes)
+            except BadInput as err:
+                await self.dead_letter(msg, err.reason, str(err))
+                continue
+            good.append((msg, incoming))
+        attempt = 0
+        while good:
+            try:
+                await self._process_decoded(good)
+                return
+            except Transient as err:
+                attempt += 1
+                self.metrics.messages_failed.labels(self.service, "batch", err.reason).inc(len(good))
+                log.warning("transient failure, retrying batch in place",
+                            extra={"error": str(err), "attempt": attempt, "messages": len(good)})
+                if self.stopping.is_set():
+                    for msg, _ in good:
+                        await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, 1)))
+                    return
+                for msg, _ in good:
+                    await self._quietly(msg.in_progress())
+                await self._sleep(backoff_delay(self.settings.backoff, attempt))
+
+    async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
+        started = time.perf_counter()
+        try:
+            seen = await self.dedup.seen([inc.id for _, inc in batch])
+        except RedisUnavailable:
+            if self.agent.stateful:
+                raise
+            seen = set()  # stateless: a repeat only re-publishes ids the stream drops
+        snapshot = self.agent.snapshot()
+        now = datetime.now(timezone.utc)
+        done: list[tuple[Msg, Incoming]] = []
+        failed: list[tuple[Msg, Incoming, BaseException]] = []
+        outgoing: list[Outgoing] = []
+        for msg, inc in batch:
+            if inc.id in seen:
+                self.metrics.duplicates.labels(self.service).inc()
+                await self._quietly(msg.ack())
+                continue
+            try:
+                events = self.agent.handle(inc, now)
+            except BadInput as err:
+                await self.dead_letter(msg, err.reason, str(err))
+                continue
+            except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
+                failed.append((msg, inc, exc))
+                continue
+            for index, event in enumerate(events):
+                outgoing.append(envelope_out(
+                    event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
+                    trace_id=inc.envelope.trace_id, causation_id=inc.id, now=now))
+            done.append((msg, inc))
+        try:
+            await self.publisher.publish(outgoing)
+            ids = [inc.id for _, inc in done]
+            try:
+                await self.dedup.mark(ids)
+            except RedisUnavailable:
+                if self.agent.stateful:
+                    raise
+        except Transient:
+            self.agent.restore(snapshot)
+            raise
+        for out in outgoing:
+            self.metrics.messages_out.labels(self.service, out.subject.partition(".")[0]).inc()
+        for msg, inc in done:
+            await self._quietly(msg.ack())
+        for msg, inc, exc in failed:
+            await self._retry_or_dead_letter(msg, inc, exc)
+        elapsed = time.perf_counter() - started
+        per_message = elapsed / max(1, len(batch))
+        for _, inc in done:
+            self.metrics.processing.labels(self.service, inc.envelope.subject.partition(".")[0]).observe(per_message)
+
+    async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
+        attempt = inc.envelope.attempt
+        stage = inc.envelope.subject.partition(".")[0]
+        self.metrics.messages_failed.labels(self.service, stage, "handler_error").inc()
+        log.error("handler failed", extra={"event_id": inc.id, "subject": inc.envelope.subject,
+                                            "attempt": attempt, "error": repr(exc)})
+        if attempt >= self.settings.max_deliver:
+            await self.dead_letter(msg, "max_deliveries", f"{type(exc).__name__}: {exc}")
+        else:
+            await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, attempt)))
+
+    async def dead_letter(self, msg: Msg, reason: str, error: str) -> None:
+        """Copy `msg` to dlq.<service>.<subject> with why, await the PubAck, then term it."""
+        md = msg.metadata
+        headers = {k: v for k, v in (msg.headers or {}).items() if k != ce.NATS_MSG_ID}
+        headers.update({
+            ce.NATS_MSG_ID: ce.derive_id("dlq", f"{self.service}:{md.sequence.stream}", 0),
+            DLQ_REASON: reason,
+            DLQ_ERROR: _header_safe(error),
+            DLQ_SERVICE: self.service,
+            DLQ_SUBJECT: msg.subject,
+            DLQ_SEQUENCE: str(md.sequence.stream),
+            DLQ_DELIVERIES: str(md.num_delivered),
+            DLQ_TIME: ce.rfc3339(datetime.now(timezone.utc)),
+        })
+        out = Outgoing(dlq_subject(self.service, msg.subject), msg.data, headers)
+        attempt = 0
+        while True:
+            try:
+                await self.publisher.publish([out])
+                break
+            except Transient as err:
+                attempt += 1
+                if self.stopping.is_set():
+                    await self._quietly(msg.nak())
+                    return
+                log.warning("dead letter not stored yet, retrying", extra={"error": str(err)})
+                await self._quietly(msg.in_progress())
+                await self._sleep(backoff_delay(self.settings.backoff, attempt))
+        self.metrics.dead_letters.labels(self.service, reason).inc()
+        log.warning("dead-lettered", extra={"subject": msg.subject, "reason": reason, "error": error[:200]})
+        await self._quietly(msg.term())

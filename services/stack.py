@@ -1,0 +1,122 @@
+"""A whole tradeflow deployment on one machine: nats-server, redis-server, the six services.
+
+`tradeflow up` and `tradeflow demo` run one; the integration tests run one per test.
+NATS_URL / REDIS_URL (given in `nats_url` / `redis_url`) use existing servers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contracts.errors import ConfigError
+from services.registry import SERVICES
+from services.supervisor import (
+    ROOT,
+    Proc,
+    Supervisor,
+    free_port,
+    nats_server_binary,
+    port_open,
+    redis_server_binary,
+    service_env,
+    wait_port,
+    wait_ready,
+)
+
+
+def _preferred(port: int, fixed: bool) -> int:
+    return port if fixed and not port_open("127.0.0.1", port) else free_port()
+
+
+@dataclass
+class Stack:
+    """Servers and services under one home directory."""
+
+    home: Path
+    nats_url: str | None = None
+    redis_url: str | None = None
+    services: tuple[str, ...] = SERVICES
+    env: dict[str, str] = field(default_factory=dict)
+    per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    default_ports: bool = False   # try 4222/6379 first (for `tradeflow up`)
+    ready_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).resolve()
+        self.supervisor = Supervisor()
+        self.ports: dict[str, int] = {}
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    async def start_nats(self) -> None:
+        port, monitor = _preferred(4222, self.default_ports), _preferred(8222, self.default_ports)
+        store = self.home / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [nats_server_binary(), "-c", str(ROOT / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
+                "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{port}"]
+        proc = await self.supervisor.start(Proc("nats-server", argv, dict(os.environ), self.logs / "nats.log"))
+        await wait_port("127.0.0.1", port, 20, proc.process)
+        self.ports["nats-monitor"] = monitor
+        self.nats_url = f"nats://127.0.0.1:{port}"
+
+    async def start_redis(self) -> None:
+        port = _preferred(6379, self.default_ports)
+        store = self.home / "redis"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes", "--dir", str(store), "--daemonize", "no", "--protected-mode", "yes"]
+        proc = await self.supervisor.start(Proc("redis-server", argv, dict(os.environ), self.logs / "redis.log"))
+        await wait_port("127.0.0.1", port, 20, proc.process)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def service_proc(self, name: str) -> Proc:
+        port = self.ports.get(name) or free_port()
+        self.ports[name] = port
+        env = service_env(os.environ, NATS_URL=self.nats_url or "", REDIS_URL=self.redis_url or "",
+                          TRADEFLOW_HTTP_PORT=str(port), TRADEFLOW_DATA_DIR=str(self.home),
+                          **self.env, **self.per_service_env.get(name, {}))
+        argv = [sys.executable, "-m", "services.cli", "run", name]
+        proc = Proc(name, argv, env, self.logs / f"{name}.log")
+        proc.http_port = port
+        return proc
+
+    async def start_service(self, name: str, wait: bool = True) -> Proc:
+        proc = await self.supervisor.start(self.service_proc(name))
+        if wait:
+            await wait_ready(proc.http_port, self.ready_timeout, proc)
+        return proc
+
+    async def start(self) -> None:
+        """Start servers (unless given), then every service, and wait until all are ready."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.nats_url:
+            await self.start_nats()
+        if not self.redis_url:
+            await self.start_redis()
+        procs = [await self.supervisor.start(self.service_proc(name)) for name in self.services]
+        await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
+
+    async def restart_service(self, name: str, sig: int = signal.SIGTERM, wait: bool = True) -> int | None:
+        """Stop one service with `sig`, start it again; the exit code it stopped with."""
+        code = await self.supervisor.stop(name, sig)
+        await self.start_service(name, wait=wait)
+        return code
+
+    async def stop(self) -> dict[str, int | None]:
+        """Stop services (data first, so nothing new enters), then the servers."""
+        services = [n for n in self.services if n in self.supervisor.procs]
+        codes = await self.supervisor.stop_all(order=services)
+        return codes
+
+    def http_port(self, name: str) -> int:
+        port = self.ports.get(name)
+        if port is None:
+            raise ConfigError(f"no such service in this stack: {name}")
+        return port

@@ -1,0 +1,41 @@
+"""Strategy service wiring: data_ready.<SYM> -> signals_ready.<SYM>, one window per symbol."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from contracts.codec import Incoming
+from contracts.events import SignalGenerated
+from contracts.subjects import DATA_READY
+from services.runtime.settings import load
+from services.strategy.logic import SmaCrossParams, Window, sma_cross
+
+
+class StrategyAgent:
+    """Keeps a rolling window per symbol and runs the SMA crossover on each bar."""
+
+    name = "strategy"
+    consumes = (f"{DATA_READY}.>",)
+    stateful = True
+
+    def __init__(self, params: SmaCrossParams) -> None:
+        self.params = params
+        self.windows: dict[str, Window] = {}
+
+    def handle(self, incoming: Incoming, now: datetime) -> list[SignalGenerated]:
+        bar = incoming.event
+        window, signals = sma_cross(self.windows.get(bar.symbol, Window()), bar, self.params)
+        self.windows[bar.symbol] = window
+        return signals
+
+    def snapshot(self) -> Any:
+        return dict(self.windows)  # windows are immutable: a shallow copy is a snapshot
+
+    def restore(self, snapshot: Any) -> None:
+        self.windows = snapshot
+
+
+def build(environ=None) -> StrategyAgent:
+    """The strategy agent from TRADEFLOW_STRATEGY_FAST / _SLOW."""
+    return StrategyAgent(load(SmaCrossParams, "TRADEFLOW_STRATEGY_", environ))
