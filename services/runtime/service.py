@@ -113,10 +113,11 @@ class Service:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if self.nc is not None and not self.nc.is_closed:
-                try:
-                    await asyncio.wait_for(self.nc.drain(), timeout=s.drain_timeout)
+                try:  # acks and naks are plain publishes: flush them out before closing
+                    await asyncio.wait_for(self.nc.flush(), timeout=s.drain_timeout)
                 except Exception as exc:  # noqa: BLE001 - closing anyway
-                    log.warning("nats drain incomplete", extra={"error": repr(exc)})
+                    log.warning("nats flush incomplete", extra={"error": repr(exc)})
+                await self.nc.close()
             await redis.aclose()
             await runner.cleanup()
             log.info("service stopped")

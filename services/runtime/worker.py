@@ -89,6 +89,7 @@ class Worker:
             self.metrics.batch_size.labels(self.service).observe(len(msgs))
             await self.process(msgs)
         await self._release_prefetched()
+        await self._quietly(self.sub.unsubscribe())
 
     async def _sleep(self, seconds: float) -> None:
         try:

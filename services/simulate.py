@@ -1,0 +1,67 @@
+"""The whole pipeline's logic in one process, no servers: what the live services must produce.
+
+Each agent's own `handle()` runs in stage order over the bars, with the ids the
+runtime would give every output, so the result is what the six services yield
+for the same bars and settings (used by the tests, later by backtest and what-if).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import msgspec
+
+from contracts.codec import Incoming
+from contracts.envelope import Envelope, derive_id
+from contracts.events import BarReceived, Event
+from contracts.subjects import STAGES, subject_for
+from services.audit.service import AuditAgent
+from services.data.service import bar_id
+from services.execution.service import ExecutionAgent
+from services.quant.service import QuantAgent
+from services.risk.service import RiskAgent
+from services.strategy.service import StrategyAgent
+
+
+class Simulation(msgspec.Struct):
+    """Counts of events per stage (rejections as rejected.<stage>) and the audit agent's final state."""
+
+    counts: Counter
+    audit: AuditAgent
+    events: list[tuple[str, Event]]
+
+
+def _incoming(event_id: str, event: Event) -> Incoming:
+    subject = subject_for(event)
+    stage = subject.partition(".")[0]
+    env = Envelope(id=event_id, type=STAGES[stage][1], source="simulation", time=datetime.now(timezone.utc),
+                   subject=subject, trace_id=event_id)
+    return Incoming(env, event)
+
+
+def simulate(bars: Iterable[BarReceived], *, strategy: StrategyAgent, quant: QuantAgent, risk: RiskAgent,
+             execution: ExecutionAgent, audit: AuditAgent) -> Simulation:
+    """Feed bars through every agent in order, routing outputs as the subjects would."""
+    routes: dict[str, list] = {}
+    for agent in (strategy, quant, risk, execution, audit):
+        for pattern in agent.consumes:
+            routes.setdefault(pattern.partition(".")[0], []).append(agent)
+    counts: Counter = Counter()
+    events: list[tuple[str, Event]] = []
+    now = datetime.now(timezone.utc)
+
+    def deliver(event_id: str, event: Event) -> None:
+        subject = subject_for(event)
+        key = ".".join(subject.split(".")[:2]) if subject.startswith("rejected.") else subject.partition(".")[0]
+        counts[key] += 1
+        events.append((event_id, event))
+        incoming = _incoming(event_id, event)
+        for agent in routes.get(subject.partition(".")[0], []):
+            for index, out in enumerate(agent.handle(incoming, now)):
+                deliver(derive_id(agent.name, event_id, index), out)
+
+    for bar in bars:
+        deliver(bar_id(bar), bar)
+    return Simulation(counts, audit, events)

@@ -1,0 +1,77 @@
+"""Integration fixtures: a whole deployment (real nats-server -js, real redis-server, six
+service processes) per test, on free loopback ports, under the test's own tmp directory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import nats
+import pytest
+import pytest_asyncio
+
+from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from services.stack import Stack
+
+pytestmark = pytest.mark.integration
+CONSUMERS = ["strategy", "quant", "risk", "execution", "audit"]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `check` until it is true; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def stream_messages(nc, stream: str, subject: str = ">") -> list:
+    """Every message of `stream` on `subject`, oldest first (an ephemeral ordered read)."""
+    jsm = nc.jsm()
+    info = await jsm.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    js = nc.jetstream()
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
+    out = []
+    try:
+        while True:
+            info = await jsm.stream_info(stream, subjects_filter=subject)
+            total = sum((info.state.subjects or {}).values())
+            if len(out) >= total:
+                return out
+            msg = await sub.next_msg(timeout=5)
+            out.append(msg)
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest_asyncio.fixture
+async def make_stack(tmp_path):
+    """Factory: start a deployment with extra service environment; stopped after the test."""
+    stacks: list[Stack] = []
+    clients = []
+
+    async def start(env: dict[str, str] | None = None, per_service: dict[str, dict[str, str]] | None = None,
+                    services: tuple[str, ...] | None = None) -> tuple[Stack, nats.NATS]:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", env=env or {}, per_service_env=per_service or {},
+                      **({"services": services} if services else {}))
+        stacks.append(stack)
+        await stack.start()
+        nc = await nats.connect(stack.nats_url)
+        clients.append(nc)
+        return stack, nc
+
+    yield start
+    for nc in clients:
+        await nc.close()
+    for stack in stacks:
+        codes = await stack.stop()
+        bad = {k: v for k, v in codes.items() if v not in (0, None)}
+        assert not bad, f"processes did not exit cleanly: {bad} (logs in {stack.logs})"
+
+
+__all__ = ["CONSUMERS", "DLQ_STREAM", "PIPELINE_STREAM", "stream_messages", "wait_for"]
