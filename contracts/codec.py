@@ -21,7 +21,7 @@ from contracts.events import Event
 from contracts.subjects import CE_TYPES, STAGES, parse_subject
 
 MAX_BODY_BYTES = 64 * 1024
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 _DECODERS = {stage: msgspec.json.Decoder(cls) for stage, (cls, _) in STAGES.items()}
 _ENCODER = msgspec.json.Encoder()
@@ -64,7 +64,7 @@ def _header_id(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is None:
         return None
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise Undecodable(f"header {name} is not a valid id (1-128 of [A-Za-z0-9._:@/+=-])")
     return value
 
@@ -102,6 +102,9 @@ def decode(
     event = decode_body(stage, body, max_bytes=max_bytes)
     if event.symbol != symbol:
         raise SubjectMismatch(f"body symbol {event.symbol!r} does not match subject symbol {symbol!r}")
+    stage_field = getattr(event, "stage", None)
+    if stage_field is not None and subject.split(".")[1] != stage_field:
+        raise SubjectMismatch(f"body stage {stage_field!r} does not match subject {subject!r}")
     event_id = _header_id(headers, ce.CE_ID) or _header_id(headers, ce.NATS_MSG_ID) or ce.content_id(subject, body)
     trace = ce.parse_traceparent(headers.get(ce.TRACEPARENT)) or ce.trace_id_for(event_id)
     env = Envelope(

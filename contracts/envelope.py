@@ -9,6 +9,7 @@ bar's journey) and `ce-causationid` (the ce-id of the event that caused this one
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 
 import msgspec
@@ -22,6 +23,7 @@ CE_CAUSATION = "ce-causationid"
 NATS_MSG_ID = "Nats-Msg-Id"
 TRACEPARENT = "traceparent"
 REPLAY = "tradeflow-replay"
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-fA-F]{32})-[0-9a-fA-F]{16}-[0-9a-f]{2}")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,14 +72,10 @@ def parse_traceparent(value: str | None) -> str | None:
     """The trace id of a W3C traceparent header, or None if it is absent or malformed."""
     if not value:
         return None
-    parts = value.strip().split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if not match or match.group(1) == "0" * 32:
         return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
-        return None
-    return parts[1].lower()
+    return match.group(1).lower()
 
 
 def rfc3339(ts: datetime) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Symbol = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9._-]{1,32}$", description="instrument, upper case")]
+Symbol = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9._-]{1,32}\Z", description="instrument, upper case")]
 Price = Annotated[float, msgspec.Meta(gt=0)]
 Quantity = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]

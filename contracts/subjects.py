@@ -39,7 +39,8 @@ STAGES: dict[str, tuple[type[msgspec.Struct], str]] = {
 CE_TYPES: dict[type[msgspec.Struct], str] = {cls: ce for cls, ce in STAGES.values()}
 PIPELINE_SUBJECTS = [f"{stage}.>" for stage in STAGES]
 
-SYMBOL_RE = re.compile(r"^[A-Z0-9._-]{1,32}$")
+REJECTING_STAGES = ("quant", "risk")
+SYMBOL_RE = re.compile(r"[A-Z0-9._-]{1,32}")
 
 
 def subject_for(event: msgspec.Struct) -> str:
@@ -58,8 +59,10 @@ def parse_subject(subject: str) -> tuple[str, str]:
     if stage not in STAGES:
         raise UnknownSubject(f"subject {subject!r} belongs to no pipeline stage")
     if stage == REJECTED:
-        _, _, rest = rest.partition(".")
-    if not SYMBOL_RE.match(rest):
+        rejecting, _, rest = rest.partition(".")
+        if rejecting not in REJECTING_STAGES:
+            raise UnknownSubject(f"subject {subject!r}: rejections come from {', '.join(REJECTING_STAGES)}")
+    if not SYMBOL_RE.fullmatch(rest):
         raise UnknownSubject(f"subject {subject!r} has no valid symbol (upper case [A-Z0-9._-])")
     return stage, rest
 

@@ -62,7 +62,17 @@ def _run_async(coro) -> object:
         _fail(f"{type(exc).__name__}: {exc}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Cli(click.Group):
+    """Turns tradeflow's own errors (bad settings, bad files) into a one-line message and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TradeflowError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tradeflow")
 def cli() -> None:
     """tradeflow: an event-sourced pipeline of six trading agents on NATS JetStream."""
@@ -77,11 +87,8 @@ def run(service: str) -> None:
     from services.runtime.service import run as run_service
     from services.runtime.settings import load
 
-    try:
-        settings = load(RuntimeSettings, "TRADEFLOW_")
-        agent = build(service)
-    except TradeflowError as exc:
-        _fail(str(exc))
+    settings = load(RuntimeSettings, "TRADEFLOW_")
+    agent = build(service)
     producer = getattr(agent, "produce", None)
     sys.exit(run_service(agent, settings, producer))
 
@@ -151,6 +158,21 @@ def demo(data: tuple[str, ...], home: str | None, timeout: float, as_json: bool)
     click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if as_json else render(summary))
 
 
+async def _connect():
+    """A NATS connection for a CLI command; a one-line error if the server is not there."""
+    import nats
+
+    async def quiet(_: Exception) -> None:
+        pass
+
+    url = _settings().nats
+    try:
+        return await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
+                                  reconnect_time_wait=0.2, error_cb=quiet)
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        _fail(f"cannot reach NATS at {url} (set NATS_URL): {type(exc).__name__}")
+
+
 @cli.command()
 @click.argument("subject")
 @click.argument("body")
@@ -170,7 +192,7 @@ def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> No
     async def main():
         import nats
 
-        nc = await nats.connect(_settings().nats, connect_timeout=3, max_reconnect_attempts=0)
+        nc = await _connect()
         try:
             ack = await nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": event_id} if event_id else None)
         finally:
@@ -190,7 +212,7 @@ def tail(subject: str, count: int | None) -> None:
     async def main():
         import nats
 
-        nc = await nats.connect(_settings().nats, connect_timeout=3)
+        nc = await _connect()
         seen = 0
         done = asyncio.Event()
 

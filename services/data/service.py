@@ -47,7 +47,7 @@ def load_bars(cfg: DataSettings) -> list[BarReceived]:
         return []
     if cfg.source == "synthetic":
         for symbol in cfg.symbols:
-            if not SYMBOL_RE.match(symbol):
+            if not SYMBOL_RE.fullmatch(symbol):
                 raise ConfigError(f"TRADEFLOW_DATA_SYMBOLS: {symbol!r} is not a valid symbol")
         return sources.synthetic(cfg.symbols, cfg.bars, cfg.seed)
     if cfg.source == "csv":
@@ -56,9 +56,14 @@ def load_bars(cfg: DataSettings) -> list[BarReceived]:
         series = []
         for spec in cfg.files:
             symbol, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-            resolved = datasets.builtin_path(path) if path.upper() in datasets.BUILTIN else Path(path)
+            if path.upper() in datasets.BUILTIN:
+                resolved = datasets.builtin_path(path)
+            elif "/" not in path and not path.lower().endswith(".csv") and not Path(path).exists():
+                raise ConfigError(f"unknown data set {path!r}: use {', '.join(datasets.BUILTIN)} or SYMBOL=path.csv")
+            else:
+                resolved = Path(path)
             symbol = (symbol or (path if path.upper() in datasets.BUILTIN else resolved.stem)).upper()
-            if not SYMBOL_RE.match(symbol):
+            if not SYMBOL_RE.fullmatch(symbol):
                 raise ConfigError(f"TRADEFLOW_DATA_FILES: {symbol!r} is not a valid symbol")
             series.append(sources.read_csv(resolved, symbol))
         return sources.merge(series)

@@ -17,7 +17,7 @@ import msgspec
 from contracts.errors import ConfigError
 
 T = TypeVar("T", bound=msgspec.Struct)
-_CREDENTIALS = re.compile(r"//[^@/]*@")
+_CREDENTIALS = re.compile(r"//[^/]*@")  # up to the last @ before the host, as urlparse reads it
 
 
 def redact(url: str) -> str:

@@ -1,0 +1,177 @@
+"""The paper broker (slippage, commission, fill once), the audit portfolio, and the whole pipeline in one process."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from contracts.events import BarReceived, OrderApproved, OrderFilled
+from services.audit.logic import equity, new_portfolio, on_bar, on_fill, summary
+from services.audit.service import AuditAgent, AuditSettings
+from services.data.sources import synthetic
+from services.execution.logic import BrokerParams, fill, fill_once
+from services.execution.service import ExecutionAgent
+from services.quant.logic import QuantParams
+from services.quant.service import QuantAgent
+from services.risk.logic import RiskParams
+from services.risk.service import RiskAgent
+from services.simulate import simulate
+from services.strategy.logic import SmaCrossParams
+from services.strategy.service import StrategyAgent
+
+TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
+
+
+def order(side: str, quantity: float = 10.0, price: float = 100.0, order_id: str = "o-1") -> OrderApproved:
+    return OrderApproved(symbol="GOOG", ts=TS, order_id=order_id, side=side, quantity=quantity, price=price)
+
+
+# ---- execution -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("side", "price", "commission"), [
+    # 25 bps of 100 = 0.25; commission 0.1 % of 10 x 100.25 = 1.0025
+    pytest.param("buy", 100.25, 1.0025, id="buy-pays-up"),
+    # 0.1 % of 10 x 99.75 = 0.9975
+    pytest.param("sell", 99.75, 0.9975, id="sell-receives-less"),
+])
+def test_fill_applies_slippage_against_the_trader(side, price, commission):
+    out = fill(order(side), BrokerParams(commission_rate=0.001, slippage_bps=25))
+    assert (out.side, out.quantity, out.order_id, out.ts) == (side, 10.0, "o-1", TS)
+    assert out.price == pytest.approx(price)
+    assert out.commission == pytest.approx(commission)
+
+
+@pytest.mark.parametrize(("quantity", "commission"), [
+    pytest.param(10.0, 5.0, id="small-order-pays-the-minimum"),     # 0.1 % of 1,000 = 1 < 5
+    pytest.param(100.0, 10.0, id="large-order-pays-the-rate"),      # 0.1 % of 10,000 = 10 > 5
+])
+def test_commission_is_the_rate_with_a_minimum(quantity, commission):
+    out = fill(order("buy", quantity), BrokerParams(commission_rate=0.001, min_commission=5.0))
+    assert out.price == 100.0
+    assert out.commission == pytest.approx(commission)
+
+
+def test_an_order_id_is_filled_only_once():
+    params = BrokerParams()
+    seen, first = fill_once(frozenset(), order("buy"), params)
+    again_seen, again = fill_once(seen, order("buy"), params)
+    assert len(first) == 1 and again == [] and again_seen == seen
+    _, other = fill_once(seen, order("sell", order_id="o-2"), params)
+    assert [f.order_id for f in other] == ["o-2"]
+
+
+# ---- audit ---------------------------------------------------------------------------------------------------------
+
+def filled(side: str, quantity: float, price: float, commission: float = 0.0, symbol: str = "GOOG") -> OrderFilled:
+    return OrderFilled(symbol=symbol, ts=TS, order_id="o", side=side, quantity=quantity, price=price,
+                       commission=commission)
+
+
+def bar(close: float, symbol: str = "GOOG") -> BarReceived:
+    return BarReceived(symbol=symbol, ts=TS, open=close, high=close, low=close, close=close)
+
+
+def play(*events, cash: float = 10_000.0):
+    pf = new_portfolio(cash)
+    for e in events:
+        pf = on_bar(pf, e) if isinstance(e, BarReceived) else on_fill(pf, e)
+    return pf
+
+
+def test_buys_average_the_entry_price():
+    # 10 @ 100 then 10 @ 110: 20 @ (1,000 + 1,100) / 20 = 105; cash 10,000 - 2,100 - 2 = 7,898
+    pf = play(filled("buy", 10, 100, 1.0), filled("buy", 10, 110, 1.0))
+    assert (pf.positions["GOOG"].quantity, pf.positions["GOOG"].avg_price) == (20, 105)
+    assert pf.cash == 7_898
+    assert pf.realized_pnl == -2  # only the commissions so far
+
+
+def test_partial_close_realises_pnl_and_keeps_the_entry_price():
+    # sell 5 of 20 @ 105 at 120: realised 5 x 15 = 75, less 1 commission
+    pf = play(filled("buy", 20, 105), filled("sell", 5, 120, 1.0))
+    assert (pf.positions["GOOG"].quantity, pf.positions["GOOG"].avg_price) == (15, 105)
+    assert pf.realized_pnl == 74
+    assert pf.cash == 10_000 - 2_100 + 600 - 1
+
+
+def test_flip_through_zero_closes_then_opens_at_the_fill_price():
+    # long 15 @ 105, sell 25 @ 100: closes 15 (realised 15 x -5 = -75), opens short 10 @ 100
+    pf = play(filled("buy", 15, 105), filled("sell", 25, 100))
+    assert (pf.positions["GOOG"].quantity, pf.positions["GOOG"].avg_price) == (-10, 100)
+    assert pf.realized_pnl == -75
+
+
+def test_closing_a_short_realises_the_fall_as_profit():
+    # short 10 @ 100, buy back 10 @ 95: +50, and the position is gone
+    pf = play(filled("sell", 10, 100), filled("buy", 10, 95))
+    assert pf.positions == {}
+    assert pf.realized_pnl == 50
+    assert pf.cash == 10_050
+
+
+def test_whole_story_marked_to_the_last_bar():
+    pf = play(
+        filled("buy", 10, 100, 1.0),   # cash 8,999        realised  -1
+        filled("buy", 10, 110, 1.0),   # cash 7,898        realised  -2    20 @ 105
+        filled("sell", 5, 120, 1.0),   # cash 8,497        realised  72    15 @ 105
+        filled("sell", 25, 100, 2.0),  # cash 10,995       realised  -5   -10 @ 100
+        bar(90.0),                     # equity 10,995 - 10 x 90 = 10,095; unrealised -10 x (90 - 100) = 100
+        bar(50.0, "MSFT"),             # another symbol's bar does not move GOOG
+    )
+    assert pf.cash == 10_995
+    assert equity(pf) == 10_095
+    assert summary(pf) == {
+        "cash": 10_995, "equity": 10_095, "initial_cash": 10_000, "pnl": 95, "realized_pnl": -5,
+        "unrealized_pnl": 100, "commissions": 5, "fills": 4, "bars": 2,
+        "positions": {"GOOG": {"quantity": -10, "avg_price": 100, "last_price": 90.0}},
+    }
+
+
+def test_equity_before_any_bar_uses_the_fill_price():
+    pf = play(filled("buy", 10, 100, 1.0))
+    assert equity(pf) == 9_999  # 8,999 cash + 10 x 100
+    assert summary(pf)["pnl"] == summary(pf)["realized_pnl"] == -1
+
+
+def test_a_later_fill_does_not_override_the_bar_mark():
+    pf = play(bar(90.0), filled("buy", 10, 100))
+    assert equity(pf) == 10_000 - 1_000 + 900
+
+
+# ---- the pipeline in one process -----------------------------------------------------------------------------------
+
+def run_simulation(min_strength: float = 0.2):
+    return simulate(
+        synthetic(["AAPL", "MSFT"], 200, seed=7),
+        strategy=StrategyAgent(SmaCrossParams(fast=3, slow=8)), quant=QuantAgent(QuantParams(min_strength=min_strength)),
+        risk=RiskAgent(RiskParams()), execution=ExecutionAgent(BrokerParams()), audit=AuditAgent(AuditSettings()),
+    )
+
+
+def test_stage_counts_add_up():
+    sim = run_simulation()
+    c = sim.counts
+    assert c["data_ready"] == 400
+    assert c["signals_ready"] > 0 and c["rejected.quant"] > 0 and c["rejected.risk"] > 0  # every path is taken
+    assert c["signals_ready"] == c["validated_ready"] + c["rejected.quant"]
+    assert c["validated_ready"] == c["approved_ready"] + c["rejected.risk"]
+    assert c["executed_ready"] == c["approved_ready"]
+    assert sim.audit.portfolio.fills == c["executed_ready"]
+    assert sim.audit.portfolio.bars == 400
+    assert len(sim.events) == sum(c.values())
+
+
+def test_simulation_is_reproducible_and_audit_adds_up():
+    first, second = run_simulation(), run_simulation()
+    assert first.events == second.events
+    assert first.audit.portfolio == second.audit.portfolio
+    s = summary(first.audit.portfolio)
+    assert s["pnl"] == pytest.approx(s["realized_pnl"] + s["unrealized_pnl"], abs=1e-5)
+    assert s["commissions"] > 0
+
+
+def test_a_stricter_quant_lets_fewer_signals_through():
+    loose, strict = run_simulation(0.1).counts, run_simulation(0.5).counts
+    assert loose["signals_ready"] == strict["signals_ready"]
+    assert strict["validated_ready"] < loose["validated_ready"]

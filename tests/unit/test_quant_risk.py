@@ -1,0 +1,120 @@
+"""quant.validate (minimum strength) and risk.on_signal / on_fill (target positions and limits)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+import pytest
+
+from contracts.events import OrderApproved, OrderFilled, SignalGenerated, SignalRejected, SignalValidated
+from services.quant.logic import QuantParams, validate
+from services.risk.logic import Book, RiskParams, on_fill, on_signal
+
+TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
+
+
+def generated(strength: float, side: str = "buy") -> SignalGenerated:
+    return SignalGenerated(symbol="GOOG", ts=TS, side=side, strength=strength, price=100.0, strategy="sma_cross",
+                           params={"fast": 2.0}, features={"sma_fast": 1.0})
+
+
+def signal(side: str, price: float = 100.0, symbol: str = "GOOG") -> SignalValidated:
+    return SignalValidated(symbol=symbol, ts=TS, side=side, strength=0.5, price=price, strategy="sma_cross")
+
+
+# ---- quant ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strength", [pytest.param(0.31, id="above"), pytest.param(0.3, id="exactly-at")])
+def test_strong_enough_signal_is_validated(strength):
+    out = validate(generated(strength, "sell"), QuantParams(min_strength=0.3))
+    assert out == SignalValidated(symbol="GOOG", ts=TS, side="sell", strength=strength, price=100.0,
+                                  strategy="sma_cross")
+
+
+def test_weak_signal_is_rejected_naming_the_rule():
+    out = validate(generated(0.29), QuantParams(min_strength=0.3))
+    assert isinstance(out, SignalRejected)
+    assert (out.stage, out.rule, out.side, out.strategy, out.symbol) == ("quant", "min_strength", "buy", "sma_cross",
+                                                                         "GOOG")
+    assert out.reason == "strength 0.2900 is below the minimum 0.3000"
+
+
+def test_min_strength_above_one_is_invalid():
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"min_strength": 1.5}, QuantParams)
+
+
+# ---- risk ----------------------------------------------------------------------------------------------------------
+
+def decide(book: Book, side: str, price: float = 100.0, **params) -> tuple[Book, object]:
+    return on_signal(book, signal(side, price), "order-1", RiskParams(**params))
+
+
+@pytest.mark.parametrize(("committed", "side", "allow_short", "order_side", "quantity", "target"), [
+    pytest.param(0.0, "buy", True, "buy", 10.0, 10.0, id="flat-buy-goes-long"),
+    pytest.param(0.0, "sell", True, "sell", 10.0, -10.0, id="flat-sell-goes-short"),
+    pytest.param(10.0, "sell", True, "sell", 20.0, -10.0, id="long-sell-reverses-2x"),
+    pytest.param(-10.0, "buy", True, "buy", 20.0, 10.0, id="short-buy-reverses-2x"),
+    pytest.param(10.0, "sell", False, "sell", 10.0, 0.0, id="long-sell-no-short-goes-flat"),
+    pytest.param(4.0, "buy", True, "buy", 6.0, 10.0, id="partly-long-tops-up"),
+])
+def test_order_moves_the_committed_position_to_the_target(committed, side, allow_short, order_side, quantity, target):
+    book = Book(committed={"GOOG": committed})
+    book, order = decide(book, side, allow_short=allow_short)
+    assert order == OrderApproved(symbol="GOOG", ts=TS, order_id="order-1", side=order_side, quantity=quantity,
+                                  price=100.0, strategy="sma_cross")
+    assert book.committed == {"GOOG": target}
+
+
+@pytest.mark.parametrize(("committed", "side", "params", "rule", "reason"), [
+    pytest.param(10.0, "buy", {}, "at_target", "position 10 already at target 10", id="long-buy"),
+    pytest.param(-10.0, "sell", {}, "at_target", "position -10 already at target -10", id="short-sell"),
+    pytest.param(0.0, "sell", {"allow_short": False}, "at_target", "already at target 0", id="flat-sell-no-short"),
+    pytest.param(0.0, "buy", {"order_quantity": 150.0}, "max_position",
+                 "target position 150 exceeds the limit 100", id="target-over-max-position"),
+    # 10 units at 5,001 = 50,010 > 50,000
+    pytest.param(0.0, "buy", {"price": 5001.0}, "max_order_notional",
+                 "order notional 50010.00 exceeds the limit 50000.00", id="notional-over-limit"),
+    # a reversal trades 2x: 20 units at 3,000 = 60,000 > 50,000 although 10 units (30,000) would pass
+    pytest.param(10.0, "sell", {"price": 3000.0}, "max_order_notional", "60000.00", id="reversal-notional"),
+])
+def test_signal_is_rejected_naming_the_limit(committed, side, params, rule, reason):
+    book = Book(committed={"GOOG": committed}, filled={"GOOG": 3.0})
+    price = params.pop("price", 100.0)
+    after, out = decide(book, side, price, **params)
+    assert isinstance(out, SignalRejected)
+    assert (out.stage, out.rule, out.side, out.strategy) == ("risk", rule, side, "sma_cross")
+    assert reason in out.reason
+    assert after == book  # a rejection commits nothing
+
+
+def test_notional_exactly_at_the_limit_is_approved():
+    _, out = decide(Book(), "buy", price=5000.0)  # 10 x 5,000 = 50,000
+    assert isinstance(out, OrderApproved)
+
+
+def test_symbols_are_sized_independently():
+    book, _ = decide(Book(), "buy")
+    book, out = on_signal(book, signal("buy", symbol="MSFT"), "order-2", RiskParams())
+    assert (out.symbol, out.quantity, out.order_id) == ("MSFT", 10.0, "order-2")
+    assert book.committed == {"GOOG": 10.0, "MSFT": 10.0}
+
+
+def test_decisions_follow_approved_orders_not_fills():
+    # the buy is approved but not yet filled: a second buy is still at target
+    book, _ = decide(Book(), "buy")
+    _, out = decide(book, "buy")
+    assert isinstance(out, SignalRejected) and out.rule == "at_target"
+
+
+def fill(side: str, quantity: float, symbol: str = "GOOG") -> OrderFilled:
+    return OrderFilled(symbol=symbol, ts=TS, order_id="o", side=side, quantity=quantity, price=100.0)
+
+
+def test_fills_are_tracked_beside_the_committed_position():
+    book = Book(committed={"GOOG": -10.0})
+    for f in (fill("buy", 10.0), fill("sell", 15.0), fill("sell", 5.0), fill("buy", 2.0, "MSFT")):
+        book = on_fill(book, f)
+    assert book.filled == {"GOOG": -10.0, "MSFT": 2.0}  # +10 - 15 - 5
+    assert book.committed == {"GOOG": -10.0}
