@@ -1,0 +1,109 @@
+"""The CLI against a live deployment, bad CLI arguments, and each service's HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.registry import SERVICES
+from services.supervisor import http_json
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+BAR = {"symbol": "AAPL", "ts": "2024-01-02T14:30:00Z", "open": 10, "high": 11, "low": 9, "close": 10.5, "volume": 5}
+
+
+async def tradeflow(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", *args, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_publish_and_tail_against_a_live_pipeline(make_stack):
+    stack, nc = await make_stack()
+    env = {"NATS_URL": stack.nats_url}
+    tail = asyncio.create_task(tradeflow("tail", "data_ready.>", "--count", "1", env=env))
+    await asyncio.sleep(1.5)  # let tail subscribe
+    code, out, err = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), "--id", "cli-1", env=env)
+    assert code == 0, err
+    assert "stream PIPELINE seq 1" in out
+    code, out, _ = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), "--id", "cli-1", env=env)
+    assert "(duplicate)" in out
+    code, tailed, err = await tail
+    assert code == 0, err
+    line = json.loads(tailed.splitlines()[0])
+    assert line["subject"] == "data_ready.AAPL" and line["id"] == "cli-1" and line["event"]["close"] == 10.5
+
+    async def audited() -> bool:
+        return (await http_json(stack.http_port("audit"), "/v1/portfolio"))[1]["bars"] == 1
+
+    await wait_for(audited, what="the published bar to reach audit")
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["publish", "data_ready.AAPL", "{nope"], "not sent: malformed JSON", id="publish-bad-json"),
+    pytest.param(["publish", "data_ready.AAPL", json.dumps({**BAR, "symbol": "MSFT"})], "does not match subject",
+                 id="publish-mismatch"),
+    pytest.param(["publish", "nowhere.AAPL", json.dumps(BAR)], "belongs to no pipeline stage", id="publish-subject"),
+    pytest.param(["publish", "data_ready.AAPL", json.dumps(BAR)], "cannot reach NATS", id="publish-no-server"),
+    pytest.param(["run", "bogus"], "'bogus' is not one of", id="run-unknown-service"),
+    pytest.param(["demo", "--data", "NOPE"], "unknown data set 'NOPE'", id="demo-unknown-data"),
+    pytest.param(["demo", "--data", "X=/nonexistent.csv"], "cannot open", id="demo-missing-file"),
+    pytest.param(["demo", "--timeout", "0"], "not in the range", id="demo-timeout"),
+    pytest.param(["tail", "--count", "-1"], "not in the range", id="tail-count"),
+])
+async def test_bad_arguments_give_a_one_line_error(args, message):
+    code, out, err = await tradeflow(*args, env={"NATS_URL": "nats://127.0.0.1:1", "TRADEFLOW_BATCH_SIZE": "1"})
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err + out
+
+
+async def test_bad_service_setting_names_the_variable():
+    code, _, err = await tradeflow("run", "strategy", env={"TRADEFLOW_STRATEGY_FAST": "30"})
+    assert code == 1 and "fast (30) must be shorter than slow (20)" in err and "Traceback" not in err
+    code, _, err = await tradeflow("run", "quant", env={"TRADEFLOW_BATCH_SIZE": "zero"})
+    assert code == 1 and "TRADEFLOW_BATCH_SIZE" in err
+
+
+async def test_every_service_serves_health_readiness_and_prometheus_metrics(make_stack):
+    stack, nc = await make_stack()
+    await nc.publish("data_ready.AAPL", json.dumps(BAR).encode())
+    await nc.publish("data_ready.AAPL", b"{broken")
+    await nc.flush()
+
+    async def counted() -> bool:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{stack.http_port('strategy')}/metrics") as r:
+                return 'tradeflow_dead_letters_total{reason="undecodable",service="strategy"} 1.0' in await r.text()
+
+    await wait_for(counted, what="strategy's metrics to count the dead letter")
+    for name in SERVICES:
+        port = stack.http_port(name)
+        assert await http_json(port, "/healthz") == (200, {"service": name, "status": "ok"})
+        status, ready = await http_json(port, "/readyz")
+        assert status == 200 and ready["ready"] and all(ready["checks"].values()), ready
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            async with s.get(f"http://127.0.0.1:{port}/nope") as r:
+                assert r.status == 404
+        families = {f.name for f in text_string_to_metric_families(text)}
+        assert {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_processing_seconds",
+                "tradeflow_event_loop_lag_seconds", "tradeflow_dead_letters"} <= families, name
+    # readiness follows Redis: stop it and strategy (which needs its dedup registry) says not ready
+    await stack.supervisor.stop("redis-server")
+
+    async def not_ready() -> bool:
+        status, body = await http_json(stack.http_port("strategy"), "/readyz")
+        return status == 503 and body["checks"]["redis"] is False
+
+    await wait_for(not_ready, what="/readyz to report Redis down")
