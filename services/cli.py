@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
@@ -190,7 +189,6 @@ def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> No
             _fail(f"not sent: {exc} (use --no-check to send it anyway)")
 
     async def main():
-        import nats
 
         nc = await _connect()
         try:
@@ -210,7 +208,6 @@ def tail(subject: str, count: int | None) -> None:
     from contracts.codec import decode
 
     async def main():
-        import nats
 
         nc = await _connect()
         seen = 0

@@ -22,6 +22,7 @@ from contracts.events import BarReceived
 from contracts.subjects import DATA_READY, PIPELINE_STREAM, SYMBOL_RE
 from services.data import datasets, sources
 from aiohttp import web
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from services.runtime.agent import ProducerContext
 from services.runtime.settings import load
@@ -134,15 +135,12 @@ class DataAgent:
                 delay = started + start / self.settings.rate - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            attempt = 0
-            while True:
-                try:
+            # same ids on every attempt: the stream's duplicate window drops what already landed
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(Transient),
+                                               wait=wait_exponential(multiplier=0.2, max=5),
+                                               before_sleep=before_sleep_log(log, logging.WARNING)):
+                with attempt:
                     await publish([(bar_id(b), b) for b in part])
-                    break
-                except Transient as err:
-                    attempt += 1
-                    log.warning("publish failed, retrying", extra={"error": str(err), "attempt": attempt})
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
             self.published += len(part)
         log.info("all bars published", extra={"bars": self.published})
         self.done.set()

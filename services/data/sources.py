@@ -11,7 +11,7 @@ import csv
 import heapq
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Connections that outlive outages: NATS reconnects forever, the first connect is retried."""
+"""Connections that outlive outages: NATS (re)connects forever, Redis fails fast so outages show."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
-from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from services.runtime.settings import redact
 
@@ -26,25 +25,19 @@ async def connect_nats(url: str, name: str) -> NATS:
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    async for attempt in AsyncRetrying(
-        wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type((OSError, nats.errors.Error, TimeoutError)),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-    ):
-        with attempt:
-            return await nats.connect(
-                servers=[url],
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                pending_size=64 * 1024 * 1024,
-            )
-    raise AssertionError("unreachable")
+    # with max_reconnect_attempts=-1 nats-py also retries the first connect until it succeeds
+    return await nats.connect(
+        servers=[url],
+        name=name,
+        connect_timeout=2,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 * 1024 * 1024,
+    )
 
 
 def connect_redis(url: str) -> Redis:

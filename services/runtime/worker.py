@@ -193,7 +193,7 @@ class Worker:
             raise
         for out in outgoing:
             self.metrics.messages_out.labels(self.service, out.subject.partition(".")[0]).inc()
-        for msg, inc in done:
+        for msg, _ in done:
             await self._quietly(msg.ack())
         for msg, inc, exc in failed:
             await self._retry_or_dead_letter(msg, inc, exc)
