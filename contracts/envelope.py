@@ -22,7 +22,6 @@ CE_TIME = "ce-time"
 CE_CAUSATION = "ce-causationid"
 NATS_MSG_ID = "Nats-Msg-Id"
 TRACEPARENT = "traceparent"
-REPLAY = "tradeflow-replay"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-fA-F]{32})-[0-9a-fA-F]{16}-[0-9a-f]{2}")
 
 

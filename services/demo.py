@@ -16,7 +16,7 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
-from services import inspect
+from services import observe
 from services.stack import Stack
 from services.supervisor import http_json
 
@@ -37,7 +37,7 @@ async def wait_published(stack: Stack, timeout: float) -> dict:
 async def collect_summary(stack: Stack, nc) -> dict:
     """Counts per stage, dead letters and audit's portfolio."""
     jsm = nc.jsm()
-    totals = inspect.stage_totals(await inspect.subject_counts(jsm))
+    totals = observe.stage_totals(await observe.subject_counts(jsm))
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     return {
         "bars": totals[DATA_READY],
@@ -47,7 +47,7 @@ async def collect_summary(stack: Stack, nc) -> dict:
         "approved": totals[APPROVED_READY],
         "rejected_risk": totals["rejected.risk"],
         "fills": totals[EXECUTED_READY],
-        "dead_letters": await inspect.dead_letters(jsm),
+        "dead_letters": await observe.dead_letters(jsm),
         "portfolio": portfolio,
     }
 
@@ -62,7 +62,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         nc = await nats.connect(stack.nats_url, connect_timeout=3)
         try:
             await wait_published(stack, timeout)
-            await inspect.wait_drained(nc.jsm(), CONSUMERS, timeout)
+            await observe.wait_drained(nc.jsm(), CONSUMERS, timeout)
             done_at = time.monotonic()
             summary = await collect_summary(stack, nc)
         finally:

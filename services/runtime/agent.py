@@ -12,14 +12,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from contracts.codec import Incoming
 from contracts.events import Event
 
 
 class Agent(Protocol):
-    """A pipeline stage: pure logic behind a thin, synchronous adapter."""
+    """A pipeline stage: pure logic behind a thin, synchronous adapter.
+
+    It may also define `routes() -> list[aiohttp.web.RouteDef]` to serve extra HTTP endpoints.
+    """
 
     name: str
     consumes: Sequence[str]     # JetStream filter subjects, e.g. ("data_ready.>",)
@@ -36,12 +37,6 @@ class Agent(Protocol):
     def restore(self, snapshot: Any) -> None:
         """Put back a state taken by snapshot()."""
         ...
-
-
-class HasRoutes(Protocol):
-    """An agent that serves extra HTTP routes (e.g. audit's portfolio)."""
-
-    def routes(self) -> list[web.RouteDef]: ...
 
 
 class Publish(Protocol):

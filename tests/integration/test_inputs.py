@@ -8,7 +8,7 @@ import json
 import pytest
 
 from contracts.subjects import DLQ_STREAM
-from services import inspect
+from services import observe
 from services.runtime.worker import DLQ_ERROR, DLQ_REASON, DLQ_SERVICE, DLQ_SUBJECT
 from services.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
@@ -54,7 +54,7 @@ async def test_header_less_json_is_accepted_at_every_stage(make_stack):
         return pf["fills"] == 4 and pf["bars"] == 1
 
     await wait_for(all_reached_audit, what="every header-less event to reach audit")
-    await inspect.wait_drained(nc.jsm(), CONSUMERS, timeout=30)
+    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=30)
     pf = await portfolio(stack)
     # risk sizes to its default order quantity (10); execution fills what it is told
     assert pf["positions"] == {
@@ -64,7 +64,7 @@ async def test_header_less_json_is_accepted_at_every_stage(make_stack):
         "VAL": {"quantity": 10.0, "avg_price": 20.0, "last_price": 20.0},
     }
     assert pf["fills"] == 4, "the repeated signal was filled twice"
-    assert await inspect.dead_letters(nc.jsm()) == 0
+    assert await observe.dead_letters(nc.jsm()) == 0
 
 
 BAD = [
@@ -108,7 +108,7 @@ async def test_bad_input_lands_in_dlq_with_a_reason_and_neighbours_flow_on(make_
     await nc.publish("data_ready.AAPL", body(bar("AAPL", 59)))
     good += 1
     await nc.flush()
-    await inspect.wait_drained(nc.jsm(), CONSUMERS, timeout=60)
+    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=60)
 
     assert (await portfolio(stack))["bars"] == good, "a good bar next to a bad one was lost"
     letters = await stream_messages(nc, DLQ_STREAM)

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
-from services import inspect, registry
+from services import observe, registry
 from services.audit.logic import summary
 from services.data.service import DataSettings, load_bars
 from services.runtime.settings import load
@@ -41,15 +41,15 @@ def predicted(env: dict[str, str]):
 
 
 async def assert_matches_prediction(stack, nc, sim) -> None:
-    await inspect.wait_drained(nc.jsm(), CONSUMERS, timeout=120)
-    counts = inspect.stage_totals(await inspect.subject_counts(nc.jsm()))
+    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=120)
+    counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     assert portfolio == msgspec.json.decode(msgspec.json.encode(summary(sim.audit.portfolio)))
     fills = [decode(m.subject, m.data, m.headers).event for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
     order_ids = [f.order_id for f in fills]
     assert len(order_ids) == len(set(order_ids)), "an order was filled twice"
-    assert await inspect.dead_letters(nc.jsm()) == 0
+    assert await observe.dead_letters(nc.jsm()) == 0
 
 
 async def test_every_stage_matches_the_pure_logic(make_stack):

@@ -1,0 +1,98 @@
+"""The runtime in-process against real servers: idempotent topology, retries then DLQ for a handler that fails."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+from redis.asyncio import Redis
+
+from contracts.codec import Incoming, encode
+from contracts.events import SignalGenerated
+from contracts.subjects import PIPELINE_STREAM
+from services.runtime.config import RuntimeSettings
+from services.runtime.dedup import DedupRegistry
+from services.runtime.metrics import Metrics
+from services.runtime.publish import Publisher
+from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.worker import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON, Worker
+from tests.integration.conftest import DLQ_STREAM, stream_messages, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_topology_is_idempotent_and_updates_what_drifted(make_stack):
+    stack, nc = await make_stack(services=("quant",))
+    jsm = nc.jsm()
+    settings = RuntimeSettings(max_deliver=8)
+    for _ in range(2):  # a second declaration (a restart, a replica) changes nothing and does not fail
+        await ensure_streams(jsm, settings)
+        await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("quant", ["signals_ready.>"], settings))
+    assert (await jsm.consumer_info(PIPELINE_STREAM, "quant")).config.max_deliver == 8
+    drifted = RuntimeSettings(max_deliver=3, stream_max_age=3600, ack_wait=12)
+    await ensure_streams(jsm, drifted)
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("quant", ["signals_ready.>"], drifted))
+    info = await jsm.consumer_info(PIPELINE_STREAM, "quant")
+    assert (info.config.max_deliver, info.config.ack_wait) == (3, 12)
+    assert (await jsm.stream_info(PIPELINE_STREAM)).config.max_age == 3600
+
+
+class FlakyAgent:
+    """Echoes signals as validated, except one symbol whose handler always raises."""
+
+    name = "flaky"
+    consumes = ("signals_ready.>",)
+    stateful = False
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def handle(self, incoming: Incoming, now: datetime):
+        sig = incoming.event
+        self.calls[sig.symbol] = self.calls.get(sig.symbol, 0) + 1
+        if sig.symbol == "BOOM":
+            raise RuntimeError("feature store returned garbage")
+        return []
+
+    def snapshot(self):
+        return None
+
+    def restore(self, snapshot) -> None:
+        pass
+
+
+async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the_error(make_stack):
+    stack, nc = await make_stack(services=("quant",))
+    settings = RuntimeSettings(max_deliver=3, backoff=[0.2, 0.4], fetch_timeout=0.3)
+    jsm, js = nc.jsm(), nc.jetstream()
+    await ensure_streams(jsm, settings)
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("flaky", ["signals_ready.>"], settings))
+    sub = await js.pull_subscribe_bind(durable="flaky", stream=PIPELINE_STREAM)
+    redis = Redis.from_url(stack.redis_url)
+    agent = FlakyAgent()
+    worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
+                    dedup=DedupRegistry(redis, "flaky", 60), metrics=Metrics("flaky"), settings=settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        for symbol in ("OK", "BOOM", "FINE"):
+            body = SignalGenerated(symbol=symbol, ts=datetime.fromisoformat("2024-01-02T14:30:00+00:00"),
+                                   side="buy", strength=0.5, price=10.0, strategy="t")
+            await js.publish(f"signals_ready.{symbol}", encode(body))
+
+        async def dead_lettered() -> bool:
+            return (await jsm.stream_info(DLQ_STREAM)).state.messages == 1
+
+        await wait_for(dead_lettered, timeout=20, what="the failing message in the DLQ")
+        assert agent.calls == {"OK": 1, "BOOM": 3, "FINE": 1}  # retried up to max_deliver, neighbours once
+        [letter] = await stream_messages(nc, DLQ_STREAM)
+        assert letter.subject == "dlq.flaky.signals_ready.BOOM"
+        assert letter.headers[DLQ_REASON] == "max_deliveries"
+        assert letter.headers[DLQ_DELIVERIES] == "3"
+        assert "RuntimeError: feature store returned garbage" in letter.headers[DLQ_ERROR]
+        info = await jsm.consumer_info(PIPELINE_STREAM, "flaky")
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
