@@ -110,7 +110,7 @@ class Stack:
         return code
 
     async def stop(self) -> dict[str, int | None]:
-        """Stop services (data first, so nothing new enters), then the servers."""
+        """Stop every service (each drains and exits), then the servers they were using."""
         services = [n for n in self.services if n in self.supervisor.procs]
         codes = await self.supervisor.stop_all(order=services)
         return codes

@@ -147,7 +147,8 @@ class Worker:
                     return
                 for msg, _ in good:
                     await self._quietly(msg.in_progress())
-                await self._sleep(backoff_delay(self.settings.backoff, attempt))
+                # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
+                await self._sleep(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3))
 
     async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
         started = time.perf_counter()
