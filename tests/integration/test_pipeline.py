@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import msgspec
+import nats
 import pytest
 
 from contracts.codec import decode
@@ -12,6 +13,7 @@ from contracts.subjects import PIPELINE_STREAM
 from services import observe, registry
 from services.audit.logic import summary
 from services.data.service import DataSettings, load_bars
+from services.demo import wait_published
 from services.runtime.settings import load
 from services.simulate import simulate
 from services.supervisor import http_json
@@ -41,6 +43,7 @@ def predicted(env: dict[str, str]):
 
 
 async def assert_matches_prediction(stack, nc, sim) -> None:
+    await wait_published(stack, timeout=120)
     await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=120)
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
@@ -76,3 +79,24 @@ async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_sta
     _, progress = await http_json(stack.http_port("data"), "/v1/progress")
     assert not progress["done"], "the restart did not happen mid-stream; slow the feed down"
     await assert_matches_prediction(stack, nc, sim)
+
+
+async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_stack):
+    _, sim = predicted(LOGIC_ENV)
+    # acks sent while the server was down are lost; ack_wait decides how soon those messages come back
+    env = LOGIC_ENV | {"TRADEFLOW_ACK_WAIT": "3"}
+    stack, nc = await make_stack(env=env, per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "300"}})
+
+    async def some_processed() -> bool:
+        return (await nc.jsm().consumer_info(PIPELINE_STREAM, "audit")).ack_floor.stream_seq > 200
+
+    await wait_for(some_processed, what="audit to process some events")
+    await nc.close()
+    await stack.supervisor.restart("nats-server", signal.SIGKILL)  # same port, same store directory
+    nc = await nats.connect(stack.nats_url)
+    try:
+        _, progress = await http_json(stack.http_port("data"), "/v1/progress")
+        assert not progress["done"], "the outage did not happen mid-stream; slow the feed down"
+        await assert_matches_prediction(stack, nc, sim)
+    finally:
+        await nc.close()
