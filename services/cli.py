@@ -112,7 +112,11 @@ def _home(home: str | None, prefix: str) -> Path:
 @click.option("--data", multiple=True, metavar="SPEC",
               help="Feed bars: a bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable.")
 @click.option("--home", type=click.Path(file_okay=False), help="Where the servers and logs keep their files.")
-def up(data: tuple[str, ...], home: str | None) -> None:
+@click.option("--nats-port", type=click.IntRange(0, 65535), default=4222, show_default=True,
+              help="Port for the NATS server it starts (taken only if free; 0 = any free port).")
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
+              help="Port for the Redis server it starts (taken only if free; 0 = any free port).")
+def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int) -> None:
     """Start NATS, Redis and all six services on this machine; Ctrl-C stops them all.
 
     NATS_URL / REDIS_URL use existing servers instead of starting them.
@@ -123,7 +127,7 @@ def up(data: tuple[str, ...], home: str | None) -> None:
 
     async def main():
         stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
-                      per_service_env={"data": _data_env(data)}, default_ports=True)
+                      per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port)
         try:
             await stack.start()
             click.echo(f"tradeflow is up (home {stack.home})")

@@ -29,8 +29,9 @@ from services.supervisor import (
 )
 
 
-def _preferred(port: int, fixed: bool) -> int:
-    return port if fixed and not port_open("127.0.0.1", port) else free_port()
+def _preferred(port: int) -> int:
+    """`port` if it is given and free, else any free port."""
+    return port if port and not port_open("127.0.0.1", port) else free_port()
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Stack:
     services: tuple[str, ...] = SERVICES
     env: dict[str, str] = field(default_factory=dict)
     per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    default_ports: bool = False   # try 4222/6379 first (for `tradeflow up`)
+    nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
+    redis_port: int = 0
     ready_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -56,7 +58,7 @@ class Stack:
         return self.home / "logs"
 
     async def start_nats(self) -> None:
-        port, monitor = _preferred(4222, self.default_ports), _preferred(8222, self.default_ports)
+        port, monitor = _preferred(self.nats_port), _preferred(self.nats_port and 8222)
         store = self.home / "nats"
         store.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-c", str(ROOT / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
@@ -67,7 +69,7 @@ class Stack:
         self.nats_url = f"nats://127.0.0.1:{port}"
 
     async def start_redis(self) -> None:
-        port = _preferred(6379, self.default_ports)
+        port = _preferred(self.redis_port)
         store = self.home / "redis"
         store.mkdir(parents=True, exist_ok=True)
         argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",

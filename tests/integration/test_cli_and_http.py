@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 
 import aiohttp
@@ -107,3 +108,32 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
         return status == 503 and body["checks"]["redis"] is False
 
     await wait_for(not_ready, what="/readyz to report Redis down")
+
+
+async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "up", "--home", str(tmp_path / "up"), "--nats-port", "0",
+        "--redis-port", "0", env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "REDIS_URL")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        lines = []
+        while not any("Ctrl-C" in line for line in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+            assert line, f"up exited early: {(await proc.stderr.read()).decode()[-2000:]}"
+            lines.append(line)
+        nats_url = next(w for line in lines for w in line.split() if w.startswith("nats://"))
+        audit_port = int(next(line for line in lines if line.strip().startswith("audit")).split(":")[-1].split("/")[0])
+        code, _, err = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), env={"NATS_URL": nats_url})
+        assert code == 0, err
+
+        async def audited() -> bool:
+            return (await http_json(audit_port, "/v1/portfolio"))[1]["bars"] == 1
+
+        await wait_for(audited, what="the bar to reach audit")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0
+    for log in (tmp_path / "up" / "logs").glob("*.log"):  # every service said it stopped
+        if log.stem in SERVICES:
+            assert "service stopped" in log.read_text(), log.name
