@@ -13,6 +13,7 @@ from typing import ClassVar
 import click
 import msgspec
 import orjson
+from nats.errors import Error as NatsError
 
 from contracts.errors import TradeflowError
 from services.registry import SERVICES
@@ -57,7 +58,7 @@ def _run_async(coro) -> object:
         return None
     except TradeflowError as exc:
         _fail(str(exc))
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, NatsError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
 
 
@@ -182,10 +183,10 @@ async def _connect():
 @click.option("--id", "event_id", help="Nats-Msg-Id to send (default: none, as `nats pub`).")
 @click.option("--no-check", is_flag=True, help="Send BODY as it is, even if it would be dead-lettered.")
 def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> None:
-    """Publish one JSON BODY to SUBJECT on JetStream, as `nats pub` would (no envelope headers)."""
+    """Publish one JSON BODY ('-' reads stdin) to SUBJECT on JetStream, as `nats pub` would (no envelope headers)."""
     from contracts.codec import decode
 
-    raw = body.encode()
+    raw = sys.stdin.buffer.read() if body == "-" else body.encode()
     if not no_check:
         try:
             decode(subject, raw)

@@ -38,6 +38,14 @@ async def test_publish_and_tail_against_a_live_pipeline(make_stack):
     assert "stream PIPELINE seq 1" in out
     code, out, _ = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), "--id", "cli-1", env=env)
     assert "(duplicate)" in out
+    code, _, err = await tradeflow("publish", "--no-check", "nowhere.AAPL", "{}", env=env)
+    assert code == 1 and "no response from stream" in err and "Traceback" not in err
+    huge = "data_ready.AAPL", "--no-check", "-"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "publish", *huge,
+                                                env={**os.environ, **env}, stdin=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate(b'{"pad": "' + b"x" * 2_000_000 + b'"}')
+    assert proc.returncode == 1 and b"maximum payload exceeded" in err and b"Traceback" not in err
     code, tailed, err = await tail
     assert code == 0, err
     line = json.loads(tailed.splitlines()[0])
@@ -97,6 +105,11 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
                 text = await r.text()
             async with s.get(f"http://127.0.0.1:{port}/nope") as r:
                 assert r.status == 404
+            async with s.post(f"http://127.0.0.1:{port}/readyz", data=b"x" * 1_000_000) as r:
+                assert r.status in (405, 413)
+            async with s.get(f"http://127.0.0.1:{port}/metrics?" + "a=1&" * 2000, headers={"X-Junk": "y" * 7000}) as r:
+                assert r.status in (200, 400, 414, 431)
+        assert (await http_json(port, "/healthz"))[0] == 200, f"{name} hurt by hostile requests"
         families = {f.name for f in text_string_to_metric_families(text)}
         assert {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_processing_seconds",
                 "tradeflow_event_loop_lag_seconds", "tradeflow_dead_letters"} <= families, name
