@@ -92,6 +92,9 @@ class OrderApproved(Event, frozen=True, kw_only=True):
     quantity: Quantity
     price: Price
     strategy: Name = "unknown"
+    # > 0: flatten the position, then put this fraction of available equity on `side`, sized by the
+    # broker at the fill price; `quantity` is then risk's estimate at `price`
+    equity_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
     def __post_init__(self) -> None:
         _require_finite(self, "quantity", "price")

@@ -1,36 +1,140 @@
-"""Paper broker: fill an approved order at its reference price, with slippage and commission."""
+"""Paper broker: fills approved orders with slippage and commission, each order id once. Pure.
+
+Fill price: the open of the first bar after the order's bar (`next_open`, the default) or the
+order's own reference price, its bar's close (`close`). An order whose next bar has not come
+yet waits; the last `keep_bars` bar opens are remembered per symbol, so the fill does not
+depend on whether the order or the bar arrives first. An order whose fill bar has already
+been forgotten is refused (Rejected, so it is dead-lettered), never filled at a wrong price. Cash is margin-style, as in backtesting.py: it moves by realised
+PnL and commissions; an `equity_fraction` order flattens the position and then buys
+`floor(available * fraction / (price * (1 + commission_rate)))` units.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 import msgspec
 
-from contracts.events import OrderApproved, OrderFilled
+from contracts.errors import Rejected
+from contracts.events import BarReceived, OrderApproved, OrderFilled
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class BrokerParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Commission as a rate of notional with a minimum per fill; slippage in basis points."""
+    """Fill price model, commission as a rate of notional with a minimum per fill, slippage in bps."""
 
+    fill_price: Literal["next_open", "close"] = "next_open"
     commission_rate: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.001
     min_commission: NonNegative = 0.0
     slippage_bps: Annotated[float, msgspec.Meta(ge=0, lt=10_000)] = 0.0
+    cash: Annotated[float, msgspec.Meta(gt=0)] = 100_000.0
+    keep_bars: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000  # how far orders may lag behind bars
 
 
-def fill(order: OrderApproved, params: BrokerParams) -> OrderFilled:
-    """The fill of `order`: buys pay the slippage up, sells down."""
-    slip = order.price * params.slippage_bps / 10_000
-    price = order.price + slip if order.side == "buy" else order.price - slip
-    commission = max(params.min_commission, params.commission_rate * price * order.quantity)
-    return OrderFilled(symbol=order.symbol, ts=order.ts, order_id=order.order_id, side=order.side,
-                       quantity=order.quantity, price=price, commission=commission)
+class Holding(msgspec.Struct, frozen=True):
+    """Signed quantity and average entry price."""
+
+    quantity: float = 0.0
+    entry_price: float = 0.0
 
 
-def fill_once(filled: frozenset[str], order: OrderApproved,
-              params: BrokerParams) -> tuple[frozenset[str], list[OrderFilled]]:
-    """Fill an order only the first time its id is seen."""
-    if order.order_id in filled:
-        return filled, []
-    return filled | {order.order_id}, [fill(order, params)]
+class Broker(msgspec.Struct, frozen=True, kw_only=True):
+    """The paper account: cash, holdings, orders waiting for their bar, recent bars, order ids seen."""
+
+    cash: float
+    holdings: dict[str, Holding] = {}
+    pending: dict[str, tuple[OrderApproved, ...]] = {}
+    recent: dict[str, tuple[tuple[datetime, float], ...]] = {}   # (ts, open) of the last bars
+    forgotten: dict[str, datetime] = {}                            # ts of the last bar dropped
+    seen: frozenset[str] = frozenset()
+
+
+def new_broker(params: BrokerParams) -> Broker:
+    """An empty account holding the configured cash."""
+    return Broker(cash=params.cash)
+
+
+def _commission(quantity: float, price: float, params: BrokerParams) -> float:
+    return max(params.min_commission, params.commission_rate * price * quantity)
+
+
+def _execute(broker: Broker, order: OrderApproved, price: float, ts,
+             params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
+    slip = price * params.slippage_bps / 10_000
+    price = price + slip if order.side == "buy" else price - slip
+    held = broker.holdings.get(order.symbol, Holding())
+    sign = 1.0 if order.side == "buy" else -1.0
+    if order.equity_fraction > 0:
+        closing = abs(held.quantity) if held.quantity * sign < 0 else 0.0
+        cash = broker.cash
+        if closing:
+            cash += held.quantity * (price - held.entry_price) - params.commission_rate * price * closing
+        margin_elsewhere = sum(abs(h.quantity) * h.entry_price for s, h in broker.holdings.items() if s != order.symbol)
+        available = max(0.0, cash - margin_elsewhere)
+        opening = float(int((available * order.equity_fraction) // (price * (1 + params.commission_rate))))
+        quantity = closing + opening
+    else:
+        quantity = order.quantity
+    if quantity <= 0:
+        return broker, []
+    commission = _commission(quantity, price, params)
+    signed = sign * quantity
+    new_qty = held.quantity + signed
+    realized = 0.0
+    if held.quantity * signed < 0:
+        realized = min(abs(signed), abs(held.quantity)) * (price - held.entry_price) * (1 if held.quantity > 0 else -1)
+    if abs(new_qty) < 1e-12:
+        holding = Holding()
+    elif held.quantity * new_qty > 0 and abs(new_qty) < abs(held.quantity):
+        holding = Holding(new_qty, held.entry_price)
+    elif held.quantity * signed >= 0:
+        holding = Holding(new_qty, (held.quantity * held.entry_price + signed * price) / new_qty)
+    else:
+        holding = Holding(new_qty, price)
+    holdings = {**broker.holdings, order.symbol: holding}
+    fill = OrderFilled(symbol=order.symbol, ts=ts, order_id=order.order_id, side=order.side,
+                       quantity=quantity, price=price, commission=commission)
+    return msgspec.structs.replace(broker, cash=broker.cash + realized - commission, holdings=holdings), [fill]
+
+
+def on_order(broker: Broker, order: OrderApproved, params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
+    """Fill an order now if its price is known, else keep it for its bar; a repeated order id does nothing."""
+    if order.order_id in broker.seen:
+        return broker, []
+    if params.fill_price == "close":
+        broker = msgspec.structs.replace(broker, seen=broker.seen | {order.order_id})
+        return _execute(broker, order, order.price, order.ts, params)
+    forgotten = broker.forgotten.get(order.symbol)
+    if forgotten is not None and order.ts < forgotten:
+        raise Rejected(f"order {order.order_id}: the bar after {order.ts.isoformat()} is no longer remembered "
+                       f"(orders lag more than TRADEFLOW_EXECUTION_KEEP_BARS={params.keep_bars} bars)")
+    broker = msgspec.structs.replace(broker, seen=broker.seen | {order.order_id})
+    for ts, open_ in broker.recent.get(order.symbol, ()):
+        if ts > order.ts:
+            return _execute(broker, order, open_, ts, params)
+    pending = {**broker.pending, order.symbol: broker.pending.get(order.symbol, ()) + (order,)}
+    return msgspec.structs.replace(broker, pending=pending), []
+
+
+def on_bar(broker: Broker, bar: BarReceived, params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
+    """Remember the bar; fill the waiting orders of its symbol placed before it, at its open."""
+    recent = broker.recent.get(bar.symbol, ()) + ((bar.ts, bar.open),)
+    forgotten = broker.forgotten
+    if len(recent) > params.keep_bars:
+        forgotten = {**forgotten, bar.symbol: recent[-params.keep_bars - 1][0]}
+        recent = recent[-params.keep_bars:]
+    broker = msgspec.structs.replace(broker, recent={**broker.recent, bar.symbol: recent}, forgotten=forgotten)
+    waiting = broker.pending.get(bar.symbol, ())
+    due = [o for o in waiting if o.ts < bar.ts]
+    if not due:
+        return broker, []
+    broker = msgspec.structs.replace(broker, pending={**broker.pending,
+                                                      bar.symbol: tuple(o for o in waiting if o.ts >= bar.ts)})
+    fills: list[OrderFilled] = []
+    for order in due:
+        broker, out = _execute(broker, order, bar.open, bar.ts, params)
+        fills += out
+    return broker, fills
+

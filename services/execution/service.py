@@ -1,4 +1,4 @@
-"""Execution service wiring: approved_ready.<SYM> -> executed_ready.<SYM>, each order filled once."""
+"""Execution service wiring: approved_ready.<SYM> (and the bars to fill at) -> executed_ready.<SYM>."""
 
 from __future__ import annotations
 
@@ -6,32 +6,34 @@ from datetime import datetime
 from typing import Any
 
 from contracts.codec import Incoming
-from contracts.events import OrderFilled
-from contracts.subjects import APPROVED_READY
-from services.execution.logic import BrokerParams, fill_once
+from contracts.events import BarReceived, OrderFilled
+from contracts.subjects import APPROVED_READY, DATA_READY
+from services.execution.logic import BrokerParams, new_broker, on_bar, on_order
 from services.runtime.settings import load
 
 
 class ExecutionAgent:
-    """The paper broker; the set of filled order ids is rebuilt from history on start."""
+    """The paper broker; its account (orders seen, holdings, waiting orders) is rebuilt from history on start."""
 
     name = "execution"
-    consumes = (f"{APPROVED_READY}.>",)
+    consumes = (f"{APPROVED_READY}.>", f"{DATA_READY}.>")
     stateful = True
 
     def __init__(self, params: BrokerParams) -> None:
         self.params = params
-        self.filled: frozenset[str] = frozenset()
+        self.broker = new_broker(params)
 
     def handle(self, incoming: Incoming, now: datetime) -> list[OrderFilled]:
-        self.filled, fills = fill_once(self.filled, incoming.event, self.params)
+        event = incoming.event
+        step = on_bar if isinstance(event, BarReceived) else on_order
+        self.broker, fills = step(self.broker, event, self.params)
         return fills
 
     def snapshot(self) -> Any:
-        return self.filled
+        return self.broker
 
     def restore(self, snapshot: Any) -> None:
-        self.filled = snapshot
+        self.broker = snapshot
 
 
 def build(environ=None) -> ExecutionAgent:

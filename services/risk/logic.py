@@ -6,7 +6,8 @@ so they do not depend on when fills come back; fills are tracked beside it.
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -18,10 +19,17 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 class RiskParams(msgspec.Struct, frozen=True, kw_only=True):
     """Target size per signal, and the limits that bound it."""
 
-    order_quantity: Positive = 10.0
+    sizing: Literal["fixed", "equity_fraction"] = "fixed"
+    order_quantity: Positive = 10.0      # fixed: the target position's size
+    equity_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9999   # equity_fraction: share of equity
+    capital: Positive = 100_000.0        # equity_fraction: what risk assumes when it estimates a size
     max_position: Positive = 100.0
     max_order_notional: Positive = 50_000.0
     allow_short: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sizing == "equity_fraction" and not self.allow_short:
+            raise ValueError("equity_fraction sizing needs allow_short: going flat on a sell is fixed sizing only")
 
 
 class Book(msgspec.Struct, frozen=True):
@@ -39,16 +47,21 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
               params: RiskParams) -> tuple[Book, OrderApproved | SignalRejected]:
     """Approve an order that moves the committed position to the signal's target, or reject it."""
     current = book.committed.get(signal.symbol, 0.0)
-    if signal.side == "buy":
-        target = params.order_quantity
-    else:
-        target = -params.order_quantity if params.allow_short else 0.0
+    direction = 1.0 if signal.side == "buy" else (-1.0 if params.allow_short else 0.0)
+    if params.sizing == "fixed":
+        target = direction * params.order_quantity
+    else:  # the broker sizes at the fill; this estimate is what the limits are checked against
+        target = direction * math.floor(params.capital * params.equity_fraction / signal.price)
+        if math.copysign(1, target) == math.copysign(1, current) and current and target:
+            target = current  # already all-in on this side
     delta = target - current
 
     def reject(rule: str, reason: str) -> tuple[Book, SignalRejected]:
         return book, SignalRejected(symbol=signal.symbol, ts=signal.ts, stage="risk", rule=rule, reason=reason,
                                     side=signal.side, strategy=signal.strategy)
 
+    if direction and not target:
+        return reject("min_size", f"{params.capital:g} x {params.equity_fraction:g} buys no unit at {signal.price:g}")
     if delta == 0:
         return reject("at_target", f"position {current:g} already at target {target:g}")
     if abs(target) > params.max_position:
@@ -59,7 +72,8 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
                       f"order notional {notional:.2f} exceeds the limit {params.max_order_notional:.2f}")
     order = OrderApproved(symbol=signal.symbol, ts=signal.ts, order_id=order_id,
                           side="buy" if delta > 0 else "sell", quantity=abs(delta), price=signal.price,
-                          strategy=signal.strategy)
+                          strategy=signal.strategy,
+                          equity_fraction=params.equity_fraction if params.sizing == "equity_fraction" else 0.0)
     committed = {**book.committed, signal.symbol: target}
     return Book(committed, book.filled), order
 

@@ -14,7 +14,8 @@ from services.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 
 pytestmark = pytest.mark.integration
-ENV = {"TRADEFLOW_EXECUTION_COMMISSION_RATE": "0"}
+# fills at the order's own price: the injected orders have no later bar to fill at
+ENV = {"TRADEFLOW_EXECUTION_COMMISSION_RATE": "0", "TRADEFLOW_EXECUTION_FILL_PRICE": "close"}
 
 
 def bar(symbol: str, minute: int, price: float = 100.0, **extra) -> dict:
@@ -120,9 +121,9 @@ async def test_bad_input_lands_in_dlq_with_a_reason_and_neighbours_flow_on(make_
             assert letter.headers[DLQ_REASON] == reason, case.id
             assert text in letter.headers[DLQ_ERROR], (case.id, letter.headers[DLQ_ERROR])
             assert letter.subject == f"dlq.{letter.headers[DLQ_SERVICE]}.{subject}"
-    # strategy and audit each consume data_ready; execution consumes approved_ready; nothing is lost or invented
+    # strategy, execution and audit each consume data_ready; execution also approved_ready; nothing lost or invented
     by_service = {(m.headers[DLQ_SERVICE], m.headers[DLQ_SUBJECT]) for m in letters}
     assert ("strategy", "data_ready.AAPL") in by_service and ("audit", "data_ready.AAPL") in by_service
     assert ("execution", "approved_ready.AAPL") in by_service
-    expected = sum(2 if c.values[0].startswith("data_ready") else 1 for c in BAD)
+    expected = sum(3 if c.values[0].startswith("data_ready") else 1 for c in BAD)
     assert len(letters) == expected

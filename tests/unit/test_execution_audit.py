@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
+from contracts.errors import Rejected
 from contracts.events import BarReceived, OrderApproved, OrderFilled
 from services.audit.logic import equity, new_portfolio, on_bar, on_fill, summary
 from services.audit.service import AuditAgent, AuditSettings
 from services.data.sources import synthetic
-from services.execution.logic import BrokerParams, fill, fill_once
+from services.execution.logic import BrokerParams, new_broker, on_bar as broker_bar, on_order
 from services.execution.service import ExecutionAgent
 from services.quant.logic import QuantParams
 from services.quant.service import QuantAgent
@@ -25,6 +27,13 @@ TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 
 def order(side: str, quantity: float = 10.0, price: float = 100.0, order_id: str = "o-1") -> OrderApproved:
     return OrderApproved(symbol="GOOG", ts=TS, order_id=order_id, side=side, quantity=quantity, price=price)
+
+
+def fill(o: OrderApproved, params: BrokerParams) -> OrderFilled:
+    """The fill of one order at its own reference price."""
+    params = msgspec.structs.replace(params, fill_price="close")
+    _, [out] = on_order(new_broker(params), o, params)
+    return out
 
 
 # ---- execution -----------------------------------------------------------------------------------------------------
@@ -53,12 +62,52 @@ def test_commission_is_the_rate_with_a_minimum(quantity, commission):
 
 
 def test_an_order_id_is_filled_only_once():
-    params = BrokerParams()
-    seen, first = fill_once(frozenset(), order("buy"), params)
-    again_seen, again = fill_once(seen, order("buy"), params)
-    assert len(first) == 1 and again == [] and again_seen == seen
-    _, other = fill_once(seen, order("sell", order_id="o-2"), params)
+    params = BrokerParams(fill_price="close")
+    broker, first = on_order(new_broker(params), order("buy"), params)
+    again_broker, again = on_order(broker, order("buy"), params)
+    assert len(first) == 1 and again == [] and again_broker == broker
+    _, other = on_order(broker, order("sell", order_id="o-2"), params)
     assert [f.order_id for f in other] == ["o-2"]
+
+
+def bar_at(minutes: int, open_: float) -> BarReceived:
+    return BarReceived(symbol="GOOG", ts=TS + timedelta(minutes=minutes), open=open_, high=open_ + 5,
+                       low=open_ - 5, close=open_)
+
+
+@pytest.mark.parametrize("bar_first", [pytest.param(False, id="order-then-bar"), pytest.param(True, id="bar-then-order")])
+def test_next_open_fills_at_the_first_later_bar_whatever_arrives_first(bar_first):
+    params = BrokerParams(commission_rate=0)
+    broker = new_broker(params)
+    broker, early = broker_bar(broker, bar_at(0, 90.0), params)  # the order's own bar: not a fill price
+    events = [bar_at(1, 101.0), bar_at(2, 102.0)]
+    fills = []
+    for event in (events + [order("buy")] if bar_first else [order("buy")] + events):
+        step = broker_bar if isinstance(event, BarReceived) else on_order
+        broker, out = step(broker, event, params)
+        fills += out
+    assert early == [] and [(f.price, f.ts) for f in fills] == [(101.0, TS + timedelta(minutes=1))]
+
+
+def test_equity_fraction_flattens_then_goes_all_in_as_backtesting_py():
+    # backtesting.py's first GOOG SmaCross trade: cash 10,000, commission 0.2 %, open 169.02
+    # size = int(10,000 x 0.9999 // (169.02 x 1.002)) = int(9,999 // 169.35804) = 59
+    params = BrokerParams(commission_rate=0.002, cash=10_000)
+    short = OrderApproved(symbol="GOOG", ts=TS, order_id="o-1", side="sell", quantity=1, price=170.0,
+                          equity_fraction=0.9999)
+    broker, _ = on_order(new_broker(params), short, params)
+    broker, [opened] = broker_bar(broker, bar_at(1, 169.02), params)
+    assert (opened.side, opened.quantity) == ("sell", 59)
+    assert broker.cash == pytest.approx(10_000 - 59 * 169.02 * 0.002)
+    # reverse at 179.13: close 59 (loss 59 x 10.11 = 596.49, commission 21.14) then size the long from the cash left
+    reverse = OrderApproved(symbol="GOOG", ts=TS + timedelta(minutes=1), order_id="o-2", side="buy", quantity=1,
+                            price=180.0, equity_fraction=0.9999)
+    broker, _ = on_order(broker, reverse, params)
+    broker, [flipped] = broker_bar(broker, bar_at(2, 179.13), params)
+    cash_after_close = 10_000 - 59 * 169.02 * 0.002 - 59 * 10.11 - 59 * 179.13 * 0.002
+    long_size = int(cash_after_close * 0.9999 // (179.13 * 1.002))
+    assert long_size == 52  # backtesting.py's second trade is long 52
+    assert flipped.quantity == 59 + long_size and broker.holdings["GOOG"].quantity == long_size
 
 
 # ---- audit ---------------------------------------------------------------------------------------------------------
@@ -175,3 +224,16 @@ def test_a_stricter_quant_lets_fewer_signals_through():
     loose, strict = run_simulation(0.1).counts, run_simulation(0.5).counts
     assert loose["signals_ready"] == strict["signals_ready"]
     assert strict["validated_ready"] < loose["validated_ready"]
+
+
+def test_an_order_whose_fill_bar_was_forgotten_is_refused_not_misfilled():
+    params = BrokerParams(keep_bars=2)
+    broker = new_broker(params)
+    for minute in range(1, 5):  # bars at +1..+4; +1 and +2 are dropped
+        broker, _ = broker_bar(broker, bar_at(minute, 100.0 + minute), params)
+    with pytest.raises(Rejected, match="no longer remembered"):
+        on_order(broker, order("buy"), params)  # its fill bar is +1
+    late = OrderApproved(symbol="GOOG", ts=TS + timedelta(minutes=2), order_id="o-9", side="buy", quantity=1,
+                         price=100.0)
+    _, [filled] = on_order(broker, late, params)  # its fill bar +3 is still known
+    assert filled.price == 103.0
