@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from contracts.events import BarReceived, OrderFilled
+from services.audit import ledger as trades
+from services.audit.ledger import Ledger
 
 
 class Position(msgspec.Struct, frozen=True):
@@ -25,6 +27,10 @@ class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
     commissions: float = 0.0
     fills: int = 0
     bars: int = 0
+    ledger: Ledger = Ledger()
+    peak_equity: float = 0.0
+    max_drawdown: float = 0.0   # largest fall from a peak, as a fraction of that peak
+    exposed_bars: int = 0       # bars that closed with a position open
 
 
 def new_portfolio(cash: float) -> Portfolio:
@@ -57,12 +63,17 @@ def on_fill(pf: Portfolio, f: OrderFilled) -> Portfolio:
         pf, cash=pf.cash - signed * f.price - f.commission, positions=positions,
         realized_pnl=pf.realized_pnl + realized - f.commission, commissions=pf.commissions + f.commission,
         fills=pf.fills + 1, last_price={**pf.last_price, f.symbol: pf.last_price.get(f.symbol, f.price)},
+        ledger=trades.on_fill(pf.ledger, f),
     )
 
 
 def on_bar(pf: Portfolio, bar: BarReceived) -> Portfolio:
-    """Mark to the bar's close."""
-    return msgspec.structs.replace(pf, last_price={**pf.last_price, bar.symbol: bar.close}, bars=pf.bars + 1)
+    """Mark to the bar's close; track the equity peak, the drawdown and the time in the market."""
+    pf = msgspec.structs.replace(pf, last_price={**pf.last_price, bar.symbol: bar.close}, bars=pf.bars + 1)
+    eq = equity(pf)
+    peak = max(pf.peak_equity, eq, pf.initial_cash)
+    return msgspec.structs.replace(pf, peak_equity=peak, max_drawdown=max(pf.max_drawdown, (peak - eq) / peak),
+                                   exposed_bars=pf.exposed_bars + (1 if pf.positions else 0))
 
 
 def equity(pf: Portfolio) -> float:
@@ -84,6 +95,11 @@ def summary(pf: Portfolio) -> dict:
         "commissions": round(pf.commissions, 6),
         "fills": pf.fills,
         "bars": pf.bars,
+        "return_pct": round((eq / pf.initial_cash - 1) * 100, 6),
+        "max_drawdown_pct": round(pf.max_drawdown * 100, 6),
+        "exposure_pct": round(pf.exposed_bars / pf.bars * 100, 6) if pf.bars else 0.0,
+        "trades": len(pf.ledger.closed),
+        "win_rate_pct": None if (rate := trades.win_rate(pf.ledger)) is None else round(rate * 100, 6),
         "positions": {s: {"quantity": p.quantity, "avg_price": round(p.avg_price, 6),
                           "last_price": pf.last_price.get(s)} for s, p in sorted(pf.positions.items())},
     }

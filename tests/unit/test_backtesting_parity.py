@@ -73,6 +73,11 @@ def test_sma_cross_on_goog_matches_backtesting_py():
         sizes.append(abs(opened - abs(trade.Size)))
         held = opened
     assert max(sizes) == 0, "an all-in size differs"
+    ledger = sim.audit.portfolio.ledger.closed  # audit's own pairing of the fills into trades
+    assert [(t.size, t.entry_price, t.exit_price) for t in ledger] == [
+        (float(t.Size), t.EntryPrice, t.ExitPrice) for t in trades.itertuples()]
+    assert [t.pnl for t in ledger] == pytest.approx(list(trades.PnL), abs=1e-6)
+    assert [t.commission for t in ledger] == pytest.approx(list(trades.Commission), abs=1e-6)
     from services.audit.logic import equity
 
     ours, theirs = equity(sim.audit.portfolio), stats["Equity Final [$]"]

@@ -174,7 +174,23 @@ def test_whole_story_marked_to_the_last_bar():
         "cash": 10_995, "equity": 10_095, "initial_cash": 10_000, "pnl": 95, "realized_pnl": -5,
         "unrealized_pnl": 100, "commissions": 5, "fills": 4, "bars": 2,
         "positions": {"GOOG": {"quantity": -10, "avg_price": 100, "last_price": 90.0}},
+        # 10,095 / 10,000; no bar below the peak; a position open at both bars; 2 closed trades, 1 won
+        "return_pct": 0.95, "max_drawdown_pct": 0.0, "exposure_pct": 100.0, "trades": 2, "win_rate_pct": 50.0,
     }
+    first, second = pf.ledger.closed
+    # 5 of the 20 @ 105 closed at 120: commission 2 x 5/20 on entry + 1 on exit = 1.5; pnl 5 x 15 - 1.5
+    assert (first.size, first.entry_price, first.exit_price, first.commission, first.pnl) == (5, 105, 120, 1.5, 73.5)
+    # the other 15 closed at 100: commission 1.5 left on entry + 2 x 15/25 on exit = 2.7; pnl 15 x -5 - 2.7
+    assert (second.size, second.exit_price) == (15, 100)
+    assert second.commission == pytest.approx(2.7) and second.pnl == pytest.approx(-77.7)
+    [(symbol, still_open)] = pf.ledger.open.items()
+    assert (symbol, still_open.size, still_open.entry_price) == ("GOOG", -10, 100)  # the reversal's remainder
+
+
+def test_drawdown_is_the_largest_fall_from_a_peak():
+    pf = play(filled("buy", 10, 100, 0.0), bar(120.0), bar(90.0), bar(130.0), bar(117.0))
+    # equity 10,200 -> 9,900 (-2.94 %) -> 10,300 -> 10,170 (-1.26 %): the first fall is the largest
+    assert summary(pf)["max_drawdown_pct"] == pytest.approx(300 / 10_200 * 100, abs=1e-6)
 
 
 def test_equity_before_any_bar_uses_the_fill_price():
