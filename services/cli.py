@@ -177,6 +177,59 @@ async def _connect():
         _fail(f"cannot reach NATS at {url} (set NATS_URL): {type(exc).__name__}")
 
 
+def trading_options(command):
+    """The options `backtest` and `demo` share: strategy, parameters, account, sizing, fills."""
+    for option in reversed([
+        click.option("--strategy", default="sma_cross", show_default=True, help="Strategy name."),
+        click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+                     help="Strategy parameter, e.g. --param fast=10 --param slow=20. Repeatable."),
+        click.option("--cash", type=click.FloatRange(min=0, min_open=True), default=10_000, show_default=True),
+        click.option("--commission", type=click.FloatRange(0, 0.1, max_open=True), default=0.002, show_default=True,
+                     help="Commission as a fraction of notional, on every fill."),
+        click.option("--sizing", default="all_in", show_default=True, metavar="all_in|fixed:N",
+                     help="all_in: flatten, then the whole equity on each signal (limits off); fixed:N units."),
+        click.option("--fill-price", type=click.Choice(["next_open", "close"]), default="next_open",
+                     show_default=True, help="Fill at the next bar's open or at the signal bar's close."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _trading_env(strategy, params, cash, commission, sizing, fill_price) -> dict[str, str]:
+    from services.backtest import settings_env
+
+    return settings_env(strategy=strategy, params=params, cash=cash, commission=commission, sizing=sizing,
+                        fill_price=fill_price)
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+        return
+    click.echo(f"{'trade':>5} {'entry':<26} {'exit':<26} {'size':>10} {'entry $':>10} {'exit $':>10} {'pnl':>12}")
+    for i, t in enumerate(report["trades"], 1):
+        click.echo(f"{i:>5} {t['entry_time']:<26} {t['exit_time']:<26} {t['size']:>10g} {t['entry_price']:>10.2f} "
+                   f"{t['exit_price']:>10.2f} {t['pnl']:>12.2f}")
+    win = report["win_rate_pct"]
+    click.echo(f"final equity {report['final_equity']:,.2f}  return {report['return_pct']:.2f} %  "
+               f"max drawdown {report['max_drawdown_pct']:.2f} %  trades {report['trade_count']}  "
+               f"win rate {'-' if win is None else f'{win:.1f} %'}  exposure {report['exposure_pct']:.1f} %  "
+               f"commissions {report['commissions']:,.2f}")
+
+
+@cli.command()
+@click.option("--data", multiple=True, required=True, metavar="SPEC",
+              help="A bundled set (GOOG, EURUSD, BTCUSD), a CSV path or SYMBOL=path.csv. Repeatable.")
+@trading_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: statistics and trades.")
+def backtest(data, strategy, params, cash, commission, sizing, fill_price, as_json) -> None:
+    """Run the agents' logic over OHLCV files in this process, with no servers; print statistics and trades."""
+    from services.backtest import run_backtest
+
+    env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
+    _print_report(run_backtest(tuple(data), env), as_json)
+
+
 @cli.command()
 @click.argument("subject")
 @click.argument("body")

@@ -98,7 +98,7 @@ def summary(pf: Portfolio) -> dict:
         "return_pct": round((eq / pf.initial_cash - 1) * 100, 6),
         "max_drawdown_pct": round(pf.max_drawdown * 100, 6),
         "exposure_pct": round(pf.exposed_bars / pf.bars * 100, 6) if pf.bars else 0.0,
-        "trades": len(pf.ledger.closed),
+        "trade_count": len(pf.ledger.closed),
         "win_rate_pct": None if (rate := trades.win_rate(pf.ledger)) is None else round(rate * 100, 6),
         "positions": {s: {"quantity": p.quantity, "avg_price": round(p.avg_price, 6),
                           "last_price": pf.last_price.get(s)} for s, p in sorted(pf.positions.items())},

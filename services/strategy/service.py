@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from contracts.codec import Incoming
+from contracts.errors import ConfigError
 from contracts.events import SignalGenerated
 from contracts.subjects import DATA_READY
 from services.runtime.settings import load
@@ -36,6 +39,15 @@ class StrategyAgent:
         self.windows = snapshot
 
 
+class StrategyChoice(msgspec.Struct, frozen=True):
+    """TRADEFLOW_STRATEGY_NAME: which strategy runs."""
+
+    name: str = "sma_cross"
+
+
 def build(environ=None) -> StrategyAgent:
-    """The strategy agent from TRADEFLOW_STRATEGY_FAST / _SLOW."""
+    """The strategy agent from TRADEFLOW_STRATEGY_NAME and its parameters (TRADEFLOW_STRATEGY_FAST / _SLOW)."""
+    choice = load(StrategyChoice, "TRADEFLOW_STRATEGY_", environ)
+    if choice.name != "sma_cross":
+        raise ConfigError(f"TRADEFLOW_STRATEGY_NAME: unknown strategy {choice.name!r}; choose one of sma_cross")
     return StrategyAgent(load(SmaCrossParams, "TRADEFLOW_STRATEGY_", environ))

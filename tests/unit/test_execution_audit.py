@@ -175,7 +175,7 @@ def test_whole_story_marked_to_the_last_bar():
         "unrealized_pnl": 100, "commissions": 5, "fills": 4, "bars": 2,
         "positions": {"GOOG": {"quantity": -10, "avg_price": 100, "last_price": 90.0}},
         # 10,095 / 10,000; no bar below the peak; a position open at both bars; 2 closed trades, 1 won
-        "return_pct": 0.95, "max_drawdown_pct": 0.0, "exposure_pct": 100.0, "trades": 2, "win_rate_pct": 50.0,
+        "return_pct": 0.95, "max_drawdown_pct": 0.0, "exposure_pct": 100.0, "trade_count": 2, "win_rate_pct": 50.0,
     }
     first, second = pf.ledger.closed
     # 5 of the 20 @ 105 closed at 120: commission 2 x 5/20 on entry + 1 on exit = 1.5; pnl 5 x 15 - 1.5
