@@ -65,4 +65,4 @@ def run_backtest(data: tuple[str, ...], env: dict[str, str]) -> dict:
     bars = load_bars(DataSettings(source="csv", files=list(data)))
     agents = {name: registry.build(name, env) for name in ("strategy", "quant", "risk", "execution", "audit")}
     sim = simulate(bars, **agents)
-    return report(sim.audit.portfolio, sim.counts)
+    return report(sim.audit.report(), sim.counts)

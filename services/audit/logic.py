@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from contracts.events import BarReceived, OrderFilled
@@ -74,6 +76,16 @@ def on_bar(pf: Portfolio, bar: BarReceived) -> Portfolio:
     peak = max(pf.peak_equity, eq, pf.initial_cash)
     return msgspec.structs.replace(pf, peak_equity=peak, max_drawdown=max(pf.max_drawdown, (peak - eq) / peak),
                                    exposed_bars=pf.exposed_bars + (1 if pf.positions else 0))
+
+
+def in_event_time(cash: float, events: list[tuple[datetime, int, BarReceived | OrderFilled]]) -> Portfolio:
+    """The portfolio folded over (time, order, event) in time order: fills (order 0) before the bar
+    closing at the same time (order 1). Live, fills arrive after later bars; in event time the
+    equity curve, drawdown and exposure are what they were, whatever the arrival order."""
+    pf = new_portfolio(cash)
+    for _, _, event in sorted(events, key=lambda e: (e[0], e[1])):
+        pf = on_bar(pf, event) if isinstance(event, BarReceived) else on_fill(pf, event)
+    return pf
 
 
 def equity(pf: Portfolio) -> float:

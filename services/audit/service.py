@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -9,9 +10,9 @@ import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
-from contracts.events import BarReceived
+from contracts.events import BarReceived, Event
 from contracts.subjects import DATA_READY, EXECUTED_READY
-from services.audit.logic import new_portfolio, on_bar, on_fill, summary
+from services.audit.logic import Portfolio, in_event_time, new_portfolio, on_bar, on_fill, summary
 from services.runtime.settings import load
 
 
@@ -22,34 +23,43 @@ class AuditSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditAgent:
-    """Folds fills into the portfolio and marks it to every bar."""
+    """Folds fills into the portfolio and marks it to every bar; reports in event time."""
 
     name = "audit"
     consumes = (f"{DATA_READY}.>", f"{EXECUTED_READY}.>")
     stateful = True
 
     def __init__(self, settings: AuditSettings) -> None:
-        self.portfolio = new_portfolio(settings.cash)
-        self.last_event: str | None = None
+        self.cash = settings.cash
+        self.portfolio = new_portfolio(settings.cash)  # in arrival order: positions and cash are the same
+        self.log: list[tuple[datetime, int, Event]] = []  # append-only: a snapshot is its length
 
     def handle(self, incoming: Incoming, now: datetime) -> list:
         event = incoming.event
         if isinstance(event, BarReceived):
             self.portfolio = on_bar(self.portfolio, event)
+            self.log.append((event.ts, 1, event))
         else:
             self.portfolio = on_fill(self.portfolio, event)
-        self.last_event = incoming.id
+            self.log.append((event.ts, 0, event))
         return []
 
     def snapshot(self) -> Any:
-        return self.portfolio, self.last_event
+        return self.portfolio, len(self.log)
 
     def restore(self, snapshot: Any) -> None:
-        self.portfolio, self.last_event = snapshot
+        self.portfolio, length = snapshot
+        del self.log[length:]
+
+    def report(self) -> Portfolio:
+        """The portfolio in event time (see `in_event_time`)."""
+        return in_event_time(self.cash, self.log)
 
     def routes(self) -> list[web.RouteDef]:
         async def portfolio(_: web.Request) -> web.Response:
-            return web.json_response(summary(self.portfolio))
+            events = list(self.log)  # a copy: the handler appends while the executor sorts
+            pf = await asyncio.get_running_loop().run_in_executor(None, in_event_time, self.cash, events)
+            return web.json_response(summary(pf))
 
         return [web.get("/v1/portfolio", portfolio)]
 

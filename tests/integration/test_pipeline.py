@@ -48,7 +48,7 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
-    assert portfolio == msgspec.json.decode(msgspec.json.encode(summary(sim.audit.portfolio)))
+    assert portfolio == msgspec.json.decode(msgspec.json.encode(summary(sim.audit.report())))
     fills = [decode(m.subject, m.data, m.headers).event for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
     order_ids = [f.order_id for f in fills]
     assert len(order_ids) == len(set(order_ids)), "an order was filled twice"
