@@ -6,13 +6,11 @@ run configured alike compute the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import msgspec
 
 from contracts.errors import ConfigError
 from services import registry
-from services.audit.logic import Portfolio, summary
+from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
 from services.simulate import simulate
 from services.strategy.logic import SmaCrossParams
@@ -48,21 +46,9 @@ def settings_env(*, strategy: str, params: tuple[str, ...], cash: float, commiss
     return env
 
 
-def report(pf: Portfolio, counts: Mapping[str, int]) -> dict:
-    """Statistics and trades, the shape `backtest --json` and `demo --json` print."""
-    out = summary(pf)
-    out["final_equity"] = out["equity"]
-    out["trades"] = [
-        {"symbol": t.symbol, "size": t.size, "entry_time": t.entry_time.isoformat(),
-         "exit_time": t.exit_time.isoformat(), "entry_price": t.entry_price, "exit_price": t.exit_price,
-         "pnl": round(t.pnl, 6), "commission": round(t.commission, 6)} for t in pf.ledger.closed]
-    out["counts"] = dict(counts)
-    return out
-
-
 def run_backtest(data: tuple[str, ...], env: dict[str, str]) -> dict:
     """Run every agent's logic over the bars of `data` with `env` settings; the report."""
     bars = load_bars(DataSettings(source="csv", files=list(data)))
     agents = {name: registry.build(name, env) for name in ("strategy", "quant", "risk", "execution", "audit")}
     sim = simulate(bars, **agents)
-    return report(sim.audit.report(), sim.counts)
+    return {**report(sim.audit.report()), "counts": dict(sim.counts)}

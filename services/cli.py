@@ -93,6 +93,46 @@ def run(service: str) -> None:
     sys.exit(run_service(agent, settings, producer))
 
 
+def trading_options(command):
+    """The options `backtest` and `demo` share: strategy, parameters, account, sizing, fills."""
+    for option in reversed([
+        click.option("--strategy", default="sma_cross", show_default=True, help="Strategy name."),
+        click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+                     help="Strategy parameter, e.g. --param fast=10 --param slow=20. Repeatable."),
+        click.option("--cash", type=click.FloatRange(min=0, min_open=True), default=10_000, show_default=True),
+        click.option("--commission", type=click.FloatRange(0, 0.1, max_open=True), default=0.002, show_default=True,
+                     help="Commission as a fraction of notional, on every fill."),
+        click.option("--sizing", default="all_in", show_default=True, metavar="all_in|fixed:N",
+                     help="all_in: flatten, then the whole equity on each signal (limits off); fixed:N units."),
+        click.option("--fill-price", type=click.Choice(["next_open", "close"]), default="next_open",
+                     show_default=True, help="Fill at the next bar's open or at the signal bar's close."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _trading_env(strategy, params, cash, commission, sizing, fill_price) -> dict[str, str]:
+    from services.backtest import settings_env
+
+    return settings_env(strategy=strategy, params=params, cash=cash, commission=commission, sizing=sizing,
+                        fill_price=fill_price)
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+        return
+    click.echo(f"{'trade':>5} {'entry':<26} {'exit':<26} {'size':>10} {'entry $':>10} {'exit $':>10} {'pnl':>12}")
+    for i, t in enumerate(report["trades"], 1):
+        click.echo(f"{i:>5} {t['entry_time']:<26} {t['exit_time']:<26} {t['size']:>10g} {t['entry_price']:>10.2f} "
+                   f"{t['exit_price']:>10.2f} {t['pnl']:>12.2f}")
+    win = report["win_rate_pct"]
+    click.echo(f"final equity {report['final_equity']:,.2f}  return {report['return_pct']:.2f} %  "
+               f"max drawdown {report['max_drawdown_pct']:.2f} %  trades {report['trade_count']}  "
+               f"win rate {'-' if win is None else f'{win:.1f} %'}  exposure {report['exposure_pct']:.1f} %  "
+               f"commissions {report['commissions']:,.2f}")
+
+
 def _data_env(data: tuple[str, ...]) -> dict[str, str]:
     from services.data.service import DataSettings, load_bars
 
@@ -151,15 +191,21 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int)
 @click.option("--home", type=click.Path(file_okay=False), help="Run directory (default: a new one under var/).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Give up if the pipeline has not drained after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def demo(data: tuple[str, ...], home: str | None, timeout: float, as_json: bool) -> None:
-    """Run real historical bars through the whole pipeline, print a summary, shut down."""
-    from services.demo import run_demo, render
+@trading_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: backtest's statistics and trades, plus the run's counts.")
+def demo(data, home, timeout, strategy, params, cash, commission, sizing, fill_price, as_json) -> None:
+    """Run real historical bars through the six live services, print a summary, shut down."""
+    from services.demo import render, run_demo
 
-    summary = _run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data)))
+    env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
+    summary = _run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data), env))
     if summary is None:
         sys.exit(130)
-    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() if as_json else render(summary))
+    if as_json:
+        click.echo(orjson.dumps({**summary.pop("portfolio"), **summary}).decode())
+    else:
+        click.echo(render(summary))
 
 
 async def _connect():
@@ -175,46 +221,6 @@ async def _connect():
                                   reconnect_time_wait=0.2, error_cb=quiet)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         _fail(f"cannot reach NATS at {url} (set NATS_URL): {type(exc).__name__}")
-
-
-def trading_options(command):
-    """The options `backtest` and `demo` share: strategy, parameters, account, sizing, fills."""
-    for option in reversed([
-        click.option("--strategy", default="sma_cross", show_default=True, help="Strategy name."),
-        click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-                     help="Strategy parameter, e.g. --param fast=10 --param slow=20. Repeatable."),
-        click.option("--cash", type=click.FloatRange(min=0, min_open=True), default=10_000, show_default=True),
-        click.option("--commission", type=click.FloatRange(0, 0.1, max_open=True), default=0.002, show_default=True,
-                     help="Commission as a fraction of notional, on every fill."),
-        click.option("--sizing", default="all_in", show_default=True, metavar="all_in|fixed:N",
-                     help="all_in: flatten, then the whole equity on each signal (limits off); fixed:N units."),
-        click.option("--fill-price", type=click.Choice(["next_open", "close"]), default="next_open",
-                     show_default=True, help="Fill at the next bar's open or at the signal bar's close."),
-    ]):
-        command = option(command)
-    return command
-
-
-def _trading_env(strategy, params, cash, commission, sizing, fill_price) -> dict[str, str]:
-    from services.backtest import settings_env
-
-    return settings_env(strategy=strategy, params=params, cash=cash, commission=commission, sizing=sizing,
-                        fill_price=fill_price)
-
-
-def _print_report(report: dict, as_json: bool) -> None:
-    if as_json:
-        click.echo(orjson.dumps(report).decode())
-        return
-    click.echo(f"{'trade':>5} {'entry':<26} {'exit':<26} {'size':>10} {'entry $':>10} {'exit $':>10} {'pnl':>12}")
-    for i, t in enumerate(report["trades"], 1):
-        click.echo(f"{i:>5} {t['entry_time']:<26} {t['exit_time']:<26} {t['size']:>10g} {t['entry_price']:>10.2f} "
-                   f"{t['exit_price']:>10.2f} {t['pnl']:>12.2f}")
-    win = report["win_rate_pct"]
-    click.echo(f"final equity {report['final_equity']:,.2f}  return {report['return_pct']:.2f} %  "
-               f"max drawdown {report['max_drawdown_pct']:.2f} %  trades {report['trade_count']}  "
-               f"win rate {'-' if win is None else f'{win:.1f} %'}  exposure {report['exposure_pct']:.1f} %  "
-               f"commissions {report['commissions']:,.2f}")
 
 
 @cli.command()

@@ -52,9 +52,10 @@ async def collect_summary(stack: Stack, nc) -> dict:
     }
 
 
-async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: dict[str, str]) -> dict:
-    """Start everything, feed `data`, wait for audit to see it all, summarise, stop."""
-    stack = Stack(home, per_service_env={"data": data_env})
+async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: dict[str, str],
+                   env: dict[str, str]) -> dict:
+    """Start everything with `env` settings, feed `data`, wait for audit to see it all, summarise, stop."""
+    stack = Stack(home, env=env, per_service_env={"data": data_env})
     started = time.monotonic()
     try:
         await stack.start()
@@ -88,6 +89,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
 def render(s: dict) -> str:
     """The summary as a few readable lines."""
     pf = s["portfolio"]
+    win = "-" if pf["win_rate_pct"] is None else f"{pf['win_rate_pct']:.1f} %"
     lines = [
         f"tradeflow demo — {', '.join(s['data'])}",
         f"  bars in        {s['bars']:>8}",
@@ -100,6 +102,8 @@ def render(s: dict) -> str:
         f"  equity         {pf['equity']:>14,.2f}   PnL {pf['pnl']:,.2f} "
         f"(realised {pf['realized_pnl']:,.2f}, unrealised {pf['unrealized_pnl']:,.2f}, "
         f"commissions {pf['commissions']:,.2f})",
+        f"  trades         {pf['trade_count']:>8}   win rate {win}  return {pf['return_pct']:.2f} %  "
+        f"max drawdown {pf['max_drawdown_pct']:.2f} %  exposure {pf['exposure_pct']:.1f} %",
         "  positions      " + (", ".join(f"{sym} {p['quantity']:g} @ {p['avg_price']:.2f}"
                                         for sym, p in pf["positions"].items()) or "flat"),
         f"  throughput     {s['events_per_second']:,.0f} events/s ({s['bars_per_second']:,.0f} bars/s) "

@@ -115,3 +115,14 @@ def summary(pf: Portfolio) -> dict:
         "positions": {s: {"quantity": p.quantity, "avg_price": round(p.avg_price, 6),
                           "last_price": pf.last_price.get(s)} for s, p in sorted(pf.positions.items())},
     }
+
+
+def report(pf: Portfolio) -> dict:
+    """`summary` plus `final_equity` and the closed trades: what backtest, demo and GET /v1/portfolio give."""
+    out = summary(pf)
+    out["final_equity"] = out["equity"]
+    out["trades"] = [
+        {"symbol": t.symbol, "size": t.size, "entry_time": t.entry_time.isoformat(),
+         "exit_time": t.exit_time.isoformat(), "entry_price": t.entry_price, "exit_price": t.exit_price,
+         "pnl": round(t.pnl, 6), "commission": round(t.commission, 6)} for t in pf.ledger.closed]
+    return out

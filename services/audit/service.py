@@ -12,7 +12,7 @@ from aiohttp import web
 from contracts.codec import Incoming
 from contracts.events import BarReceived, Event
 from contracts.subjects import DATA_READY, EXECUTED_READY
-from services.audit.logic import Portfolio, in_event_time, new_portfolio, on_bar, on_fill, summary
+from services.audit.logic import Portfolio, in_event_time, new_portfolio, on_bar, on_fill, report
 from services.runtime.settings import load
 
 
@@ -59,7 +59,7 @@ class AuditAgent:
         async def portfolio(_: web.Request) -> web.Response:
             events = list(self.log)  # a copy: the handler appends while the executor sorts
             pf = await asyncio.get_running_loop().run_in_executor(None, in_event_time, self.cash, events)
-            return web.json_response(summary(pf))
+            return web.json_response(report(pf))
 
         return [web.get("/v1/portfolio", portfolio)]
 

@@ -11,7 +11,7 @@ import pytest
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
 from services import observe, registry
-from services.audit.logic import summary
+from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
 from services.demo import wait_published
 from services.runtime.settings import load
@@ -48,7 +48,7 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
-    assert portfolio == msgspec.json.decode(msgspec.json.encode(summary(sim.audit.report())))
+    assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
     fills = [decode(m.subject, m.data, m.headers).event for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
     order_ids = [f.order_id for f in fills]
     assert len(order_ids) == len(set(order_ids)), "an order was filled twice"
