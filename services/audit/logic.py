@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from contracts.events import BarReceived, OrderFilled
+from services.accounting import trade_into
 from services.audit import ledger as trades
 from services.audit.ledger import Ledger
 
@@ -44,20 +45,8 @@ def on_fill(pf: Portfolio, f: OrderFilled) -> Portfolio:
     """Apply a fill: cash moves, the position changes, closing quantity realises PnL."""
     signed = f.quantity if f.side == "buy" else -f.quantity
     pos = pf.positions.get(f.symbol, Position())
-    realized = 0.0
-    qty, avg = pos.quantity, pos.avg_price
-    if qty * signed < 0:  # reduces or flips
-        closing = min(abs(signed), abs(qty))
-        realized = closing * (f.price - avg) * (1 if qty > 0 else -1)
-    new_qty = qty + signed
-    if abs(new_qty) < 1e-12:
-        new = Position()
-    elif qty * new_qty > 0 and abs(new_qty) < abs(qty):  # partly closed: entry price unchanged
-        new = Position(new_qty, avg)
-    elif qty * signed >= 0:  # opened or added
-        new = Position(new_qty, (qty * avg + signed * f.price) / new_qty)
-    else:  # flipped through zero: the remainder opened at the fill price
-        new = Position(new_qty, f.price)
+    new_qty, avg, realized = trade_into(pos.quantity, pos.avg_price, signed, f.price)
+    new = Position(new_qty, avg)
     positions = {**pf.positions, f.symbol: new}
     if new.quantity == 0:
         positions.pop(f.symbol)

@@ -18,6 +18,7 @@ import msgspec
 
 from contracts.errors import Rejected
 from contracts.events import BarReceived, OrderApproved, OrderFilled
+from services.accounting import trade_into
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -80,20 +81,8 @@ def _execute(broker: Broker, order: OrderApproved, price: float, ts,
     if quantity <= 0:
         return broker, []
     commission = _commission(quantity, price, params)
-    signed = sign * quantity
-    new_qty = held.quantity + signed
-    realized = 0.0
-    if held.quantity * signed < 0:
-        realized = min(abs(signed), abs(held.quantity)) * (price - held.entry_price) * (1 if held.quantity > 0 else -1)
-    if abs(new_qty) < 1e-12:
-        holding = Holding()
-    elif held.quantity * new_qty > 0 and abs(new_qty) < abs(held.quantity):
-        holding = Holding(new_qty, held.entry_price)
-    elif held.quantity * signed >= 0:
-        holding = Holding(new_qty, (held.quantity * held.entry_price + signed * price) / new_qty)
-    else:
-        holding = Holding(new_qty, price)
-    holdings = {**broker.holdings, order.symbol: holding}
+    new_qty, entry, realized = trade_into(held.quantity, held.entry_price, sign * quantity, price)
+    holdings = {**broker.holdings, order.symbol: Holding(new_qty, entry)}
     fill = OrderFilled(symbol=order.symbol, ts=ts, order_id=order.order_id, side=order.side,
                        quantity=quantity, price=price, commission=commission)
     return msgspec.structs.replace(broker, cash=broker.cash + realized - commission, holdings=holdings), [fill]
