@@ -13,9 +13,8 @@ from services import registry
 from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
 from services.simulate import simulate
-from services.strategy.logic import SmaCrossParams
+from services.strategy.strategies import STRATEGIES
 
-STRATEGIES: dict[str, type[msgspec.Struct]] = {"sma_cross": SmaCrossParams}
 ALL_IN = "0.9999999999999998"  # 1 - machine epsilon: backtesting.py's "whole equity"
 NO_LIMIT = "1e15"
 
@@ -25,7 +24,7 @@ def settings_env(*, strategy: str, params: tuple[str, ...], cash: float, commiss
     """TRADEFLOW_* settings for a strategy, its parameters and the account; ConfigError on a bad option."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    known = {f.name for f in msgspec.structs.fields(STRATEGIES[strategy])}
+    known = {f.name for f in msgspec.structs.fields(STRATEGIES[strategy][0])}
     env = {"TRADEFLOW_STRATEGY_NAME": strategy}
     for item in params:
         name, sep, value = item.partition("=")

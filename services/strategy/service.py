@@ -12,23 +12,25 @@ from contracts.errors import ConfigError
 from contracts.events import SignalGenerated
 from contracts.subjects import DATA_READY
 from services.runtime.settings import load
-from services.strategy.logic import SmaCrossParams, Window, sma_cross
+from services.strategy.logic import Window
+from services.strategy.strategies import STRATEGIES, Step
 
 
 class StrategyAgent:
-    """Keeps a rolling window per symbol and runs the SMA crossover on each bar."""
+    """Keeps a rolling window per symbol and runs the configured strategy on each bar."""
 
     name = "strategy"
     consumes = (f"{DATA_READY}.>",)
     stateful = True
 
-    def __init__(self, params: SmaCrossParams) -> None:
+    def __init__(self, step: Step, params: msgspec.Struct) -> None:
+        self.step = step
         self.params = params
         self.windows: dict[str, Window] = {}
 
     def handle(self, incoming: Incoming, now: datetime) -> list[SignalGenerated]:
         bar = incoming.event
-        window, signals = sma_cross(self.windows.get(bar.symbol, Window()), bar, self.params)
+        window, signals = self.step(self.windows.get(bar.symbol, Window()), bar, self.params)
         self.windows[bar.symbol] = window
         return signals
 
@@ -46,8 +48,10 @@ class StrategyChoice(msgspec.Struct, frozen=True):
 
 
 def build(environ=None) -> StrategyAgent:
-    """The strategy agent from TRADEFLOW_STRATEGY_NAME and its parameters (TRADEFLOW_STRATEGY_FAST / _SLOW)."""
+    """The strategy named by TRADEFLOW_STRATEGY_NAME, its parameters from TRADEFLOW_STRATEGY_<PARAM>."""
     choice = load(StrategyChoice, "TRADEFLOW_STRATEGY_", environ)
-    if choice.name != "sma_cross":
-        raise ConfigError(f"TRADEFLOW_STRATEGY_NAME: unknown strategy {choice.name!r}; choose one of sma_cross")
-    return StrategyAgent(load(SmaCrossParams, "TRADEFLOW_STRATEGY_", environ))
+    if choice.name not in STRATEGIES:
+        raise ConfigError(f"TRADEFLOW_STRATEGY_NAME: unknown strategy {choice.name!r}; "
+                          f"choose one of {', '.join(STRATEGIES)}")
+    params_type, step = STRATEGIES[choice.name]
+    return StrategyAgent(step, load(params_type, "TRADEFLOW_STRATEGY_", environ))

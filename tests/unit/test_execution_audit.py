@@ -19,7 +19,7 @@ from services.quant.service import QuantAgent
 from services.risk.logic import RiskParams
 from services.risk.service import RiskAgent
 from services.simulate import simulate
-from services.strategy.logic import SmaCrossParams
+from services.strategy.logic import SmaCrossParams, sma_cross
 from services.strategy.service import StrategyAgent
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
@@ -209,7 +209,7 @@ def test_a_later_fill_does_not_override_the_bar_mark():
 def run_simulation(min_strength: float = 0.2):
     return simulate(
         synthetic(["AAPL", "MSFT"], 200, seed=7),
-        strategy=StrategyAgent(SmaCrossParams(fast=3, slow=8)), quant=QuantAgent(QuantParams(min_strength=min_strength)),
+        strategy=StrategyAgent(sma_cross, SmaCrossParams(fast=3, slow=8)), quant=QuantAgent(QuantParams(min_strength=min_strength)),
         risk=RiskAgent(RiskParams()), execution=ExecutionAgent(BrokerParams()), audit=AuditAgent(AuditSettings()),
     )
 

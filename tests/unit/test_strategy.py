@@ -106,7 +106,7 @@ def test_bar_not_after_the_last_one_is_rejected(day):
 
 
 def test_each_symbol_has_its_own_window():
-    agent = StrategyAgent(FAST_2_SLOW_3)
+    agent = StrategyAgent(sma_cross, FAST_2_SLOW_3)
 
     def feed(b: BarReceived) -> list:
         env = Envelope(id=f"{b.symbol}{b.ts}", type="tradeflow.market_bar.v1", source="t", time=b.ts,
