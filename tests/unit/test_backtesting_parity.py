@@ -30,15 +30,16 @@ PARITY_ENV = {
 }
 
 
-def backtesting_py_sma_cross():
+def backtesting_py_sma_cross(data: str = "GOOG", fast: int = 10, slow: int = 20, commission: float = 0.002):
+    import backtesting.test
     from backtesting import Backtest, Strategy
     from backtesting.lib import crossover
-    from backtesting.test import GOOG, SMA
+    from backtesting.test import SMA
 
     class SmaCross(Strategy):
         def init(self):
-            self.fast = self.I(SMA, self.data.Close, 10)
-            self.slow = self.I(SMA, self.data.Close, 20)
+            self.fast = self.I(SMA, self.data.Close, fast)
+            self.slow = self.I(SMA, self.data.Close, slow)
 
         def next(self):
             if crossover(self.fast, self.slow):
@@ -50,18 +51,24 @@ def backtesting_py_sma_cross():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "some trades remain open": the last one is, in both
-        return Backtest(GOOG, SmaCross, cash=10_000, commission=0.002).run()
+        return Backtest(getattr(backtesting.test, data), SmaCross, cash=10_000, commission=commission).run()
 
 
-def test_sma_cross_on_goog_matches_backtesting_py():
-    stats = backtesting_py_sma_cross()
+@pytest.mark.parametrize("data, fast, slow, commission, closed", [
+    pytest.param("GOOG", 10, 20, 0.002, 93, id="GOOG-daily-sma-10-20"),
+    pytest.param("EURUSD", 10, 30, 0.0002, 166, id="EURUSD-hourly-sma-10-30"),
+])
+def test_sma_cross_matches_backtesting_py(data, fast, slow, commission, closed):
+    stats = backtesting_py_sma_cross(data, fast, slow, commission)
     trades = stats._trades
-    assert len(trades) == 93
-    bars = load_bars(DataSettings(source="csv", files=["GOOG"]))
-    sim = simulate(bars, **{name: registry.build(name, PARITY_ENV)
+    assert len(trades) == closed
+    env = PARITY_ENV | {"TRADEFLOW_STRATEGY_FAST": str(fast), "TRADEFLOW_STRATEGY_SLOW": str(slow),
+                        "TRADEFLOW_EXECUTION_COMMISSION_RATE": str(commission)}
+    bars = load_bars(DataSettings(source="csv", files=[data]))
+    sim = simulate(bars, **{name: registry.build(name, env)
                             for name in ("strategy", "quant", "risk", "execution", "audit")})
     fills = [e for _, e in sim.events if type(e).__name__ == "OrderFilled"]
-    assert len(fills) == 94  # 93 closed trades and the one still open at the end
+    assert len(fills) == closed + 1  # the closed trades and the one still open at the end
     sizes = []
     held = 0.0
     for i, trade in enumerate(trades.itertuples()):
@@ -88,5 +95,5 @@ def test_sma_cross_on_goog_matches_backtesting_py():
     assert stats_ours["return_pct"] == pytest.approx(stats["Return [%]"], abs=1e-6)
     # by definition, backtesting.py leaves the trade still open at the end out of its exposure and
     # commission totals; tradeflow counts the open position's bars and the commission it already paid
-    open_trade = sim.audit.report().ledger.open["GOOG"]
+    open_trade = sim.audit.report().ledger.open[data]
     assert stats_ours["commissions"] == pytest.approx(stats["Commissions [$]"] + open_trade.commission, abs=1e-6)
