@@ -8,30 +8,35 @@ from typing import Any
 from contracts.codec import Incoming
 from contracts.events import Event
 from contracts.subjects import SIGNALS_READY
-from services.quant.logic import QuantParams, validate
+from services.quant.logic import Accepted, QuantParams, validate
 from services.runtime.settings import load
 
 
 class QuantAgent:
-    """Stateless: every signal is judged on its own."""
+    """Judges each signal, remembering each symbol's last accepted one."""
 
     name = "quant"
     consumes = (f"{SIGNALS_READY}.>",)
-    stateful = False
+    stateful = True
 
     def __init__(self, params: QuantParams) -> None:
         self.params = params
+        self.accepted: dict[str, Accepted] = {}
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Event]:
-        return [validate(incoming.event, self.params)]
+        signal = incoming.event
+        last, decision = validate(signal, self.params, self.accepted.get(signal.symbol))
+        if last is not None:
+            self.accepted[signal.symbol] = last
+        return [decision]
 
     def snapshot(self) -> Any:
-        return None
+        return dict(self.accepted)
 
     def restore(self, snapshot: Any) -> None:
-        pass
+        self.accepted = snapshot
 
 
 def build(environ=None) -> QuantAgent:
-    """The quant agent from TRADEFLOW_QUANT_MIN_STRENGTH."""
+    """The quant agent from TRADEFLOW_QUANT_MIN_STRENGTH, _SUPPRESS_DUPLICATES, _COOLDOWN_SECONDS."""
     return QuantAgent(load(QuantParams, "TRADEFLOW_QUANT_", environ))

@@ -210,7 +210,8 @@ def run_simulation(min_strength: float = 0.2):
     return simulate(
         synthetic(["AAPL", "MSFT"], 200, seed=7),
         strategy=StrategyAgent(sma_cross, SmaCrossParams(fast=3, slow=8)), quant=QuantAgent(QuantParams(min_strength=min_strength)),
-        risk=RiskAgent(RiskParams()), execution=ExecutionAgent(BrokerParams()), audit=AuditAgent(AuditSettings()),
+        risk=RiskAgent(RiskParams(max_order_notional=2500)), execution=ExecutionAgent(BrokerParams()),
+        audit=AuditAgent(AuditSettings()),
     )
 
 

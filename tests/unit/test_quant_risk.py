@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
@@ -27,17 +27,40 @@ def signal(side: str, price: float = 100.0, symbol: str = "GOOG") -> SignalValid
 
 @pytest.mark.parametrize("strength", [pytest.param(0.31, id="above"), pytest.param(0.3, id="exactly-at")])
 def test_strong_enough_signal_is_validated(strength):
-    out = validate(generated(strength, "sell"), QuantParams(min_strength=0.3))
+    _, out = validate(generated(strength, "sell"), QuantParams(min_strength=0.3))
     assert out == SignalValidated(symbol="GOOG", ts=TS, side="sell", strength=strength, price=100.0,
                                   strategy="sma_cross")
 
 
 def test_weak_signal_is_rejected_naming_the_rule():
-    out = validate(generated(0.29), QuantParams(min_strength=0.3))
+    _, out = validate(generated(0.29), QuantParams(min_strength=0.3))
     assert isinstance(out, SignalRejected)
     assert (out.stage, out.rule, out.side, out.strategy, out.symbol) == ("quant", "min_strength", "buy", "sma_cross",
                                                                          "GOOG")
     assert out.reason == "strength 0.2900 is below the minimum 0.3000"
+
+
+def test_a_second_signal_on_the_same_side_is_a_duplicate():
+    params = QuantParams()
+    last, first = validate(generated(0.5, "buy"), params)
+    assert isinstance(first, SignalValidated) and last.side == "buy"
+    kept, again = validate(generated(0.9, "buy"), params, last)
+    assert (again.rule, kept) == ("duplicate_side", last)
+    _, flipped = validate(generated(0.9, "sell"), params, last)
+    assert isinstance(flipped, SignalValidated)
+    _, allowed = validate(generated(0.9, "buy"), QuantParams(suppress_duplicates=False), last)
+    assert isinstance(allowed, SignalValidated)
+
+
+def test_cool_down_counts_bar_time_since_the_last_accepted_signal():
+    params = QuantParams(cooldown_seconds=3600)
+    last, _ = validate(generated(0.5, "buy"), params)
+    soon = msgspec.structs.replace(generated(0.5, "sell"), ts=last.ts + timedelta(minutes=59))
+    later = msgspec.structs.replace(soon, ts=last.ts + timedelta(minutes=60))
+    _, early = validate(soon, params, last)
+    assert early.rule == "cooldown" and "3540s since the last accepted signal" in early.reason
+    _, ok = validate(later, params, last)
+    assert isinstance(ok, SignalValidated)
 
 
 def test_min_strength_above_one_is_invalid():
