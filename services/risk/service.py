@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+from aiohttp import web
+
 from contracts.codec import Incoming
 from contracts.envelope import derive_id
 from contracts.events import Event, OrderFilled
@@ -42,6 +45,14 @@ class RiskAgent:
 
     def restore(self, snapshot: Any) -> None:
         self.book = snapshot
+
+    def routes(self) -> list[web.RouteDef]:
+        """GET /v1/book: per symbol, the position approved orders add up to and the position filled."""
+
+        async def book(_: web.Request) -> web.Response:
+            return web.json_response(msgspec.to_builtins(self.book))
+
+        return [web.get("/v1/book", book)]
 
 
 def build(environ=None) -> RiskAgent:

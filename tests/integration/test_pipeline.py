@@ -39,7 +39,7 @@ def predicted(env: dict[str, str]):
     """What the pure logic says the pipeline must produce for DATA_ENV."""
     bars = load_bars(load(DataSettings, "TRADEFLOW_DATA_", DATA_ENV))
     agents = {name: registry.build(name, env) for name in CONSUMERS}
-    return bars, simulate(bars, **agents)
+    return bars, simulate(bars, **agents), agents
 
 
 async def assert_matches_prediction(stack, nc, sim) -> None:
@@ -56,7 +56,7 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
 
 
 async def test_every_stage_matches_the_pure_logic(make_stack):
-    bars, sim = predicted(LOGIC_ENV)
+    bars, sim, _ = predicted(LOGIC_ENV)
     assert sim.counts["rejected.quant"] > 0 and sim.counts["rejected.risk"] > 0 and sim.counts["executed_ready"] > 5
     stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV})
     await assert_matches_prediction(stack, nc, sim)
@@ -65,7 +65,7 @@ async def test_every_stage_matches_the_pure_logic(make_stack):
 
 @pytest.mark.parametrize("service", ["strategy", "risk", "execution", "audit"])
 async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_stack, service):
-    _, sim = predicted(LOGIC_ENV)
+    _, sim, _ = predicted(LOGIC_ENV)
     paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}  # ~3 s of bars, so the restart lands mid-stream
     stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": paced})
 
@@ -82,7 +82,7 @@ async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_sta
 
 
 async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_stack):
-    _, sim = predicted(LOGIC_ENV)
+    _, sim, _ = predicted(LOGIC_ENV)
     # acks sent while the server was down are lost; ack_wait decides how soon those messages come back
     env = LOGIC_ENV | {"TRADEFLOW_ACK_WAIT": "3"}
     stack, nc = await make_stack(env=env, per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "300"}})
@@ -100,3 +100,21 @@ async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_st
         await assert_matches_prediction(stack, nc, sim)
     finally:
         await nc.close()
+
+
+async def test_risk_killed_mid_run_rebuilds_the_book_it_had(make_stack):
+    _, sim, agents = predicted(LOGIC_ENV)
+    expected_book = msgspec.to_builtins(agents["risk"].book)
+    stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}})
+
+    async def some_processed() -> bool:
+        return (await nc.jsm().consumer_info(PIPELINE_STREAM, "risk")).ack_floor.stream_seq > 200
+
+    await wait_for(some_processed, what="risk to process some events")
+    assert await stack.restart_service("risk", signal.SIGKILL) == -signal.SIGKILL
+    await assert_matches_prediction(stack, nc, sim)
+    _, book = await http_json(stack.http_port("risk"), "/v1/book")
+    assert book == expected_book
+    # and once more at rest: killed and restarted, it comes back with exactly the book it had
+    await stack.restart_service("risk", signal.SIGKILL)
+    assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == book
