@@ -141,3 +141,42 @@ def test_fills_are_tracked_beside_the_committed_position():
         book = on_fill(book, f)
     assert book.filled == {"GOOG": -10.0, "MSFT": 2.0}  # +10 - 15 - 5
     assert book.committed == {"GOOG": -10.0}
+
+
+def test_gross_exposure_counts_every_symbol_at_its_last_signal_price():
+    params = RiskParams(max_gross_exposure=2_500)
+    book, first = on_signal(Book(), signal("buy", 100.0, "AAA"), "o-1", params)  # 10 x 100 = 1,000
+    assert isinstance(first, OrderApproved)
+    book, second = on_signal(book, signal("sell", 140.0, "BBB"), "o-2", params)  # + 10 x 140 = 2,400
+    assert isinstance(second, OrderApproved)
+    kept, third = on_signal(book, signal("buy", 20.0, "CCC"), "o-3", params)      # + 10 x 20 = 2,600
+    assert (third.rule, kept) == ("max_gross_exposure", book)
+    assert "gross exposure 2600.00 would exceed the limit 2500.00" in third.reason
+
+
+@pytest.mark.parametrize(("ts", "allowed"), [
+    pytest.param("2024-01-02T14:30:00+00:00", True, id="tuesday-0930-new-york"),
+    pytest.param("2024-01-02T20:59:00+00:00", True, id="tuesday-1559"),
+    pytest.param("2024-01-02T21:00:00+00:00", False, id="tuesday-1600-closed"),
+    pytest.param("2024-01-02T14:29:00+00:00", False, id="tuesday-0929-not-yet"),
+    pytest.param("2024-01-06T15:00:00+00:00", False, id="saturday"),
+    pytest.param("2024-07-02T13:30:00+00:00", True, id="summer-time-0930"),
+])
+def test_orders_only_in_session(ts, allowed):
+    params = RiskParams(session="09:30-16:00", session_timezone="America/New_York")
+    sig = msgspec.structs.replace(signal("buy"), ts=datetime.fromisoformat(ts))
+    _, decision = on_signal(Book(), sig, "o-1", params)
+    assert isinstance(decision, OrderApproved) is allowed
+    if not allowed:
+        assert decision.rule == "session"
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    pytest.param({"session": "16:00-09:30"}, "ends before it starts", id="reversed-session"),
+    pytest.param({"session": "9am-4pm"}, "is not HH:MM-HH:MM", id="malformed-session"),
+    pytest.param({"session_timezone": "Mars/Olympus"}, "unknown session_timezone", id="unknown-zone"),
+    pytest.param({"sizing": "equity_fraction", "allow_short": False}, "needs allow_short", id="all-in-long-only"),
+])
+def test_invalid_risk_settings_are_refused(params, message):
+    with pytest.raises(msgspec.ValidationError, match=message):
+        msgspec.convert(params, RiskParams)
