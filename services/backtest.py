@@ -48,6 +48,6 @@ def settings_env(*, strategy: str, params: tuple[str, ...], cash: float, commiss
 def run_backtest(data: tuple[str, ...], env: dict[str, str]) -> dict:
     """Run every agent's logic over the bars of `data` with `env` settings; the report."""
     bars = load_bars(DataSettings(source="csv", files=list(data)))
-    agents = {name: registry.build(name, env) for name in ("strategy", "quant", "risk", "execution", "audit")}
+    agents = {name: registry.build(name, env) for name in registry.CONSUMERS}
     sim = simulate(bars, **agents)
     return {**report(sim.audit.report()), "counts": dict(sim.counts)}

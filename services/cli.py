@@ -42,7 +42,8 @@ def _fail(message: str) -> None:
 
 
 def _run_async(coro) -> object:
-    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly; tradeflow errors become one-line messages."""
+    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly; connection errors become one-line messages
+    (tradeflow's own errors are turned into one by `Cli.invoke`)."""
 
     async def main():
         task = asyncio.current_task()
@@ -56,8 +57,6 @@ def _run_async(coro) -> object:
     except asyncio.CancelledError:
         click.echo("stopped", err=True)
         return None
-    except TradeflowError as exc:
-        _fail(str(exc))
     except (OSError, TimeoutError, NatsError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
 

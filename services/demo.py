@@ -17,10 +17,10 @@ from contracts.subjects import (
     VALIDATED_READY,
 )
 from services import observe
+from services.registry import CONSUMERS
 from services.stack import Stack
 from services.supervisor import http_json
 
-CONSUMERS = ["strategy", "quant", "risk", "execution", "audit"]
 
 
 async def wait_published(stack: Stack, timeout: float) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
@@ -39,7 +40,7 @@ async def dead_letters(jsm: JetStreamManager) -> int:
         return 0
 
 
-async def consumers_idle(jsm: JetStreamManager, names: list[str]) -> bool:
+async def consumers_idle(jsm: JetStreamManager, names: Sequence[str]) -> bool:
     """True when every named consumer has nothing pending and nothing awaiting an ack."""
     for name in names:
         try:
@@ -51,7 +52,8 @@ async def consumers_idle(jsm: JetStreamManager, names: list[str]) -> bool:
     return True
 
 
-async def wait_drained(jsm: JetStreamManager, consumers: list[str], timeout: float, settle: float = 0.5) -> float:
+async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout: float,
+                       settle: float = 0.5) -> float:
     """Wait until the stream stops growing and every consumer is idle; seconds waited. TimeoutError if not."""
     start = deadline = time.monotonic()
     deadline += timeout

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Mapping
 
 SERVICES = ("data", "strategy", "quant", "risk", "execution", "audit")
+CONSUMERS = SERVICES[1:]  # every service but data has a durable consumer
 
 
 def build(name: str, environ: Mapping[str, str] | None = None):

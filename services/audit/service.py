@@ -12,7 +12,7 @@ from aiohttp import web
 from contracts.codec import Incoming
 from contracts.events import BarReceived, Event
 from contracts.subjects import DATA_READY, EXECUTED_READY
-from services.audit.logic import Portfolio, in_event_time, new_portfolio, on_bar, on_fill, report
+from services.audit.logic import Portfolio, in_event_time, report
 from services.runtime.settings import load
 
 
@@ -31,25 +31,20 @@ class AuditAgent:
 
     def __init__(self, settings: AuditSettings) -> None:
         self.cash = settings.cash
-        self.portfolio = new_portfolio(settings.cash)  # in arrival order: positions and cash are the same
-        self.log: list[tuple[datetime, int, Event]] = []  # append-only: a snapshot is its length
+        # every fill and bar, append-only; the portfolio is folded from it when asked for,
+        # in event time (fills order 0, bars 1), so a snapshot is just its length
+        self.log: list[tuple[datetime, int, Event]] = []
 
     def handle(self, incoming: Incoming, now: datetime) -> list:
         event = incoming.event
-        if isinstance(event, BarReceived):
-            self.portfolio = on_bar(self.portfolio, event)
-            self.log.append((event.ts, 1, event))
-        else:
-            self.portfolio = on_fill(self.portfolio, event)
-            self.log.append((event.ts, 0, event))
+        self.log.append((event.ts, 1 if isinstance(event, BarReceived) else 0, event))
         return []
 
     def snapshot(self) -> Any:
-        return self.portfolio, len(self.log)
+        return len(self.log)
 
     def restore(self, snapshot: Any) -> None:
-        self.portfolio, length = snapshot
-        del self.log[length:]
+        del self.log[snapshot:]
 
     def report(self) -> Portfolio:
         """The portfolio in event time (see `in_event_time`)."""

@@ -4,8 +4,8 @@ Fill price: the open of the first bar after the order's bar (`next_open`, the de
 order's own reference price, its bar's close (`close`). An order whose next bar has not come
 yet waits; the last `keep_bars` bar opens are remembered per symbol, so the fill does not
 depend on whether the order or the bar arrives first. An order whose fill bar has already
-been forgotten is refused (Rejected, so it is dead-lettered), never filled at a wrong price. Cash is margin-style, as in backtesting.py: it moves by realised
-PnL and commissions; an `equity_fraction` order flattens the position and then buys
+been forgotten is refused (Rejected, so it is dead-lettered), never filled at a wrong price.
+Cash is margin-style, as in backtesting.py: it moves by realised PnL and commissions; an `equity_fraction` order flattens the position and then buys
 `floor(available * fraction / (price * (1 + commission_rate)))` units.
 """
 
@@ -71,7 +71,8 @@ def _execute(broker: Broker, order: OrderApproved, price: float, ts,
         closing = abs(held.quantity) if held.quantity * sign < 0 else 0.0
         cash = broker.cash
         if closing:
-            cash += held.quantity * (price - held.entry_price) - params.commission_rate * price * closing
+            _, _, closed_pnl = trade_into(held.quantity, held.entry_price, -held.quantity, price)
+            cash += closed_pnl - params.commission_rate * price * closing
         margin_elsewhere = sum(abs(h.quantity) * h.entry_price for s, h in broker.holdings.items() if s != order.symbol)
         available = max(0.0, cash - margin_elsewhere)
         opening = float(int((available * order.equity_fraction) // (price * (1 + params.commission_rate))))

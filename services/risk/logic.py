@@ -84,7 +84,7 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
         target = direction * params.order_quantity
     else:  # the broker sizes at the fill; this estimate is what the limits are checked against
         target = direction * math.floor(params.capital * params.equity_fraction / signal.price)
-        if math.copysign(1, target) == math.copysign(1, current) and current and target:
+        if current * target > 0:
             target = current  # already all-in on this side
     delta = target - current
 

@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from services.registry import CONSUMERS
 from services.stack import Stack
 
 pytestmark = pytest.mark.integration
-CONSUMERS = ["strategy", "quant", "risk", "execution", "audit"]
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

@@ -223,16 +223,16 @@ def test_stage_counts_add_up():
     assert c["signals_ready"] == c["validated_ready"] + c["rejected.quant"]
     assert c["validated_ready"] == c["approved_ready"] + c["rejected.risk"]
     assert c["executed_ready"] == c["approved_ready"]
-    assert sim.audit.portfolio.fills == c["executed_ready"]
-    assert sim.audit.portfolio.bars == 400
+    assert sim.audit.report().fills == c["executed_ready"]
+    assert sim.audit.report().bars == 400
     assert len(sim.events) == sum(c.values())
 
 
 def test_simulation_is_reproducible_and_audit_adds_up():
     first, second = run_simulation(), run_simulation()
     assert first.events == second.events
-    assert first.audit.portfolio == second.audit.portfolio
-    s = summary(first.audit.portfolio)
+    assert first.audit.report() == second.audit.report()
+    s = summary(first.audit.report())
     assert s["pnl"] == pytest.approx(s["realized_pnl"] + s["unrealized_pnl"], abs=1e-5)
     assert s["commissions"] > 0
 
