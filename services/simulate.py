@@ -15,6 +15,7 @@ import msgspec
 
 from contracts.codec import Incoming
 from contracts.envelope import Envelope, derive_id
+from contracts.errors import BadInput
 from contracts.events import BarReceived, Event
 from contracts.subjects import STAGES, subject_for
 from services.audit.service import AuditAgent
@@ -26,7 +27,8 @@ from services.strategy.service import StrategyAgent
 
 
 class Simulation(msgspec.Struct):
-    """Counts of events per stage (rejections as rejected.<stage>) and the audit agent's final state."""
+    """Counts of events per stage (rejections as rejected.<stage>, dead letters as dlq.<service>)
+    and the audit agent's final state."""
 
     counts: Counter
     audit: AuditAgent
@@ -59,7 +61,12 @@ def simulate(bars: Iterable[BarReceived], *, strategy: StrategyAgent, quant: Qua
         events.append((event_id, event))
         incoming = _incoming(event_id, event)
         for agent in routes.get(subject.partition(".")[0], []):
-            for index, out in enumerate(agent.handle(incoming, now)):
+            try:
+                outputs = agent.handle(incoming, now)
+            except BadInput:   # live, this input would be dead-lettered; the rest flows on
+                counts[f"dlq.{agent.name}"] += 1
+                continue
+            for index, out in enumerate(outputs):
                 deliver(derive_id(agent.name, event_id, index), out)
 
     for bar in bars:

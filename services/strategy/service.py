@@ -12,7 +12,7 @@ from contracts.errors import ConfigError
 from contracts.events import SignalGenerated
 from contracts.subjects import DATA_READY
 from services.runtime.settings import load
-from services.strategy.logic import Window
+from services.strategy.logic import GapRejected, Window
 from services.strategy.strategies import STRATEGIES, Step
 
 
@@ -30,7 +30,11 @@ class StrategyAgent:
 
     def handle(self, incoming: Incoming, now: datetime) -> list[SignalGenerated]:
         bar = incoming.event
-        window, signals = self.step(self.windows.get(bar.symbol, Window()), bar, self.params)
+        try:
+            window, signals = self.step(self.windows.get(bar.symbol, Window()), bar, self.params)
+        except GapRejected as gap:
+            self.windows[bar.symbol] = gap.window  # the bar is dead-lettered; warm-up starts again after it
+            raise
         self.windows[bar.symbol] = window
         return signals
 

@@ -19,13 +19,14 @@ import numpy as np
 
 from contracts.events import BarReceived, SignalGenerated
 from services.strategy.indicators import macd, rsi
-from services.strategy.logic import Period, SmaCrossParams, Window, push, sma_cross
+from services.strategy.logic import Period, SmaCrossParams, StrategyParams, Window, own_params, push, sma_cross, \
+    with_volatility
 
 Level = Annotated[float, msgspec.Meta(gt=0, lt=100)]
 Lookback = Annotated[int, msgspec.Meta(ge=2, le=100)]
 
 
-class RsiReversionParams(msgspec.Struct, frozen=True, kw_only=True):
+class RsiReversionParams(StrategyParams, frozen=True, kw_only=True):
     """RSI period and the oversold/overbought levels; lower must be below upper."""
 
     n: Period = 14
@@ -38,7 +39,7 @@ class RsiReversionParams(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
 
 
-class MacdCrossParams(msgspec.Struct, frozen=True, kw_only=True):
+class MacdCrossParams(StrategyParams, frozen=True, kw_only=True):
     """MACD fast/slow EMA periods and the signal-line period; fast must be shorter than slow."""
 
     fast: Period = 12
@@ -51,18 +52,17 @@ class MacdCrossParams(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"fast ({self.fast}) must be shorter than slow ({self.slow})")
 
 
-def _signal(bar: BarReceived, side: str, strength: float, name: str, params: msgspec.Struct,
-            features: dict[str, float]) -> SignalGenerated:
+def _signal(bar: BarReceived, side: str, strength: float, name: str, params: StrategyParams,
+            window: Window, features: dict[str, float]) -> SignalGenerated:
     return SignalGenerated(symbol=bar.symbol, ts=bar.ts, side=side, strength=float(min(1.0, max(0.0, strength))),
-                           price=bar.close, strategy=name, params={k: float(v) for k, v in
-                                                                    msgspec.structs.asdict(params).items()},
-                           features=features)
+                           price=bar.close, strategy=name, params=own_params(params),
+                           features=with_volatility(features, window, params))
 
 
 def rsi_reversion(window: Window, bar: BarReceived,
                   params: RsiReversionParams) -> tuple[Window, list[SignalGenerated]]:
     """Buy when RSI crosses down through `lower`, sell when it crosses up through `upper`."""
-    window = push(window, bar, params.n * params.lookback + 1)
+    window = push(window, bar, params.n * params.lookback + 1, params)
     if len(window.closes) < params.n + 2:
         return window, []
     values = rsi(np.asarray(window.closes), params.n)
@@ -73,12 +73,12 @@ def rsi_reversion(window: Window, bar: BarReceived,
         side, strength = "sell", (now - params.upper) / (100 - params.upper)
     else:
         return window, []
-    return window, [_signal(bar, side, strength, "rsi_reversion", params, {"rsi": float(now)})]
+    return window, [_signal(bar, side, strength, "rsi_reversion", params, window, {"rsi": float(now)})]
 
 
 def macd_cross(window: Window, bar: BarReceived, params: MacdCrossParams) -> tuple[Window, list[SignalGenerated]]:
     """Buy when the MACD line crosses above its signal line, sell when it crosses below."""
-    window = push(window, bar, params.slow * params.lookback + params.signal)
+    window = push(window, bar, params.slow * params.lookback + params.signal, params)
     if len(window.closes) < params.slow + params.signal:
         return window, []
     line, signal, hist = macd(np.asarray(window.closes), params.fast, params.slow, params.signal)
@@ -89,11 +89,11 @@ def macd_cross(window: Window, bar: BarReceived, params: MacdCrossParams) -> tup
     else:
         return window, []
     strength = abs(hist[-1]) / bar.close / 0.001  # 0.1 % of price apart = full strength
-    return window, [_signal(bar, side, strength, "macd_cross", params,
+    return window, [_signal(bar, side, strength, "macd_cross", params, window,
                             {"macd": float(line[-1]), "signal": float(signal[-1]), "histogram": float(hist[-1])})]
 
 
-Step = Callable[[Window, BarReceived, msgspec.Struct], tuple[Window, list[SignalGenerated]]]
+Step = Callable[[Window, BarReceived, StrategyParams], tuple[Window, list[SignalGenerated]]]
 STRATEGIES: dict[str, tuple[type[msgspec.Struct], Step]] = {
     "sma_cross": (SmaCrossParams, sma_cross),
     "rsi_reversion": (RsiReversionParams, rsi_reversion),

@@ -38,7 +38,7 @@ def test_backtest_reads_a_plain_csv_file(tmp_path):
 @pytest.mark.parametrize("args, message", [
     pytest.param(["--strategy", "nope"], "unknown strategy 'nope'", id="unknown-strategy"),
     pytest.param(["--param", "fast"], "expected NAME=VALUE", id="param-without-value"),
-    pytest.param(["--param", "speed=3"], "NAME one of fast, slow", id="unknown-param"),
+    pytest.param(["--param", "speed=3"], "NAME one of fast, max_gap_seconds, periods_per_year, slow, vol_window", id="unknown-param"),
     pytest.param(["--param", "fast=ten"], "TRADEFLOW_STRATEGY_FAST", id="param-not-a-number"),
     pytest.param(["--param", "fast=30"], "fast (30) must be shorter than slow (20)", id="invalid-combination"),
     pytest.param(["--cash", "-5"], "--cash", id="negative-cash"),

@@ -13,7 +13,7 @@ from contracts.errors import ConfigError
 from contracts.events import BarReceived
 from services.data.datasets import builtin_path
 from services.data.sources import read_csv
-from services.strategy.indicators import macd, rsi
+from services.strategy.indicators import macd, rolling_volatility, rsi
 from services.strategy.logic import Window
 from services.strategy.service import build
 from services.strategy.strategies import MacdCrossParams, RsiReversionParams, macd_cross, rsi_reversion
@@ -66,7 +66,9 @@ def test_a_signal_carries_its_strategy_parameters_and_features():
     [signal] = last
     assert signal.strategy == "rsi_reversion"
     assert signal.params == {"n": 14.0, "lower": 30.0, "upper": 70.0, "lookback": 10.0}
-    assert set(signal.features) == {"rsi"} and 0 < signal.strength <= 1
+    assert set(signal.features) == {"rsi", "volatility"} and 0 < signal.strength <= 1
+    closes = np.array([b.close for b in GOOG if b.ts <= signal.ts])
+    assert signal.features["volatility"] == pytest.approx(rolling_volatility(closes, 20)[-1], rel=1e-12)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import msgspec
@@ -20,6 +21,12 @@ FAST_2_SLOW_3 = SmaCrossParams(fast=2, slow=3)
 
 def bar(i: int, close: float, symbol: str = "GOOG") -> BarReceived:
     return BarReceived(symbol=symbol, ts=T0 + timedelta(days=i), open=close, high=close, low=close, close=close)
+
+
+def incoming(b: BarReceived) -> Incoming:
+    env = Envelope(id=f"{b.symbol}{b.ts}", type="tradeflow.market_bar.v1", source="t", time=b.ts,
+                   subject=f"data_ready.{b.symbol}", trace_id="0" * 31 + "1")
+    return Incoming(env, b)
 
 
 def run(closes: list[float], params: SmaCrossParams = FAST_2_SLOW_3) -> dict[int, object]:
@@ -88,12 +95,45 @@ def test_strength_is_the_gap_over_one_percent_capped_at_one():
     assert run(CLOSES)[5].strength == 1.0  # gap 0.5 / 9 = 5.6 % -> capped
 
 
-def test_window_keeps_only_what_the_slow_average_needs():
+def test_window_keeps_only_what_the_slow_average_and_the_volatility_need():
+    window, short_vol = Window(), SmaCrossParams(fast=2, slow=3, vol_window=2)
+    for n, close in enumerate(CLOSES, start=1):
+        window, _ = sma_cross(window, bar(n, close), short_vol)
+    assert window.closes == (12.0, 13.0, 8.0, 5.0)   # slow + 1 = 4 beats vol_window + 1 = 3
+    assert window.last_ts == T0 + timedelta(days=8)
     window = Window()
     for n, close in enumerate(CLOSES, start=1):
-        window, _ = sma_cross(window, bar(n, close), FAST_2_SLOW_3)
-    assert window.closes == (12.0, 13.0, 8.0, 5.0)
-    assert window.last_ts == T0 + timedelta(days=8)
+        window, _ = sma_cross(window, bar(n, close), SmaCrossParams(fast=2, slow=3, vol_window=5))
+    assert window.closes == (8.0, 7.0, 12.0, 13.0, 8.0, 5.0)   # vol_window + 1 = 6
+
+
+def test_a_signal_carries_the_rolling_volatility_once_the_window_allows():
+    params = SmaCrossParams(fast=2, slow=3, vol_window=3, periods_per_year=4)
+    signals = run(CLOSES, params)
+    # buy on bar 5: log returns of 9 -> 8 -> 7 -> 12 (3 returns, ddof=1), x sqrt(4)
+    returns = [math.log(8 / 9), math.log(7 / 8), math.log(12 / 7)]
+    mean = sum(returns) / 3
+    expected = math.sqrt(sum((r - mean) ** 2 for r in returns) / 2) * 2
+    assert signals[5].features["volatility"] == pytest.approx(expected, rel=1e-12)
+    assert signals[5].params == {"fast": 2.0, "slow": 3.0}   # the common settings are not strategy parameters
+    # with a longer window than bars so far there is no volatility yet, rather than a guess
+    assert "volatility" not in run(CLOSES, SmaCrossParams(fast=2, slow=3, vol_window=5))[5].features
+
+
+def test_a_bar_after_a_longer_gap_than_allowed_is_rejected_and_the_window_restarts():
+    params = SmaCrossParams(fast=2, slow=3, max_gap_seconds=3 * 86400)
+    agent = StrategyAgent(sma_cross, params)
+    for n in (1, 2, 3, 6):   # 3 days from bar 3 to bar 6: allowed
+        agent.handle(incoming(bar(n, 10.0 + n)), T0)
+    assert len(agent.windows["GOOG"].closes) == 4
+    with pytest.raises(Rejected, match=r"comes 345600s after the last bar of GOOG .*MAX_GAP_SECONDS=259200") as err:
+        agent.handle(incoming(bar(10, 20.0)), T0)
+    assert err.value.reason == "gap"
+    assert agent.windows["GOOG"] == Window((), T0 + timedelta(days=10))   # warm-up starts after the hole
+    agent.handle(incoming(bar(11, 21.0)), T0)
+    assert agent.windows["GOOG"].closes == (21.0,)
+    with pytest.raises(Rejected, match="out of order"):   # the rejected bar still orders what follows
+        agent.handle(incoming(bar(9, 21.0)), T0)
 
 
 @pytest.mark.parametrize("day", [pytest.param(3, id="duplicate-timestamp"), pytest.param(2, id="out-of-order")])
@@ -109,9 +149,7 @@ def test_each_symbol_has_its_own_window():
     agent = StrategyAgent(sma_cross, FAST_2_SLOW_3)
 
     def feed(b: BarReceived) -> list:
-        env = Envelope(id=f"{b.symbol}{b.ts}", type="tradeflow.market_bar.v1", source="t", time=b.ts,
-                       subject=f"data_ready.{b.symbol}", trace_id="0" * 31 + "1")
-        return agent.handle(Incoming(env, b), b.ts)
+        return agent.handle(incoming(b), b.ts)
 
     out = {}
     for n, close in enumerate(CLOSES, start=1):
