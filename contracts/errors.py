@@ -9,7 +9,8 @@
      │    └── Rejected           the handler refuses the event for good (e.g. a bar out of order)
      ├── Transient           infrastructure hiccup: nak with backoff, try again
      │    ├── NatsUnavailable
-     │    └── RedisUnavailable
+     │    ├── RedisUnavailable
+     │    └── EffectFailed      an agent's ledger or log could not be written
      └── ConfigError         a setting is missing or invalid at start-up
 """
 
@@ -72,6 +73,12 @@ class RedisUnavailable(Transient):
     """Raised when Redis cannot be reached."""
 
     reason = "redis_unavailable"
+
+
+class EffectFailed(Transient):
+    """Raised when an agent could not make its effects durable (its ledger, its log file)."""
+
+    reason = "effect_failed"
 
 
 class ConfigError(TradeflowError):

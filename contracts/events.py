@@ -23,6 +23,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Reason = Annotated[str, msgspec.Meta(max_length=512)]
 Side = Literal["buy", "sell"]
 Stage = Literal["quant", "risk"]
+Regime = Literal["low", "normal", "high", "unknown"]
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,15 +74,23 @@ class SignalGenerated(Event, frozen=True, kw_only=True):
 
 
 class SignalValidated(Event, frozen=True, kw_only=True):
-    """A signal that passed quant validation."""
+    """A signal that passed quant validation, with the volatility regime it was judged in.
+
+    `volatility` is the annualised rolling volatility the signal carried (None if it carried
+    none); `regime` is low/normal/high from it, or the symbol's cached regime, or unknown.
+    """
 
     side: Side
     strength: Strength
     price: Price
     strategy: Name
+    volatility: NonNegative | None = None
+    regime: Regime = "unknown"
 
     def __post_init__(self) -> None:
         _require_finite(self, "price")
+        if self.volatility is not None:
+            _require_finite(self, "volatility")
 
 
 class OrderApproved(Event, frozen=True, kw_only=True):

@@ -1,14 +1,21 @@
-"""Quant service wiring: signals_ready.<SYM> -> validated_ready.<SYM> or rejected.quant.<SYM>."""
+"""Quant service wiring: signals_ready.<SYM> -> validated_ready.<SYM> or rejected.quant.<SYM>.
+
+Each symbol's volatility regime is cached in Redis (kind `regime`, TTL TRADEFLOW_CACHE_TTL_REGIME):
+written for every signal that carried a volatility, read for signals that carry none.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from contracts.codec import Incoming
 from contracts.events import Event
 from contracts.subjects import SIGNALS_READY
-from services.quant.logic import Accepted, QuantParams, validate
+from services.quant.logic import REGIMES, Accepted, QuantParams, measure, validate
+from services.runtime.agent import AgentContext
+from services.runtime.cache import Cache
 from services.runtime.settings import load
 
 
@@ -22,13 +29,40 @@ class QuantAgent:
     def __init__(self, params: QuantParams) -> None:
         self.params = params
         self.accepted: dict[str, Accepted] = {}
+        self.cache: Cache | None = None
+        self.cached: dict[str, str] = {}        # regimes read for this batch
+        self.measured: dict[str, dict] = {}     # regimes measured in this batch, to cache
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Event]:
         signal = incoming.event
-        last, decision = validate(signal, self.params, self.accepted.get(signal.symbol))
+        last, decision = validate(signal, self.params, self.accepted.get(signal.symbol),
+                                  self.cached.get(signal.symbol))
         if last is not None:
             self.accepted[signal.symbol] = last
+        volatility, regime = measure(signal, self.params)
+        if volatility is not None:
+            self.measured[signal.symbol] = {"regime": regime, "volatility": volatility, "ts": signal.ts.isoformat()}
         return [decision]
+
+    async def open(self, context: AgentContext) -> None:
+        self.cache = context.cache
+
+    async def prepare(self, inputs: Sequence[Incoming]) -> None:
+        """Read the cached regime of the symbols whose signals carry no volatility."""
+        self.measured = {}
+        wanted = [inc.event.symbol for inc in inputs if "volatility" not in inc.event.features]
+        found = await self.cache.get_many("regime", wanted) if self.cache and wanted else {}
+        self.cached = {s: v["regime"] for s, v in found.items()
+                       if isinstance(v, dict) and v.get("regime") in REGIMES}
+
+    async def record(self) -> None:
+        """Cache the regimes this batch measured (best effort: the cache is never the truth)."""
+        if self.cache and self.measured:
+            await self.cache.set_many("regime", self.measured)
+        self.measured = {}
+
+    async def close(self) -> None:
+        return None
 
     def snapshot(self) -> Any:
         return dict(self.accepted)
@@ -38,5 +72,5 @@ class QuantAgent:
 
 
 def build(environ=None) -> QuantAgent:
-    """The quant agent from TRADEFLOW_QUANT_MIN_STRENGTH, _SUPPRESS_DUPLICATES, _COOLDOWN_SECONDS."""
+    """The quant agent from TRADEFLOW_QUANT_* (MIN_STRENGTH, REGIME_LOW, REGIME_HIGH, BLOCK_REGIMES, ...)."""
     return QuantAgent(load(QuantParams, "TRADEFLOW_QUANT_", environ))

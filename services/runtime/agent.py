@@ -4,16 +4,28 @@ The handler turns one decoded input into zero or more output events. Stateful
 agents also give `snapshot()`/`restore()`, so the runtime can roll their state
 back when the outputs of a batch could not be made durable, and their state is
 rebuilt at start-up by folding already-processed history through `handle()`.
+
+An agent with effects outside the stream (a ledger, a file, the cache) may also give
+three coroutines, all optional:
+  open(context)      at start, before the state is rebuilt: open files, take the cache;
+  prepare(inputs)    before a batch is handled: begin it, look up what handle() will need;
+  record()           after the batch is handled, before its outputs are published: make what
+                     handle() queued durable; raising Transient rolls the batch back and retries it.
+and `close()` at the end. The pure logic never sees them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from contracts.codec import Incoming
 from contracts.events import Event
+from services.runtime.cache import Cache
+from services.runtime.metrics import Metrics
 
 
 class Agent(Protocol):
@@ -37,6 +49,15 @@ class Agent(Protocol):
     def restore(self, snapshot: Any) -> None:
         """Put back a state taken by snapshot()."""
         ...
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What `open()` is given: the cache, the service's data directory and its metrics."""
+
+    cache: Cache
+    data_dir: Path
+    metrics: Metrics
 
 
 class Publish(Protocol):

@@ -53,6 +53,10 @@ class Metrics:
             "tradeflow_event_loop_lag_max_seconds", "Largest event-loop lag in the last window", ["service"], registry=r
         )
         self.ready = Gauge("tradeflow_ready", "1 when the service can do its work", ["service"], registry=r)
+        self.cache_requests = Counter(
+            "tradeflow_cache_requests", "Cache keys asked for or stored, by result (hit, miss, set, error)",
+            ["service", "kind", "result"], registry=r
+        )
         self.rebuilt_events = Counter(
             "tradeflow_state_rebuild_events", "Events folded into state at start-up", ["service"], registry=r
         )

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from types import SimpleNamespace
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
 from redis.exceptions import RedisError
 
 from contracts import envelope as ce
 from contracts.events import Event
 from contracts.subjects import PIPELINE_STREAM
-from services.runtime.agent import Agent, Producer
+from services.runtime.agent import Agent, AgentContext, Producer
+from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import connect_nats, connect_redis
 from services.runtime.dedup import DedupRegistry
@@ -23,6 +25,7 @@ from services.runtime.looplag import watch_loop_lag
 from services.runtime.metrics import Metrics
 from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
+from services.runtime.settings import load
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
 from services.runtime.worker import Worker
 
@@ -41,6 +44,7 @@ class Service:
         self.stop = asyncio.Event()
         self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
         self.http_port = 0
+        self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
@@ -71,6 +75,7 @@ class Service:
         background: list[asyncio.Task] = [asyncio.create_task(watch_loop_lag(self.metrics), name="loop-lag")]
         redis = connect_redis(s.redis_url)
         background.append(asyncio.create_task(self._watch_redis(redis), name="redis-watch"))
+        opened = False
         try:
             self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name))
             if self.nc is None:
@@ -80,6 +85,9 @@ class Service:
             await ensure_streams(jsm, s)
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
+            if hasattr(self.agent, "open"):
+                await self.agent.open(self._context(redis))
+                opened = True
             main: list[asyncio.Task] = []
             worker = None
             if self.agent.consumes:
@@ -118,9 +126,17 @@ class Service:
                 except Exception as exc:  # noqa: BLE001 - closing anyway
                     log.warning("nats flush incomplete", extra={"error": repr(exc)})
                 await self.nc.close()
+            if opened:
+                await self.agent.close()
             await redis.aclose()
             await runner.cleanup()
             log.info("service stopped")
+
+    def _context(self, redis) -> AgentContext:
+        data_dir = Path(self.settings.data_dir) / self.name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cache = Cache(redis, self.cache_settings, self.metrics)
+        return AgentContext(cache=cache, data_dir=data_dir, metrics=self.metrics)
 
     async def _until_stopped(self, coro):
         """Await `coro` unless a stop signal comes first (then None)."""

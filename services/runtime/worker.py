@@ -3,7 +3,8 @@
 Per fetched batch:
   1. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
   2. skip inputs the dedup registry says are done (ack them);
-  3. call the agent's handler on each remaining input, in stream order;
+  3. call the agent's handler on each remaining input, in stream order (between the agent's
+     optional `prepare` and `record` hooks);
   4. publish all outputs and await every PubAck;
   5. mark the inputs done in Redis, then ack them.
 A handler error naks with backoff and, at the last delivery, dead-letters the
@@ -26,7 +27,7 @@ from nats.js import JetStreamContext
 
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
-from contracts.errors import BadInput, RedisUnavailable, Transient
+from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
 from contracts.subjects import dlq_subject
 from services.runtime.agent import Agent
 from services.runtime.config import RuntimeSettings
@@ -159,6 +160,9 @@ class Worker:
                 raise
             seen = set()  # stateless: a repeat only re-publishes ids the stream drops
         snapshot = self.agent.snapshot()
+        prepare = getattr(self.agent, "prepare", None)
+        if prepare is not None:
+            await prepare([inc for _, inc in batch if inc.id not in seen])
         now = datetime.now(timezone.utc)
         done: list[tuple[Msg, Incoming]] = []
         failed: list[tuple[Msg, Incoming, BaseException]] = []
@@ -182,6 +186,7 @@ class Worker:
                     trace_id=inc.envelope.trace_id, causation_id=inc.id, now=now))
             done.append((msg, inc))
         try:
+            await self._record()  # effects durable before the outputs are visible
             await self.publisher.publish(outgoing)
             ids = [inc.id for _, inc in done]
             try:
@@ -202,6 +207,17 @@ class Worker:
         per_message = elapsed / max(1, len(batch))
         for _, inc in done:
             self.metrics.processing.labels(self.service, inc.envelope.subject.partition(".")[0]).observe(per_message)
+
+    async def _record(self) -> None:
+        record = getattr(self.agent, "record", None)
+        if record is None:
+            return
+        try:
+            await record()
+        except (Transient, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
+            raise EffectFailed(f"{self.service} could not record its effects: {exc!r}") from exc
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
         attempt = inc.envelope.attempt

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
 
 from contracts.events import OrderApproved, OrderFilled, SignalGenerated, SignalRejected, SignalValidated
-from services.quant.logic import QuantParams, validate
+from services.quant.logic import QuantParams, measure, regime_of, validate
 from services.risk.logic import Book, RiskParams, on_fill, on_signal
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
@@ -61,6 +62,64 @@ def test_cool_down_counts_bar_time_since_the_last_accepted_signal():
     assert early.rule == "cooldown" and "3540s since the last accepted signal" in early.reason
     _, ok = validate(later, params, last)
     assert isinstance(ok, SignalValidated)
+
+
+def with_vol(volatility: float | None, side: str = "buy") -> SignalGenerated:
+    features = {} if volatility is None else {"volatility": volatility}
+    return msgspec.structs.replace(generated(0.5, side), features=features)
+
+
+@pytest.mark.parametrize(("volatility", "regime"), [
+    pytest.param(0.0, "low", id="zero"), pytest.param(0.1499, "low", id="just-below-low"),
+    pytest.param(0.15, "normal", id="at-low-bound"), pytest.param(0.4499, "normal", id="just-below-high"),
+    pytest.param(0.45, "high", id="at-high-bound"), pytest.param(3.0, "high", id="crash"),
+])
+def test_volatility_regime_bounds(volatility, regime):
+    params = QuantParams(regime_low=0.15, regime_high=0.45)
+    assert regime_of(volatility, params) == regime
+    _, out = validate(with_vol(volatility), params)
+    assert (out.regime, out.volatility) == (regime, volatility)
+
+
+def test_a_blocked_regime_rejects_naming_the_volatility_and_the_bounds():
+    params = QuantParams(block_regimes=["high"])
+    _, out = validate(with_vol(0.62), params)
+    assert (out.rule, out.stage) == ("regime", "quant")
+    assert out.reason == "high volatility regime (volatility 0.6200; low < 0.15 <= normal < 0.45 <= high) is blocked"
+    last, ok = validate(with_vol(0.3), params)
+    assert isinstance(ok, SignalValidated) and ok.regime == "normal" and last.side == "buy"
+
+
+def test_a_signal_without_volatility_takes_the_cached_regime_or_is_unknown():
+    params = QuantParams(block_regimes=["high", "unknown"])
+    _, cached = validate(with_vol(None), params, cached_regime="high")
+    assert cached.rule == "regime" and "no volatility on the signal" in cached.reason
+    _, unknown = validate(with_vol(None), params)
+    assert unknown.rule == "regime" and unknown.reason.startswith("unknown volatility regime")
+    _, passes = validate(with_vol(None), QuantParams(), cached_regime="low")
+    assert (passes.regime, passes.volatility) == ("low", None)
+    # a measured volatility wins over the cache
+    _, measured = validate(with_vol(0.2), params, cached_regime="high")
+    assert measured.regime == "normal"
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_a_nonsense_volatility_counts_as_none(bad):
+    assert measure(with_vol(bad), QuantParams(), "low") == (None, "low")
+    _, out = validate(with_vol(bad), QuantParams())
+    assert (out.volatility, out.regime) == (None, "unknown")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    pytest.param({"regime_low": 0.5, "regime_high": 0.2}, "regime_low (0.5) must be below regime_high (0.2)",
+                 id="bounds-reversed"),
+    pytest.param({"block_regimes": ["extreme"]}, "Invalid enum value 'extreme'",
+                 id="unknown-regime"),
+    pytest.param({"regime_low": 0}, "Expected `float` > 0", id="zero-bound"),
+])
+def test_invalid_regime_settings_are_refused(settings, message):
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert(settings, QuantParams)
 
 
 def test_min_strength_above_one_is_invalid():
