@@ -22,7 +22,6 @@ from services.stack import Stack
 from services.supervisor import http_json
 
 
-
 async def wait_published(stack: Stack, timeout: float) -> dict:
     """Wait until the data service has published every bar; its progress."""
     deadline = time.monotonic() + timeout
@@ -46,6 +45,7 @@ async def collect_summary(stack: Stack, nc) -> dict:
         "rejected_quant": totals["rejected.quant"],
         "approved": totals[APPROVED_READY],
         "rejected_risk": totals["rejected.risk"],
+        "rejections": await observe.rejections(nc),
         "fills": totals[EXECUTED_READY],
         "dead_letters": await observe.dead_letters(jsm),
         "portfolio": portfolio,
@@ -97,6 +97,8 @@ def render(s: dict) -> str:
         f"  validated      {s['validated']:>8}   rejected by quant {s['rejected_quant']}",
         f"  approved       {s['approved']:>8}   rejected by risk  {s['rejected_risk']}",
         f"  fills          {s['fills']:>8}",
+        *(["  rejections     " + ", ".join(f"{rule} {n}" for rule, n in s["rejections"].items())]
+          if s.get("rejections") else []),
         f"  dead letters   {s['dead_letters']:>8}",
         f"  cash           {pf['cash']:>14,.2f}",
         f"  equity         {pf['equity']:>14,.2f}   PnL {pf['pnl']:,.2f} "

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+import orjson
 from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
@@ -30,6 +31,35 @@ def stage_totals(counts: dict[str, int]) -> Counter:
         key = ".".join(parts[:2]) if parts[0] in ("rejected", "dlq") else parts[0]
         totals[key] += n
     return totals
+
+
+async def stream_messages(nc, stream: str, subject: str = ">") -> list:
+    """Every message of `stream` on `subject`, oldest first (an ephemeral ordered read)."""
+    jsm = nc.jsm()
+    info = await jsm.stream_info(stream, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
+    if total == 0:
+        return []
+    sub = await nc.jetstream().subscribe(subject, stream=stream, ordered_consumer=True)
+    out = []
+    try:
+        while len(out) < total:
+            out.append(await sub.next_msg(timeout=5))
+        return out
+    finally:
+        await sub.unsubscribe()
+
+
+async def rejections(nc) -> dict[str, int]:
+    """Rejections in the stream counted by `<stage>.<rule>`."""
+    counts: Counter = Counter()
+    for msg in await stream_messages(nc, PIPELINE_STREAM, "rejected.>"):
+        try:
+            body = orjson.loads(msg.data)
+            counts[f"{body['stage']}.{body['rule']}"] += 1
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            counts["unreadable"] += 1
+    return dict(sorted(counts.items()))
 
 
 async def dead_letters(jsm: JetStreamManager) -> int:

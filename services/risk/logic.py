@@ -1,19 +1,35 @@
-"""Risk logic: size an order toward a target position and check the limits. Pure and synchronous.
+"""Risk logic: an event-sourced book, order sizing toward a target position, and the limits. Pure.
 
-Decisions use the position risk has *committed to* (every order it approved),
-so they do not depend on when fills come back; fills are tracked beside it.
+Risk decides on what it has *committed to*: every order it approved, booked at the signal's
+reference price. Positions, the equity that sizes orders and the day's loss all come from
+that committed book marked to the last bar, so no decision depends on how soon fills come
+back (a backlog of fills would otherwise pair old positions with new prices), and replaying
+the same inputs gives the same decisions. Beside it the book keeps the portfolio the fills
+add up to (positions, cash, realised PnL, commissions), which GET /v1/book shows; the two
+differ by the fill price against the reference price, and commissions.
+
+Sizing policies (target position per signal):
+  fixed              `order_quantity` units
+  equity_fraction    `equity_fraction` of equity at the signal price (the broker re-sizes at the fill)
+  volatility_target  units whose annualised volatility is `target_volatility` of equity:
+                     floor(equity x target_volatility / (signal volatility x price))
+Limits, in the order checked: session, max_daily_loss (reduce-only for the rest of the day:
+an order that would open or grow a position becomes one that flattens it; it is rejected when
+flat, and under equity_fraction sizing, whose position size only the broker knows exactly),
+max_position, max_order_notional, max_gross_exposure.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, time
+from datetime import date, datetime, time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from contracts.events import OrderApproved, OrderFilled, SignalRejected, SignalValidated
+from contracts.events import BarReceived, OrderApproved, OrderFilled, SignalRejected, SignalValidated
+from services.accounting import trade_into
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -21,13 +37,15 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 class RiskParams(msgspec.Struct, frozen=True, kw_only=True):
     """Target size per signal, and the limits that bound it."""
 
-    sizing: Literal["fixed", "equity_fraction"] = "fixed"
+    sizing: Literal["fixed", "equity_fraction", "volatility_target"] = "fixed"
     order_quantity: Positive = 10.0      # fixed: the target position's size
     equity_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9999   # equity_fraction: share of equity
-    capital: Positive = 100_000.0        # equity_fraction: what risk assumes when it estimates a size
+    target_volatility: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.10   # volatility_target, annualised
+    capital: Positive = 100_000.0        # the cash the book starts with (the broker's cash)
     max_position: Positive = 100.0
     max_order_notional: Positive = 50_000.0
-    max_gross_exposure: Positive | None = None   # sum of |position| x last signal price over symbols
+    max_gross_exposure: Positive | None = None   # sum of |position| x last price over symbols
+    max_daily_loss: Positive | None = None       # equity lost since the day's first event, in cash
     allow_short: bool = True
     session: str | None = None                   # "HH:MM-HH:MM", Monday to Friday, in session_timezone
     session_timezone: str = "America/New_York"
@@ -63,30 +81,110 @@ def in_session(ts: datetime, params: RiskParams) -> bool:
     return local.weekday() < 5 and start <= local.time().replace(tzinfo=None) < end
 
 
-class Book(msgspec.Struct, frozen=True):
-    """Per symbol: the position all approved orders add up to, and the position filled so far."""
+class Holding(msgspec.Struct, frozen=True):
+    """A filled position: signed quantity and average entry price."""
 
-    committed: dict[str, float] = {}
-    filled: dict[str, float] = {}
-    prices: dict[str, float] = {}   # last signal price per symbol, for gross exposure
+    quantity: float = 0.0
+    entry_price: float = 0.0
+
+
+class Book(msgspec.Struct, frozen=True, kw_only=True):
+    """The committed book (approved orders at their reference prices) and the portfolio the fills add up to."""
+
+    capital: float = 0.0
+    committed: dict[str, float] = {}          # position per symbol after every approved order
+    committed_entry: dict[str, float] = {}    # its average entry at reference prices
+    committed_pnl: float = 0.0                # realised on it at reference prices
+    marks: dict[str, float] = {}              # latest price per symbol in event time: a bar's close or signal price
+    marked_at: dict[str, datetime] = {}       # the event time of each mark
+    day: date | None = None                   # the trading day (in session_timezone) of the last bar or signal
+    day_start_equity: float = 0.0             # committed equity when that day's first bar or signal came
+    positions: dict[str, Holding] = {}        # filled
+    cash: float = 0.0
+    realized_pnl: float = 0.0
+    commissions: float = 0.0
+
+
+def new_book(params: RiskParams) -> Book:
+    """A flat book holding the starting capital."""
+    return Book(capital=params.capital, cash=params.capital, day_start_equity=params.capital)
+
+
+def committed_equity(book: Book) -> float:
+    """Capital plus the committed book's realised and unrealised PnL at the marks: what risk sizes on."""
+    return book.capital + book.committed_pnl + sum(
+        q * (book.marks.get(s, book.committed_entry.get(s, 0.0)) - book.committed_entry.get(s, 0.0))
+        for s, q in book.committed.items())
+
+
+def unrealized(book: Book) -> float:
+    """Filled positions' PnL at the marks."""
+    return sum(h.quantity * (book.marks.get(s, h.entry_price) - h.entry_price) for s, h in book.positions.items())
+
+
+def equity(book: Book) -> float:
+    """Cash plus filled positions at their marks."""
+    return book.cash + sum(h.quantity * book.marks.get(s, h.entry_price) for s, h in book.positions.items())
+
+
+def _mark(book: Book, ts: datetime, symbol: str, price: float, params: RiskParams) -> Book:
+    """Mark `symbol` at `price` as of `ts`, unless it already has a later mark (a signal may arrive after
+    the next bar); a new trading day first records the equity it starts with."""
+    if symbol in book.marked_at and ts < book.marked_at[symbol]:
+        return book
+    day = ts.astimezone(ZoneInfo(params.session_timezone)).date()
+    if book.day is None or day > book.day:
+        book = msgspec.structs.replace(book, day=day, day_start_equity=committed_equity(book))
+    return msgspec.structs.replace(book, marks={**book.marks, symbol: price},
+                                   marked_at={**book.marked_at, symbol: ts})
+
+
+def on_bar(book: Book, bar: BarReceived, params: RiskParams) -> Book:
+    """Mark the symbol to the bar's close."""
+    return _mark(book, bar.ts, bar.symbol, bar.close, params)
+
+
+def on_fill(book: Book, fill: OrderFilled) -> Book:
+    """The filled portfolio after a fill came back: position, cash, realised PnL and commissions."""
+    signed = _signed(fill.side, fill.quantity)
+    held = book.positions.get(fill.symbol, Holding())
+    quantity, entry, realized = trade_into(held.quantity, held.entry_price, signed, fill.price)
+    positions = {**book.positions, fill.symbol: Holding(quantity, entry)}
+    if quantity == 0:
+        del positions[fill.symbol]
+    return msgspec.structs.replace(
+        book, positions=positions, cash=book.cash - signed * fill.price - fill.commission,
+        realized_pnl=book.realized_pnl + realized, commissions=book.commissions + fill.commission)
 
 
 def _signed(side: str, quantity: float) -> float:
     return quantity if side == "buy" else -quantity
 
 
+def _target(book: Book, signal: SignalValidated, current: float, direction: float,
+            params: RiskParams) -> float | str:
+    """The target position, or why there is none (a rejection reason keyed by its rule)."""
+    if params.sizing == "fixed":
+        return direction * params.order_quantity
+    if params.sizing == "volatility_target":
+        if not signal.volatility:
+            return "no_volatility"
+        units = math.floor(max(0.0, committed_equity(book)) * params.target_volatility
+                           / (signal.volatility * signal.price))
+    else:  # the broker sizes at the fill; this estimate is what the limits are checked against
+        units = math.floor(max(0.0, committed_equity(book)) * params.equity_fraction / signal.price)
+    target = direction * units
+    if params.sizing == "equity_fraction" and current * target > 0:
+        return current  # already all-in on this side
+    return target
+
+
 def on_signal(book: Book, signal: SignalValidated, order_id: str,
               params: RiskParams) -> tuple[Book, OrderApproved | SignalRejected]:
     """Approve an order that moves the committed position to the signal's target, or reject it."""
+    book = _mark(book, signal.ts, signal.symbol, signal.price, params)
     current = book.committed.get(signal.symbol, 0.0)
     direction = 1.0 if signal.side == "buy" else (-1.0 if params.allow_short else 0.0)
-    if params.sizing == "fixed":
-        target = direction * params.order_quantity
-    else:  # the broker sizes at the fill; this estimate is what the limits are checked against
-        target = direction * math.floor(params.capital * params.equity_fraction / signal.price)
-        if current * target > 0:
-            target = current  # already all-in on this side
-    delta = target - current
 
     def reject(rule: str, reason: str) -> tuple[Book, SignalRejected]:
         return book, SignalRejected(symbol=signal.symbol, ts=signal.ts, stage="risk", rule=rule, reason=reason,
@@ -95,8 +193,22 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
     if not in_session(signal.ts, params):
         return reject("session", f"{signal.ts.isoformat()} is outside the session {params.session} "
                                  f"{params.session_timezone}, Monday to Friday")
+    target = _target(book, signal, current, direction, params)
+    if target == "no_volatility":
+        return reject("no_volatility", f"volatility_target sizing needs the signal's volatility, got "
+                                       f"{signal.volatility!r}")
     if direction and not target:
-        return reject("min_size", f"{params.capital:g} x {params.equity_fraction:g} buys no unit at {signal.price:g}")
+        return reject("min_size", f"{params.sizing} sizing on equity {committed_equity(book):.2f} buys no unit at "
+                                  f"{signal.price:g}")
+    flatten = False
+    if params.max_daily_loss is not None and (loss := book.day_start_equity - committed_equity(book)) >= params.max_daily_loss:
+        reducing = current * target >= 0 and abs(target) < abs(current)
+        if not reducing:
+            if current == 0 or params.sizing == "equity_fraction":  # an all-in position's size is the broker's
+                return reject("max_daily_loss", f"the day's loss {loss:.2f} reached the limit "
+                                                f"{params.max_daily_loss:.2f}: reduce-only until {book.day} ends")
+            target, flatten = 0.0, True
+    delta = target - current
     if delta == 0:
         return reject("at_target", f"position {current:g} already at target {target:g}")
     if abs(target) > params.max_position:
@@ -106,21 +218,16 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
         return reject("max_order_notional",
                       f"order notional {notional:.2f} exceeds the limit {params.max_order_notional:.2f}")
     if params.max_gross_exposure is not None:
-        prices = {**book.prices, signal.symbol: signal.price}
         after = {**book.committed, signal.symbol: target}
-        gross = sum(abs(q) * prices.get(s, 0.0) for s, q in after.items())
+        gross = sum(abs(q) * book.marks.get(s, 0.0) for s, q in after.items())
         if gross > params.max_gross_exposure:
             return reject("max_gross_exposure",
                           f"gross exposure {gross:.2f} would exceed the limit {params.max_gross_exposure:.2f}")
+    fraction = params.equity_fraction if params.sizing == "equity_fraction" and not flatten else 0.0
     order = OrderApproved(symbol=signal.symbol, ts=signal.ts, order_id=order_id,
                           side="buy" if delta > 0 else "sell", quantity=abs(delta), price=signal.price,
-                          strategy=signal.strategy,
-                          equity_fraction=params.equity_fraction if params.sizing == "equity_fraction" else 0.0)
-    committed = {**book.committed, signal.symbol: target}
-    return Book(committed, book.filled, {**book.prices, signal.symbol: signal.price}), order
-
-
-def on_fill(book: Book, fill: OrderFilled) -> Book:
-    """The book after a fill came back."""
-    filled = {**book.filled, fill.symbol: book.filled.get(fill.symbol, 0.0) + _signed(fill.side, fill.quantity)}
-    return Book(book.committed, filled, book.prices)
+                          strategy=signal.strategy, equity_fraction=fraction)
+    _, entry, realized = trade_into(current, book.committed_entry.get(signal.symbol, 0.0), delta, signal.price)
+    return msgspec.structs.replace(book, committed={**book.committed, signal.symbol: target},
+                                   committed_entry={**book.committed_entry, signal.symbol: entry},
+                                   committed_pnl=book.committed_pnl + realized), order

@@ -1,7 +1,8 @@
 """Risk service wiring: validated_ready.<SYM> -> approved_ready.<SYM> or rejected.risk.<SYM>.
 
-It also consumes executed_ready.> so its book follows the fills; on start the
-book is rebuilt from that history (and its own past decisions) before anything new.
+It also consumes executed_ready.> so its book follows the fills, and data_ready.> to mark
+it to market (equity, the day's loss); on start the book is rebuilt from that history
+(and its own past decisions) before anything new.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from aiohttp import web
 
 from contracts.codec import Incoming
 from contracts.envelope import derive_id
-from contracts.events import Event, OrderFilled
-from contracts.subjects import EXECUTED_READY, VALIDATED_READY
-from services.risk.logic import Book, RiskParams, on_fill, on_signal
+from contracts.events import BarReceived, Event, OrderFilled
+from contracts.subjects import DATA_READY, EXECUTED_READY, VALIDATED_READY
+from services.risk.logic import Book, RiskParams, committed_equity, equity, new_book, on_bar, on_fill, on_signal, unrealized
 from services.runtime.settings import load
 
 
@@ -24,15 +25,18 @@ class RiskAgent:
     """Sizes and limits orders against the book."""
 
     name = "risk"
-    consumes = (f"{VALIDATED_READY}.>", f"{EXECUTED_READY}.>")
+    consumes = (f"{VALIDATED_READY}.>", f"{EXECUTED_READY}.>", f"{DATA_READY}.>")
     stateful = True
 
     def __init__(self, params: RiskParams) -> None:
         self.params = params
-        self.book = Book()
+        self.book = new_book(params)
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Event]:
         event = incoming.event
+        if isinstance(event, BarReceived):
+            self.book = on_bar(self.book, event, self.params)
+            return []
         if isinstance(event, OrderFilled):
             self.book = on_fill(self.book, event)
             return []
@@ -47,12 +51,21 @@ class RiskAgent:
         self.book = snapshot
 
     def routes(self) -> list[web.RouteDef]:
-        """GET /v1/book: per symbol, the position approved orders add up to and the position filled."""
+        """GET /v1/book: the committed positions, the filled portfolio, its equity and the day's loss."""
 
         async def book(_: web.Request) -> web.Response:
-            return web.json_response(msgspec.to_builtins(self.book))
+            return web.json_response(book_view(self.book))
 
         return [web.get("/v1/book", book)]
+
+
+def book_view(book: Book) -> dict:
+    """The book as JSON: its fields, the committed equity and the day's loss risk judges by, and the
+    filled portfolio's equity and unrealised PnL."""
+    committed = committed_equity(book)
+    return {**msgspec.to_builtins(book), "committed_equity": round(committed, 6),
+            "day_loss": round(book.day_start_equity - committed, 6),
+            "equity": round(equity(book), 6), "unrealized_pnl": round(unrealized(book), 6)}
 
 
 def build(environ=None) -> RiskAgent:

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from services import observe
 from services.registry import CONSUMERS
 from services.stack import Stack
 
@@ -28,25 +29,7 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, 
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-async def stream_messages(nc, stream: str, subject: str = ">") -> list:
-    """Every message of `stream` on `subject`, oldest first (an ephemeral ordered read)."""
-    jsm = nc.jsm()
-    info = await jsm.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    js = nc.jetstream()
-    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            info = await jsm.stream_info(stream, subjects_filter=subject)
-            total = sum((info.state.subjects or {}).values())
-            if len(out) >= total:
-                return out
-            msg = await sub.next_msg(timeout=5)
-            out.append(msg)
-    finally:
-        await sub.unsubscribe()
+stream_messages = observe.stream_messages
 
 
 @pytest_asyncio.fixture

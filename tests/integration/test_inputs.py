@@ -121,9 +121,11 @@ async def test_bad_input_lands_in_dlq_with_a_reason_and_neighbours_flow_on(make_
             assert letter.headers[DLQ_REASON] == reason, case.id
             assert text in letter.headers[DLQ_ERROR], (case.id, letter.headers[DLQ_ERROR])
             assert letter.subject == f"dlq.{letter.headers[DLQ_SERVICE]}.{subject}"
-    # strategy, execution and audit each consume data_ready; execution also approved_ready; nothing lost or invented
+    # strategy, risk, execution and audit each consume data_ready; execution also approved_ready;
+    # nothing lost or invented
     by_service = {(m.headers[DLQ_SERVICE], m.headers[DLQ_SUBJECT]) for m in letters}
-    assert ("strategy", "data_ready.AAPL") in by_service and ("audit", "data_ready.AAPL") in by_service
+    for service in ("strategy", "risk", "execution", "audit"):
+        assert (service, "data_ready.AAPL") in by_service, service
     assert ("execution", "approved_ready.AAPL") in by_service
-    expected = sum(3 if c.values[0].startswith("data_ready") else 1 for c in BAD)
+    expected = sum(4 if c.values[0].startswith("data_ready") else 1 for c in BAD)
     assert len(letters) == expected

@@ -12,6 +12,7 @@ from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
 from services import observe, registry
 from services.audit.logic import report
+from services.risk.service import book_view
 from services.data.service import DataSettings, load_bars
 from services.demo import wait_published
 from services.runtime.settings import load
@@ -66,7 +67,7 @@ async def test_every_stage_matches_the_pure_logic(make_stack):
 @pytest.mark.parametrize("service", ["strategy", "risk", "execution", "audit"])
 async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_stack, service):
     _, sim, _ = predicted(LOGIC_ENV)
-    paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}  # ~3 s of bars, so the restart lands mid-stream
+    paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "250"}  # ~5 s of bars, so the restart lands mid-stream
     stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": paced})
 
     async def some_processed() -> bool:
@@ -104,7 +105,7 @@ async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_st
 
 async def test_risk_killed_mid_run_rebuilds_the_book_it_had(make_stack):
     _, sim, agents = predicted(LOGIC_ENV)
-    expected_book = msgspec.to_builtins(agents["risk"].book)
+    expected_book = book_view(agents["risk"].book)
     stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}})
 
     async def some_processed() -> bool:

@@ -8,9 +8,11 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from contracts.events import OrderApproved, OrderFilled, SignalGenerated, SignalRejected, SignalValidated
+from contracts.events import (BarReceived, OrderApproved, OrderFilled, SignalGenerated, SignalRejected,
+                             SignalValidated)
 from services.quant.logic import QuantParams, measure, regime_of, validate
-from services.risk.logic import Book, RiskParams, on_fill, on_signal
+from services.risk.logic import (Book, Holding, RiskParams, committed_equity, equity, new_book, on_bar, on_fill,
+                                 on_signal, unrealized)
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 
@@ -162,13 +164,13 @@ def test_order_moves_the_committed_position_to_the_target(committed, side, allow
     pytest.param(10.0, "sell", {"price": 3000.0}, "max_order_notional", "60000.00", id="reversal-notional"),
 ])
 def test_signal_is_rejected_naming_the_limit(committed, side, params, rule, reason):
-    book = Book(committed={"GOOG": committed}, filled={"GOOG": 3.0})
+    book = Book(committed={"GOOG": committed}, positions={"GOOG": Holding(3.0, 100.0)}, marks={"GOOG": 100.0})
     price = params.pop("price", 100.0)
     after, out = decide(book, side, price, **params)
     assert isinstance(out, SignalRejected)
     assert (out.stage, out.rule, out.side, out.strategy) == ("risk", rule, side, "sma_cross")
     assert reason in out.reason
-    assert after == book  # a rejection commits nothing
+    assert after.committed == book.committed  # a rejection commits nothing
 
 
 def test_notional_exactly_at_the_limit_is_approved():
@@ -190,16 +192,45 @@ def test_decisions_follow_approved_orders_not_fills():
     assert isinstance(out, SignalRejected) and out.rule == "at_target"
 
 
-def fill(side: str, quantity: float, symbol: str = "GOOG") -> OrderFilled:
-    return OrderFilled(symbol=symbol, ts=TS, order_id="o", side=side, quantity=quantity, price=100.0)
+def fill(side: str, quantity: float, symbol: str = "GOOG", price: float = 100.0, commission: float = 0.0,
+         ts: datetime = TS) -> OrderFilled:
+    return OrderFilled(symbol=symbol, ts=ts, order_id="o", side=side, quantity=quantity, price=price,
+                       commission=commission)
 
 
-def test_fills_are_tracked_beside_the_committed_position():
-    book = Book(committed={"GOOG": -10.0})
-    for f in (fill("buy", 10.0), fill("sell", 15.0), fill("sell", 5.0), fill("buy", 2.0, "MSFT")):
+def bar(symbol: str, close: float, ts: datetime = TS) -> BarReceived:
+    return BarReceived(symbol=symbol, ts=ts, open=close, high=close, low=close, close=close)
+
+
+def test_fills_build_the_portfolio_beside_the_committed_position():
+    params = RiskParams(capital=10_000)
+    book = msgspec.structs.replace(new_book(params), committed={"GOOG": -10.0})
+    for f in (fill("buy", 10.0, price=100.0, commission=1.0),     # long 10 @ 100
+              fill("sell", 15.0, price=110.0, commission=2.0),    # +100 realised, short 5 @ 110
+              fill("sell", 5.0, price=120.0),                     # short 10 @ 115
+              fill("buy", 2.0, "MSFT", price=50.0)):
         book = on_fill(book, f)
-    assert book.filled == {"GOOG": -10.0, "MSFT": 2.0}  # +10 - 15 - 5
+    assert book.positions == {"GOOG": Holding(-10.0, 115.0), "MSFT": Holding(2.0, 50.0)}
     assert book.committed == {"GOOG": -10.0}
+    assert (book.realized_pnl, book.commissions) == (100.0, 3.0)
+    # cash: 10,000 - 1,000 - 1 + 1,650 - 2 + 600 - 100 = 11,147
+    assert book.cash == pytest.approx(11_147.0)
+    # marked at the last bar: GOOG 130 (short 10 from 115: -150), MSFT 55 (+10)
+    book = on_bar(on_bar(book, bar("GOOG", 130.0), params), bar("MSFT", 55.0), params)
+    assert unrealized(book) == pytest.approx(-140.0)
+    assert equity(book) == pytest.approx(10_000 + 100 - 3 - 140)
+
+
+def test_the_committed_book_is_booked_at_reference_prices_whatever_the_fills():
+    params = RiskParams(capital=10_000)
+    book = new_book(params)
+    book, _ = on_signal(book, signal("buy", 100.0), "o-1", params)     # +10 @ 100
+    book, _ = on_signal(book, signal("sell", 120.0), "o-2", params)    # -20: +200 realised, short 10 @ 120
+    assert (book.committed, book.committed_entry, book.committed_pnl) == ({"GOOG": -10.0}, {"GOOG": 120.0}, 200.0)
+    book = on_bar(book, bar("GOOG", 125.0), params)                     # short 10 from 120 at 125: -50
+    assert committed_equity(book) == pytest.approx(10_150.0)
+    # fills (late, or at other prices) change the filled portfolio, not what risk sizes on
+    assert committed_equity(on_fill(book, fill("buy", 10.0, price=90.0))) == committed_equity(book)
 
 
 def test_gross_exposure_counts_every_symbol_at_its_last_signal_price():
@@ -209,7 +240,7 @@ def test_gross_exposure_counts_every_symbol_at_its_last_signal_price():
     book, second = on_signal(book, signal("sell", 140.0, "BBB"), "o-2", params)  # + 10 x 140 = 2,400
     assert isinstance(second, OrderApproved)
     kept, third = on_signal(book, signal("buy", 20.0, "CCC"), "o-3", params)      # + 10 x 20 = 2,600
-    assert (third.rule, kept) == ("max_gross_exposure", book)
+    assert (third.rule, kept.committed) == ("max_gross_exposure", book.committed)
     assert "gross exposure 2600.00 would exceed the limit 2500.00" in third.reason
 
 
@@ -239,3 +270,81 @@ def test_orders_only_in_session(ts, allowed):
 def test_invalid_risk_settings_are_refused(params, message):
     with pytest.raises(msgspec.ValidationError, match=message):
         msgspec.convert(params, RiskParams)
+
+
+# ---- sizing on equity and volatility ------------------------------------------------------------------------------
+
+def test_equity_fraction_sizes_on_the_committed_equity():
+    params = RiskParams(sizing="equity_fraction", equity_fraction=0.5, capital=10_000, max_position=1e9,
+                        max_order_notional=1e9)
+    book, first = on_signal(new_book(params), signal("buy", 100.0), "o-1", params)
+    assert (first.quantity, first.equity_fraction) == (50.0, 0.5)    # 10,000 x 0.5 / 100
+    book = on_bar(book, bar("GOOG", 60.0), params)                     # long 50 from 100 at 60: -2,000
+    _, second = on_signal(book, signal("sell", 60.0), "o-2", params)
+    assert second.quantity == 50.0 + 66.0                              # flatten 50, then 8,000 x 0.5 / 60 = 66
+
+
+@pytest.mark.parametrize(("volatility", "price", "units"), [
+    # floor(100,000 x 0.10 / (0.25 x 100)) = 400: 400 units x 100 x 25 % a year = 10,000 = 10 % of equity
+    pytest.param(0.25, 100.0, 400.0, id="quarter-vol"),
+    pytest.param(0.50, 100.0, 200.0, id="twice-the-vol-half-the-size"),
+    pytest.param(0.25, 300.0, 133.0, id="floored"),
+])
+def test_volatility_target_sizing(volatility, price, units):
+    params = RiskParams(sizing="volatility_target", target_volatility=0.10, capital=100_000, max_position=1e6,
+                        max_order_notional=1e9)
+    sig = msgspec.structs.replace(signal("sell", price), volatility=volatility)
+    _, order = on_signal(new_book(params), sig, "o-1", params)
+    assert (order.side, order.quantity, order.equity_fraction) == ("sell", units, 0.0)
+
+
+def test_volatility_target_without_a_volatility_is_rejected():
+    params = RiskParams(sizing="volatility_target")
+    _, out = on_signal(new_book(params), signal("buy"), "o-1", params)
+    assert out.rule == "no_volatility" and "needs the signal's volatility, got None" in out.reason
+
+
+# ---- daily loss -----------------------------------------------------------------------------------------------------
+
+DAY1 = datetime(2024, 1, 2, 15, 0, tzinfo=timezone.utc)   # 10:00 New York
+DAY2 = DAY1 + timedelta(days=1)
+
+
+def losing_book(params: RiskParams) -> Book:
+    """Long 10 GOOG from 100, a new day starts at 100, then GOOG falls to 80: the day's loss is 200."""
+    book, _ = on_signal(new_book(params), at("buy", DAY1, 100.0), "o-0", params)
+    book = on_bar(book, bar("GOOG", 100.0, DAY2), params)
+    assert book.day_start_equity == pytest.approx(100_000.0)
+    return on_bar(book, bar("GOOG", 80.0, DAY2 + timedelta(hours=1)), params)
+
+
+def at(side: str, ts: datetime, price: float = 80.0, symbol: str = "GOOG") -> SignalValidated:
+    return msgspec.structs.replace(signal(side, price, symbol), ts=ts)
+
+
+def test_under_the_daily_loss_limit_orders_pass():
+    params = RiskParams(max_daily_loss=250)
+    book = losing_book(params)
+    _, out = on_signal(book, at("sell", DAY2 + timedelta(hours=2)), "o-1", params)
+    assert (out.side, out.quantity) == ("sell", 20.0)   # the reversal, as usual
+
+
+def test_at_the_daily_loss_limit_a_reversal_only_flattens_and_new_positions_are_refused():
+    params = RiskParams(max_daily_loss=200)
+    book = losing_book(params)
+    later = DAY2 + timedelta(hours=2)
+    book2, flatten = on_signal(book, at("sell", later), "o-1", params)
+    assert (flatten.side, flatten.quantity, book2.committed["GOOG"]) == ("sell", 10.0, 0.0)
+    _, refused = on_signal(book, at("buy", later, 50.0, "MSFT"), "o-2", params)
+    assert refused.rule == "max_daily_loss"
+    assert refused.reason == "the day's loss 200.00 reached the limit 200.00: reduce-only until 2024-01-03 ends"
+    # a new day starts afresh from its own equity
+    _, tomorrow = on_signal(book, at("buy", DAY2 + timedelta(days=1), 50.0, "MSFT"), "o-3", params)
+    assert isinstance(tomorrow, OrderApproved)
+
+
+def test_the_day_follows_the_session_time_zone():
+    params = RiskParams(session_timezone="America/New_York")
+    # 04:00 UTC on Jan 3 is still Jan 2 in New York
+    book = on_bar(new_book(params), bar("GOOG", 100.0, datetime(2024, 1, 3, 4, 0, tzinfo=timezone.utc)), params)
+    assert str(book.day) == "2024-01-02"
