@@ -1,0 +1,430 @@
+"""The event store: every recorded pipeline event, queryable by time, subject, symbol and trace.
+
+`EventStore` is the port; `SqliteEventStore` the embedded adapter: one SQLite file in WAL
+mode, one `events` table, insert-or-ignore by ce-id (re-recording a redelivered message is a
+no-op). Times are integer microseconds since the epoch (UTC), so ordering and ranges are
+exact: `time` is the envelope's time, `event_ts` the body's `ts` (the bar's time). Results
+come in (time column, stream_seq, id) order, fetched page by page.
+
+    TradeflowError
+     ├── StoreError             the store cannot be opened: no such folder, not SQLite, newer schema
+     └── Transient
+          └── StoreUnavailable  a write failed for now (locked, disk full): retry after a pause
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol, TypedDict, Unpack
+
+import aiosqlite
+import msgspec
+import orjson
+
+from contracts.codec import Incoming
+from contracts.envelope import rfc3339
+from contracts.errors import TradeflowError, Transient
+
+SCHEMA_VERSION = 1
+TimeColumn = Literal["time", "event_ts"]
+Order = Literal["asc", "desc"]
+Target = str | os.PathLike[str] | IO[bytes]
+
+_EXPORT_BATCH = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+_COLUMNS = ("id", "type", "subject", "stage", "symbol", "source", "time", "event_ts", "trace_id",
+            "causation_id", "stream_seq", "headers", "body", "recorded_at")
+_SEQ_AT = _COLUMNS.index("stream_seq")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY, type TEXT NOT NULL, subject TEXT NOT NULL, stage TEXT NOT NULL,
+        symbol TEXT NOT NULL, source TEXT NOT NULL, time INTEGER NOT NULL, event_ts INTEGER NOT NULL,
+        trace_id TEXT NOT NULL, causation_id TEXT, stream_seq INTEGER NOT NULL, headers TEXT NOT NULL,
+        body BLOB NOT NULL, recorded_at INTEGER NOT NULL)""",
+    # (time column, stream_seq, id) is both the result order and the paging key
+    *(f"CREATE INDEX IF NOT EXISTS events_{name} ON events ({columns})" for name, columns in (
+        ("time", "time, stream_seq, id"), ("event_ts", "event_ts, stream_seq, id"), ("subject", "subject"),
+        ("symbol", "symbol, event_ts"), ("trace", "trace_id"), ("causation", "causation_id"), ("seq", "stream_seq"))),
+]
+# The number of tokens of `subject` minus one.
+_DOTS = "(length(subject) - length(replace(subject, '.', '')))"
+
+
+class StoreError(TradeflowError):
+    """Raised when a store cannot be opened: its folder is missing, the file is not one, or its schema is newer."""
+
+
+class StoreUnavailable(Transient):
+    """Raised when a write fails for now (database locked past the busy timeout, disk full)."""
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded event: its envelope, the subject's stage and symbol, the NATS headers and the exact body."""
+
+    id: str
+    type: str
+    subject: str
+    stage: str
+    symbol: str
+    source: str
+    time: datetime
+    event_ts: datetime
+    trace_id: str
+    causation_id: str | None = None
+    stream_seq: int = 0
+    headers: dict[str, str] = {}
+    body: bytes
+    recorded_at: datetime
+
+    @classmethod
+    def of(cls, incoming: Incoming, *, body: bytes, headers: Mapping[str, str], recorded_at: datetime) -> StoredEvent:
+        """The record of a decoded message, its raw body and headers."""
+        env, event = incoming.envelope, incoming.event
+        return cls(id=env.id, type=env.type, subject=env.subject, stage=env.subject.partition(".")[0],
+                   symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts, trace_id=env.trace_id,
+                   causation_id=env.causation_id, stream_seq=env.sequence, headers=dict(headers), body=body,
+                   recorded_at=recorded_at)
+
+
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How many events a store holds, their time span, and how many per stage."""
+
+    count: int
+    first_time: datetime | None
+    last_time: datetime | None
+    first_event_ts: datetime | None
+    last_event_ts: datetime | None
+    stages: dict[str, int]
+
+
+class Filters(TypedDict, total=False):
+    """Which events a query, count or export covers; every filter given must hold."""
+
+    since: datetime | None      # inclusive, on the `by` column
+    until: datetime | None      # exclusive, on the `by` column
+    subjects: Sequence[str]     # NATS patterns (`data_ready.*`, `rejected.>`); any one may match
+    symbol: str | None
+    trace_id: str | None
+    causation_id: str | None
+    by: TimeColumn              # the time column of since/until and of the order
+    after_seq: int | None       # only events with a higher stream sequence
+
+
+class EventStore(Protocol):
+    """The port the recorder, replay and what-if use; one adapter per storage."""
+
+    async def append(self, events: Sequence[StoredEvent]) -> int: ...
+    def query(self, *, limit: int | None = None, order: Order = "asc",
+              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]: ...
+    async def get(self, event_id: str) -> StoredEvent | None: ...
+    async def trace(self, trace_id: str) -> list[StoredEvent]: ...
+    async def count(self, **filters: Unpack[Filters]) -> int: ...
+    async def last_seq(self) -> int: ...
+    async def stats(self) -> StoreStats: ...
+    async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int: ...
+    async def export(self, target: Target, *, fmt: str = "jsonl", **filters: Unpack[Filters]) -> int: ...
+    async def close(self) -> None: ...
+
+
+class SqliteEventStore:
+    """The embedded store: `async with SqliteEventStore.open(path) as store`, or `store = await ...open(path)`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int) -> None:
+        self._conn, self.path, self._page = conn, path, page_size
+        self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, page_size: int = 1000, busy_timeout_ms: int = 5000) -> _Opening:
+        """Open (creating if needed) the store at `path`; StoreError if it cannot be used."""
+        return _Opening(cls._open(Path(path), page_size, busy_timeout_ms))
+
+    @classmethod
+    async def _open(cls, path: Path, page_size: int, busy_timeout_ms: int) -> SqliteEventStore:
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot open event store {path}: folder {path.parent} does not exist")
+        conn = aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn
+            await _prepare(conn, path, busy_timeout_ms)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):  # "file is not a database", "unable to open", ...
+                raise StoreError(f"cannot open event store {path}: {exc} (not a tradeflow event store?)") from exc
+            raise
+        return cls(conn, path, page_size=page_size)
+
+    async def close(self) -> None:
+        """Close the connection; the WAL is checkpointed by SQLite."""
+        await self._conn.close()
+
+    async def append(self, events: Sequence[StoredEvent]) -> int:
+        """Record events in one transaction, ignoring ids already stored; the number that were new."""
+        if not events:
+            return 0
+        rows = [_row(event) for event in events]
+        async with self._lock:
+            return await self._write(_INSERT, rows, many=True)
+
+    def query(self, *, limit: int | None = None, order: Order = "asc",
+              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]:
+        """The matching events in (time column, stream_seq, id) order, fetched a page at a time."""
+        column, where, params = _where(**filters)
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+        return self._pages(column, where, params, limit, order)
+
+    async def _pages(self, column: str, where: list[str], params: list[Any], limit: int | None,
+                     order: Order) -> AsyncIterator[StoredEvent]:
+        key_at = _COLUMNS.index(column)
+        direction, beyond = ("ASC", ">") if order == "asc" else ("DESC", "<")
+        sort = f" ORDER BY {column} {direction}, stream_seq {direction}, id {direction} LIMIT ?"
+        key: list[Any] = []
+        left = limit
+        while left is None or left > 0:
+            size = self._page if left is None else min(self._page, left)
+            clauses = [*where, f"({column}, stream_seq, id) {beyond} (?, ?, ?)"] if key else where
+            rows = await self._fetch(_SELECT + _sql_where(clauses) + sort, [*params, *key, size])
+            for row in rows:
+                yield _event(row)
+            if len(rows) < size:
+                return
+            left = None if left is None else left - len(rows)
+            key = [rows[-1][key_at], rows[-1][_SEQ_AT], rows[-1][0]]
+
+    async def get(self, event_id: str) -> StoredEvent | None:
+        """The event with this id, or None."""
+        rows = await self._fetch(_SELECT + " WHERE id = ?", [event_id])
+        return _event(rows[0]) if rows else None
+
+    async def trace(self, trace_id: str) -> list[StoredEvent]:
+        """Every event of one trace (a bar's journey), in time order."""
+        return [event async for event in self.query(trace_id=trace_id)]
+
+    async def count(self, **filters: Unpack[Filters]) -> int:
+        """How many events match the filters."""
+        _, where, params = _where(**filters)
+        return (await self._fetch("SELECT count(*) FROM events" + _sql_where(where), params))[0][0]
+
+    async def last_seq(self) -> int:
+        """The highest JetStream stream sequence recorded, 0 if none: where the recorder resumes."""
+        return (await self._fetch("SELECT coalesce(max(stream_seq), 0) FROM events", []))[0][0]
+
+    async def stats(self) -> StoreStats:
+        """The number of events, their time span and per-stage counts."""
+        (n, t0, t1, e0, e1), = await self._fetch(
+            "SELECT count(*), min(time), max(time), min(event_ts), max(event_ts) FROM events", [])
+        stages = await self._fetch("SELECT stage, count(*) FROM events GROUP BY stage ORDER BY stage", [])
+        t0, t1, e0, e1 = (None if us is None else _at(us) for us in (t0, t1, e0, e1))
+        return StoreStats(count=n, first_time=t0, last_time=t1, first_event_ts=e0, last_event_ts=e1,
+                          stages=dict(stages))
+
+    async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int:
+        """Delete events older than `before` on the `by` column and give the space back; how many went."""
+        column = _column(by)
+        async with self._lock:
+            deleted = await self._write(f"DELETE FROM events WHERE {column} < ?", [_micros(before)])
+            await self._conn.executescript("PRAGMA incremental_vacuum")  # run to the end, not one page per step
+            await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    async def export(self, target: Target, *, fmt: str = "jsonl", **filters: Unpack[Filters]) -> int:
+        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many."""
+        return await export_events(self.query(**filters), target, fmt=fmt)
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, params))
+
+    async def _write(self, sql: str, params: Sequence[Any], *, many: bool = False) -> int:
+        """Run one write statement in its own transaction; the number of rows changed."""
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await (self._conn.executemany(sql, params) if many else self._conn.execute(sql, params))
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    await self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"event store {self.path}: {exc}") from exc
+        return cursor.rowcount
+
+
+class _Opening:
+    """What `SqliteEventStore.open` returns: await it for the store, or enter it to have it closed on exit."""
+
+    def __init__(self, opening: Coroutine[Any, Any, SqliteEventStore]) -> None:
+        self._opening = opening
+
+    def __await__(self) -> Generator[Any, None, SqliteEventStore]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> SqliteEventStore:
+        self._store = await self._opening
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._store.close()
+
+
+async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int) -> None:
+    """Set the pragmas, check the schema version and create the schema if it is missing."""
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    (version,), = await conn.execute_fetchall("PRAGMA user_version")  # reads the header: fails on a non-database
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"event store {path} has schema version {version}, newer than this code's "
+                         f"{SCHEMA_VERSION}: use a newer tradeflow to open it")
+    await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect only before the first table exists
+    await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute("BEGIN IMMEDIATE")
+    for statement in _SCHEMA:
+        await conn.execute(statement)
+    await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    await conn.execute("COMMIT")
+
+
+def _micros(ts: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly."""
+    if ts.utcoffset() is None:
+        raise ValueError(f"datetime {ts.isoformat()} has no time zone")
+    return (ts - _EPOCH) // _MICRO
+
+
+def _at(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _row(e: StoredEvent) -> tuple[Any, ...]:
+    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, _micros(e.time), _micros(e.event_ts), e.trace_id,
+            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, _micros(e.recorded_at))
+
+
+def _event(r: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=_at(r[6]),
+                       event_ts=_at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
+                       headers=orjson.loads(r[11]), body=r[12], recorded_at=_at(r[13]))
+
+
+def _column(by: str) -> str:
+    if by not in ("time", "event_ts"):
+        raise ValueError(f"by must be 'time' or 'event_ts', not {by!r}")
+    return by
+
+
+def _sql_where(clauses: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def _where(*, since: datetime | None = None, until: datetime | None = None, subjects: Sequence[str] = (),
+           symbol: str | None = None, trace_id: str | None = None, causation_id: str | None = None,
+           by: TimeColumn = "time", after_seq: int | None = None) -> tuple[str, list[str], list[Any]]:
+    """(time column, SQL conditions, parameters) for a set of filters; values are always parameters."""
+    column = _column(by)
+    where: list[str] = []
+    params: list[Any] = []
+    for sql, value in ((f"{column} >= ?", since and _micros(since)), (f"{column} < ?", until and _micros(until)),
+                       ("symbol = ?", symbol), ("trace_id = ?", trace_id), ("causation_id = ?", causation_id),
+                       ("stream_seq > ?", after_seq)):
+        if value is not None:
+            where.append(sql)
+            params.append(value)
+    if isinstance(subjects, str):
+        subjects = (subjects,)  # one pattern, not its letters
+    if subjects:
+        matches = [_subject_match(pattern) for pattern in subjects]
+        where.append("(" + " OR ".join(sql for sql, _ in matches) + ")")
+        params.extend(value for _, values in matches for value in values)
+    return column, where, params
+
+
+def _subject_match(pattern: str) -> tuple[str, list[Any]]:
+    """SQL and parameters matching `subject` against a NATS pattern; ValueError if it is malformed.
+
+    `*` is exactly one token, `>` (last only) one or more. Literal tokens go in as GLOB-escaped
+    parameters, so `_`, `%` and quotes are plain characters, and the match is case-sensitive like
+    NATS. Pinning the subject's number of dots to the pattern's makes every `?*` one dot-free token.
+    """
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(f"bad subject pattern {pattern!r}: empty token or white space")
+        if token == ">" and i < len(tokens) - 1:
+            raise ValueError(f"bad subject pattern {pattern!r}: '>' may only be the last token")
+        if token not in ("*", ">") and ("*" in token or ">" in token):
+            raise ValueError(f"bad subject pattern {pattern!r}: a wildcard must be a whole token, not in {token!r}")
+    fixed = tokens[:-1] if tokens[-1] == ">" else tokens
+    if "*" not in fixed and fixed is tokens:
+        return "subject = ?", [pattern]
+    if not fixed:
+        return "1", []  # `>` alone: everything
+    glob = ".".join("?*" if t == "*" else "".join(f"[{c}]" if c in "*?[" else c for c in t) for t in fixed)
+    dots = len(fixed) - 1
+    sql, params = f"{_DOTS} = {dots} AND subject GLOB ?", [glob]
+    if fixed is not tokens:  # `>`: one more `.?*` for each token past the fixed ones
+        sql = f"{_DOTS} > {dots} AND subject GLOB (? || replace(hex(zeroblob({_DOTS} - {dots})), '00', '.?*'))"
+    prefix = fixed[:fixed.index("*")] if "*" in fixed else fixed
+    if prefix:  # an index range on the literal leading tokens
+        start = ".".join(prefix) + "."
+        sql, params = f"subject >= ? AND subject < ? AND {sql}", [start, start[:-1] + "/", *params]
+    return f"({sql})", params
+
+
+async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl") -> int:
+    """Write events to a path or binary file as JSON lines or Parquet, a batch at a time off the loop; how many."""
+    write = {"jsonl": _jsonl, "parquet": _parquet}.get(fmt)
+    if write is None:
+        raise ValueError(f"unknown export format {fmt!r}: use 'jsonl' or 'parquet'")
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise ModuleNotFoundError("Parquet export needs the 'pyarrow' package, which is not installed", name="pyarrow")
+    owned = isinstance(target, (str, os.PathLike))
+    sink: Any = await asyncio.to_thread(open, target, "wb") if owned else target
+    state, count, batch = None, 0, []
+    try:
+        async for event in events:
+            batch.append(event)
+            if len(batch) == _EXPORT_BATCH:
+                state, count, batch = await asyncio.to_thread(write, sink, batch, state), count + len(batch), []
+        state, count = await asyncio.to_thread(write, sink, batch, state), count + len(batch)
+    finally:
+        await asyncio.to_thread(write, sink, None, state)  # None: the end, close what the writer opened
+        if owned:
+            await asyncio.to_thread(sink.close)
+    return count
+
+
+def _jsonl(sink: IO[bytes], events: list[StoredEvent] | None, state: None) -> None:
+    """Write a batch as JSON lines: one object per event, times in RFC 3339, the body as JSON (not a string)."""
+    for e in events or ():
+        sink.write(orjson.dumps(
+            {"id": e.id, "type": e.type, "subject": e.subject, "stage": e.stage, "symbol": e.symbol,
+             "source": e.source, "time": rfc3339(e.time), "event_ts": rfc3339(e.event_ts), "trace_id": e.trace_id,
+             "causation_id": e.causation_id, "stream_seq": e.stream_seq, "headers": e.headers,
+             "body": orjson.loads(e.body), "recorded_at": rfc3339(e.recorded_at)}, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _parquet(sink: IO[bytes], events: list[StoredEvent] | None, writer: Any) -> Any:
+    """Write a batch to Parquet (body as JSON text, headers as a map); the writer, opened on the first batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if events is None:
+        return writer and writer.close()
+    text, utc = pa.string(), pa.timestamp("us", tz="UTC")
+    kinds = {"time": utc, "event_ts": utc, "recorded_at": utc, "stream_seq": pa.int64(), "headers": pa.map_(text, text)}
+    schema = pa.schema([(column, kinds.get(column, text)) for column in _COLUMNS])
+    rows = [{c: getattr(e, c) for c in _COLUMNS} | {"headers": list(e.headers.items()), "body": e.body.decode()}
+            for e in events]
+    writer = writer or pq.ParquetWriter(sink, schema)
+    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    return writer
