@@ -5,13 +5,17 @@ order's own reference price, its bar's close (`close`). An order whose next bar 
 yet waits; the last `keep_bars` bar opens are remembered per symbol, so the fill does not
 depend on whether the order or the bar arrives first. An order whose fill bar has already
 been forgotten is refused (Rejected, so it is dead-lettered), never filled at a wrong price.
-Cash is margin-style, as in backtesting.py: it moves by realised PnL and commissions; an `equity_fraction` order flattens the position and then buys
+An order the fill ledger already holds gets the recorded fill, whatever the settings say now.
+Cash is margin-style, as in backtesting.py: it moves by realised PnL and commissions; an
+`equity_fraction` order flattens the position and then buys
 `floor(available * fraction / (price * (1 + commission_rate)))` units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 import msgspec
@@ -52,6 +56,9 @@ class Broker(msgspec.Struct, frozen=True, kw_only=True):
     seen: frozenset[str] = frozenset()
 
 
+_NONE: Mapping[str, OrderFilled] = MappingProxyType({})
+
+
 def new_broker(params: BrokerParams) -> Broker:
     """An empty account holding the configured cash."""
     return Broker(cash=params.cash)
@@ -61,8 +68,21 @@ def _commission(quantity: float, price: float, params: BrokerParams) -> float:
     return max(params.min_commission, params.commission_rate * price * quantity)
 
 
-def _execute(broker: Broker, order: OrderApproved, price: float, ts,
-             params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
+def _apply(broker: Broker, fill: OrderFilled) -> Broker:
+    """The account after `fill`: holdings, and cash moved by realised PnL and commission."""
+    held = broker.holdings.get(fill.symbol, Holding())
+    sign = 1.0 if fill.side == "buy" else -1.0
+    new_qty, entry, realized = trade_into(held.quantity, held.entry_price, sign * fill.quantity, fill.price)
+    holdings = {**broker.holdings, fill.symbol: Holding(new_qty, entry)}
+    return msgspec.structs.replace(broker, cash=broker.cash + realized - fill.commission, holdings=holdings)
+
+
+def _execute(broker: Broker, order: OrderApproved, price: float, ts, params: BrokerParams,
+             recorded: Mapping[str, OrderFilled]) -> tuple[Broker, list[OrderFilled]]:
+    """Fill `order` at `price` (slipped), or apply the fill the ledger already recorded for it."""
+    if order.order_id in recorded:
+        fill = recorded[order.order_id]
+        return _apply(broker, fill), [fill]
     slip = price * params.slippage_bps / 10_000
     price = price + slip if order.side == "buy" else price - slip
     held = broker.holdings.get(order.symbol, Holding())
@@ -81,21 +101,22 @@ def _execute(broker: Broker, order: OrderApproved, price: float, ts,
         quantity = order.quantity
     if quantity <= 0:
         return broker, []
-    commission = _commission(quantity, price, params)
-    new_qty, entry, realized = trade_into(held.quantity, held.entry_price, sign * quantity, price)
-    holdings = {**broker.holdings, order.symbol: Holding(new_qty, entry)}
     fill = OrderFilled(symbol=order.symbol, ts=ts, order_id=order.order_id, side=order.side,
-                       quantity=quantity, price=price, commission=commission)
-    return msgspec.structs.replace(broker, cash=broker.cash + realized - commission, holdings=holdings), [fill]
+                       quantity=quantity, price=price, commission=_commission(quantity, price, params))
+    return _apply(broker, fill), [fill]
 
 
-def on_order(broker: Broker, order: OrderApproved, params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
-    """Fill an order now if its price is known, else keep it for its bar; a repeated order id does nothing."""
+def on_order(broker: Broker, order: OrderApproved, params: BrokerParams,
+             recorded: Mapping[str, OrderFilled] = _NONE) -> tuple[Broker, list[OrderFilled]]:
+    """Fill an order now if its price is known, else keep it for its bar; a repeated order id does nothing.
+
+    `recorded`: fills the ledger already holds, by order id; such an order gets its recorded fill.
+    """
     if order.order_id in broker.seen:
         return broker, []
-    if params.fill_price == "close":
+    if params.fill_price == "close" or order.order_id in recorded:
         broker = msgspec.structs.replace(broker, seen=broker.seen | {order.order_id})
-        return _execute(broker, order, order.price, order.ts, params)
+        return _execute(broker, order, order.price, order.ts, params, recorded)
     forgotten = broker.forgotten.get(order.symbol)
     if forgotten is not None and order.ts < forgotten:
         raise Rejected(f"order {order.order_id}: the bar after {order.ts.isoformat()} is no longer remembered "
@@ -103,12 +124,13 @@ def on_order(broker: Broker, order: OrderApproved, params: BrokerParams) -> tupl
     broker = msgspec.structs.replace(broker, seen=broker.seen | {order.order_id})
     for ts, open_ in broker.recent.get(order.symbol, ()):
         if ts > order.ts:
-            return _execute(broker, order, open_, ts, params)
+            return _execute(broker, order, open_, ts, params, recorded)
     pending = {**broker.pending, order.symbol: broker.pending.get(order.symbol, ()) + (order,)}
     return msgspec.structs.replace(broker, pending=pending), []
 
 
-def on_bar(broker: Broker, bar: BarReceived, params: BrokerParams) -> tuple[Broker, list[OrderFilled]]:
+def on_bar(broker: Broker, bar: BarReceived, params: BrokerParams,
+           recorded: Mapping[str, OrderFilled] = _NONE) -> tuple[Broker, list[OrderFilled]]:
     """Remember the bar; fill the waiting orders of its symbol placed before it, at its open."""
     recent = broker.recent.get(bar.symbol, ()) + ((bar.ts, bar.open),)
     forgotten = broker.forgotten
@@ -124,7 +146,7 @@ def on_bar(broker: Broker, bar: BarReceived, params: BrokerParams) -> tuple[Brok
                                                       bar.symbol: tuple(o for o in waiting if o.ts >= bar.ts)})
     fills: list[OrderFilled] = []
     for order in due:
-        broker, out = _execute(broker, order, bar.open, bar.ts, params)
+        broker, out = _execute(broker, order, bar.open, bar.ts, params, recorded)
         fills += out
     return broker, fills
 

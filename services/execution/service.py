@@ -1,15 +1,41 @@
-"""Execution service wiring: approved_ready.<SYM> (and the bars to fill at) -> executed_ready.<SYM>."""
+"""Execution service wiring: approved_ready.<SYM> (and the bars to fill at) -> executed_ready.<SYM>.
+
+Every fill is written to the fill ledger (SQLite, TRADEFLOW_EXECUTION_LEDGER, by default
+<data dir>/execution/fills.sqlite) before it is published. Before a batch is handled, the
+ledger is asked about every order the batch could fill; an order it holds gets its recorded
+fill again, never a second one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
 
 from contracts.codec import Incoming
-from contracts.events import BarReceived, OrderFilled
+from contracts.events import BarReceived, OrderApproved, OrderFilled, Symbol
 from contracts.subjects import APPROVED_READY, DATA_READY
+from services.execution.ledger import FillLedger
 from services.execution.logic import BrokerParams, new_broker, on_bar, on_order
+from services.runtime.agent import AgentContext
 from services.runtime.settings import load
+
+
+class LedgerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """TRADEFLOW_EXECUTION_LEDGER: the fill ledger's file (default: in the service's data directory)."""
+
+    ledger: str | None = None
+
+
+class FillsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """GET /v1/fills query: how many, of which symbol."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    symbol: Symbol | None = None
 
 
 class ExecutionAgent:
@@ -19,23 +45,66 @@ class ExecutionAgent:
     consumes = (f"{APPROVED_READY}.>", f"{DATA_READY}.>")
     stateful = True
 
-    def __init__(self, params: BrokerParams) -> None:
+    def __init__(self, params: BrokerParams, ledger_path: str | None = None) -> None:
         self.params = params
         self.broker = new_broker(params)
+        self.ledger_path = ledger_path
+        self.ledger: FillLedger | None = None
+        self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
+        self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
 
     def handle(self, incoming: Incoming, now: datetime) -> list[OrderFilled]:
         event = incoming.event
         step = on_bar if isinstance(event, BarReceived) else on_order
-        self.broker, fills = step(self.broker, event, self.params)
+        self.broker, fills = step(self.broker, event, self.params, self.recorded)
+        self.queued += fills
         return fills
+
+    async def open(self, context: AgentContext) -> None:
+        path = Path(self.ledger_path) if self.ledger_path else context.data_dir / "fills.sqlite"
+        self.ledger = await FillLedger.open(path)
+
+    async def prepare(self, inputs: Sequence[Incoming]) -> None:
+        """Look up every order this batch could fill: its new orders and those waiting for a bar."""
+        self.queued = []
+        ids = [inc.event.order_id for inc in inputs if isinstance(inc.event, OrderApproved)]
+        bar_symbols = {inc.event.symbol for inc in inputs if isinstance(inc.event, BarReceived)}
+        ids += [o.order_id for s in bar_symbols for o in self.broker.pending.get(s, ())]
+        self.recorded = await self.ledger.lookup(ids) if ids else {}
+
+    async def record(self) -> None:
+        """Write this batch's fills to the ledger (insert-or-ignore by order id) before they are published."""
+        await self.ledger.record(self.queued)
+        self.queued = []
+
+    async def close(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.close()
 
     def snapshot(self) -> Any:
         return self.broker
 
     def restore(self, snapshot: Any) -> None:
         self.broker = snapshot
+        self.queued = []
+
+    def routes(self) -> list[web.RouteDef]:
+        """GET /v1/fills?limit=N&symbol=S: the last fills in the ledger, newest first."""
+
+        async def fills(request: web.Request) -> web.Response:
+            try:
+                query = msgspec.convert(dict(request.query), FillsQuery, strict=False)
+            except msgspec.ValidationError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            if self.ledger is None:
+                return web.json_response({"error": "ledger not open yet"}, status=503)
+            rows = await self.ledger.recent(query.limit, query.symbol)
+            return web.json_response({"fills": msgspec.to_builtins(rows), "count": await self.ledger.count()})
+
+        return [web.get("/v1/fills", fills)]
 
 
 def build(environ=None) -> ExecutionAgent:
     """The execution agent from TRADEFLOW_EXECUTION_*."""
-    return ExecutionAgent(load(BrokerParams, "TRADEFLOW_EXECUTION_", environ))
+    ledger = load(LedgerSettings, "TRADEFLOW_EXECUTION_", environ)
+    return ExecutionAgent(load(BrokerParams, "TRADEFLOW_EXECUTION_", environ), ledger.ledger)

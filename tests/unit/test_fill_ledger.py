@@ -1,0 +1,120 @@
+"""The execution fill ledger (real SQLite files): one fill per order id, and the source of truth after a crash."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from contracts.codec import Incoming
+from contracts.envelope import Envelope
+from contracts.errors import ConfigError
+from contracts.events import BarReceived, Event, OrderApproved, OrderFilled
+from contracts.subjects import STAGES, subject_for
+from services.execution.ledger import FillLedger
+from services.execution.logic import BrokerParams
+from services.execution.service import ExecutionAgent
+from services.runtime.agent import AgentContext
+
+TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
+
+
+def order(order_id: str = "o-1", side: str = "buy", quantity: float = 10.0) -> OrderApproved:
+    return OrderApproved(symbol="GOOG", ts=TS, order_id=order_id, side=side, quantity=quantity, price=100.0)
+
+
+def bar(day: int, open_: float) -> BarReceived:
+    return BarReceived(symbol="GOOG", ts=TS + timedelta(days=day), open=open_, high=open_ + 1, low=open_ - 1,
+                       close=open_)
+
+
+def incoming(event: Event, event_id: str) -> Incoming:
+    subject = subject_for(event)
+    env = Envelope(id=event_id, type=STAGES[subject.partition(".")[0]][1], source="t", time=TS, subject=subject,
+                   trace_id="1" * 32)
+    return Incoming(env, event)
+
+
+def filled(order_id: str, price: float = 100.0) -> OrderFilled:
+    return OrderFilled(symbol="GOOG", ts=TS, order_id=order_id, side="buy", quantity=10.0, price=price, commission=1.0)
+
+
+async def open_agent(path: Path, **params) -> ExecutionAgent:
+    agent = ExecutionAgent(BrokerParams(**params), str(path))
+    await agent.open(AgentContext(cache=None, data_dir=path.parent, metrics=None))
+    return agent
+
+
+async def batch(agent: ExecutionAgent, *inputs: Incoming) -> list[OrderFilled]:
+    """What the runtime does with one batch, up to publishing: prepare, handle each, record."""
+    await agent.prepare(list(inputs))
+    out = [f for inc in inputs for f in agent.handle(inc, TS)]
+    await agent.record()
+    return out
+
+
+async def test_a_fill_is_recorded_once_per_order_id(tmp_path):
+    ledger = await FillLedger.open(tmp_path / "fills.sqlite")
+    try:
+        assert await ledger.record([filled("a"), filled("b")]) == 2
+        assert await ledger.record([filled("a", price=999.0), filled("c")]) == 1   # "a" keeps its first fill
+        found = await ledger.lookup(["a", "c", "missing"])
+        assert found == {"a": filled("a"), "c": filled("c")}
+        assert await ledger.count() == 3
+        assert [f.order_id for f in await ledger.recent(2)] == ["c", "b"]
+        assert await ledger.lookup([f"id-{i}" for i in range(2000)]) == {}   # more ids than one statement binds
+    finally:
+        await ledger.close()
+
+
+async def test_a_fill_recorded_but_never_published_is_replayed_not_refilled(tmp_path):
+    path = tmp_path / "fills.sqlite"
+    first = await open_agent(path, fill_price="close", slippage_bps=0)
+    [original] = await batch(first, incoming(order(), "e-1"))
+    await first.close()   # the process dies here: the fill is in the ledger, the publish never happened
+    # restarted with other settings: the redelivered order gets the recorded fill, not a new one
+    second = await open_agent(path, fill_price="close", slippage_bps=50, commission_rate=0.01)
+    try:
+        assert await batch(second, incoming(order(), "e-1")) == [original]
+        assert second.broker.holdings["GOOG"].quantity == 10.0
+        assert second.broker.cash == pytest.approx(100_000 - original.commission)
+        assert await batch(second, incoming(order(), "e-1-again")) == []   # the same order id: nothing
+        assert await second.ledger.count() == 1
+    finally:
+        await second.close()
+
+
+async def test_an_order_waiting_for_its_bar_takes_the_recorded_fill_of_that_bar(tmp_path):
+    path = tmp_path / "fills.sqlite"
+    first = await open_agent(path)
+    assert await batch(first, incoming(order(), "e-1")) == []           # waits for the next bar's open
+    [original] = await batch(first, incoming(bar(1, 101.0), "b-1"))
+    assert (original.price, original.ts) == (101.0, TS + timedelta(days=1))
+    await first.close()
+    # rebuilt with the order (acknowledged) but not the bar (its batch died after the ledger write)
+    second = await open_agent(path, slippage_bps=100)
+    try:
+        second.handle(incoming(order(), "e-1"), TS)
+        assert await batch(second, incoming(bar(1, 101.0), "b-1")) == [original]
+    finally:
+        await second.close()
+
+
+async def test_the_ledger_stays_empty_when_nothing_fills(tmp_path):
+    agent = await open_agent(tmp_path / "fills.sqlite", fill_price="close")
+    try:
+        await batch(agent, incoming(bar(1, 100.0), "b-1"))
+        assert await agent.ledger.count() == 0
+    finally:
+        await agent.close()
+
+
+@pytest.mark.parametrize("kind", ["missing-folder", "not-a-database"])
+async def test_a_ledger_that_cannot_be_opened_is_a_clear_error(tmp_path, kind):
+    path = tmp_path / "nope" / "fills.sqlite"
+    if kind == "not-a-database":
+        path = tmp_path / "fills.sqlite"
+        path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match=f"execution ledger {path}"):
+        await FillLedger.open(path)
