@@ -2,9 +2,13 @@
 
 Risk decides on what it has *committed to*: every order it approved, booked at the signal's
 reference price. Positions, the equity that sizes orders and the day's loss all come from
-that committed book marked to the last bar, so no decision depends on how soon fills come
-back (a backlog of fills would otherwise pair old positions with new prices), and replaying
-the same inputs gives the same decisions. Beside it the book keeps the portfolio the fills
+that committed book marked *as of the signal's time*: the signal's symbol at the signal's
+price, every other symbol at its last price before that time (a recent history of closes
+and signal prices is kept per symbol; a symbol with none before is marked at its committed
+entry). So no decision depends on how soon fills come back, nor on how far the bars have
+run ahead of the signals, and replaying the same inputs gives the same decisions. A day's
+loss is measured from the committed equity at the day's start (midnight in
+session_timezone), taken at the day's first signal. Beside it the book keeps the portfolio the fills
 add up to (positions, cash, realised PnL, commissions), which GET /v1/book shows; the two
 differ by the fill price against the reference price, and commissions.
 
@@ -22,6 +26,8 @@ max_position, max_order_notional, max_gross_exposure.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -49,6 +55,7 @@ class RiskParams(msgspec.Struct, frozen=True, kw_only=True):
     allow_short: bool = True
     session: str | None = None                   # "HH:MM-HH:MM", Monday to Friday, in session_timezone
     session_timezone: str = "America/New_York"
+    price_history: Annotated[int, msgspec.Meta(ge=2, le=1_000_000)] = 1_000   # prices kept per symbol
 
     def __post_init__(self) -> None:
         if self.sizing == "equity_fraction" and not self.allow_short:
@@ -95,10 +102,9 @@ class Book(msgspec.Struct, frozen=True, kw_only=True):
     committed: dict[str, float] = {}          # position per symbol after every approved order
     committed_entry: dict[str, float] = {}    # its average entry at reference prices
     committed_pnl: float = 0.0                # realised on it at reference prices
-    marks: dict[str, float] = {}              # latest price per symbol in event time: a bar's close or signal price
-    marked_at: dict[str, datetime] = {}       # the event time of each mark
-    day: date | None = None                   # the trading day (in session_timezone) of the last bar or signal
-    day_start_equity: float = 0.0             # committed equity when that day's first bar or signal came
+    prices: dict[str, tuple[tuple[datetime, float], ...]] = {}   # recent (time, close or signal price), in time order
+    day: date | None = None                   # the trading day (in session_timezone) of the latest signal
+    day_start_equity: float = 0.0             # committed equity at that day's start
     positions: dict[str, Holding] = {}        # filled
     cash: float = 0.0
     realized_pnl: float = 0.0
@@ -110,38 +116,72 @@ def new_book(params: RiskParams) -> Book:
     return Book(capital=params.capital, cash=params.capital, day_start_equity=params.capital)
 
 
-def committed_equity(book: Book) -> float:
-    """Capital plus the committed book's realised and unrealised PnL at the marks: what risk sizes on."""
+def latest_marks(book: Book) -> dict[str, float]:
+    """Every symbol's latest price in event time."""
+    return {symbol: history[-1][1] for symbol, history in book.prices.items() if history}
+
+
+def price_before(book: Book, symbol: str, ts: datetime) -> float | None:
+    """`symbol`'s last price strictly before `ts` (the oldest kept if all are later), or None if it has none."""
+    history = book.prices.get(symbol)
+    if not history:
+        return None
+    return history[max(bisect_left(history, ts, key=lambda p: p[0]) - 1, 0)][1]
+
+
+def marks_before(book: Book, ts: datetime, symbols: Iterable[str]) -> dict[str, float]:
+    """The last price before `ts` of each of `symbols` that has one."""
+    return {s: p for s in symbols if (p := price_before(book, s, ts)) is not None}
+
+
+def committed_equity(book: Book, marks: Mapping[str, float] | None = None) -> float:
+    """Capital plus the committed book's realised and unrealised PnL at `marks` (default: the latest prices);
+    a symbol without a mark counts at its committed entry."""
+    marks = latest_marks(book) if marks is None else marks
     return book.capital + book.committed_pnl + sum(
-        q * (book.marks.get(s, book.committed_entry.get(s, 0.0)) - book.committed_entry.get(s, 0.0))
+        q * (marks.get(s, book.committed_entry.get(s, 0.0)) - book.committed_entry.get(s, 0.0))
         for s, q in book.committed.items())
 
 
 def unrealized(book: Book) -> float:
-    """Filled positions' PnL at the marks."""
-    return sum(h.quantity * (book.marks.get(s, h.entry_price) - h.entry_price) for s, h in book.positions.items())
+    """Filled positions' PnL at the latest prices."""
+    marks = latest_marks(book)
+    return sum(h.quantity * (marks.get(s, h.entry_price) - h.entry_price) for s, h in book.positions.items())
 
 
 def equity(book: Book) -> float:
-    """Cash plus filled positions at their marks."""
-    return book.cash + sum(h.quantity * book.marks.get(s, h.entry_price) for s, h in book.positions.items())
+    """Cash plus filled positions at the latest prices."""
+    marks = latest_marks(book)
+    return book.cash + sum(h.quantity * marks.get(s, h.entry_price) for s, h in book.positions.items())
 
 
-def _mark(book: Book, ts: datetime, symbol: str, price: float, params: RiskParams) -> Book:
-    """Mark `symbol` at `price` as of `ts`, unless it already has a later mark (a signal may arrive after
-    the next bar); a new trading day first records the equity it starts with."""
-    if symbol in book.marked_at and ts < book.marked_at[symbol]:
-        return book
-    day = ts.astimezone(ZoneInfo(params.session_timezone)).date()
-    if book.day is None or day > book.day:
-        book = msgspec.structs.replace(book, day=day, day_start_equity=committed_equity(book))
-    return msgspec.structs.replace(book, marks={**book.marks, symbol: price},
-                                   marked_at={**book.marked_at, symbol: ts})
+def _remember(book: Book, symbol: str, ts: datetime, price: float, params: RiskParams) -> Book:
+    """`symbol`'s price history with (`ts`, `price`) in time order (a time already known takes the new price),
+    the oldest dropped beyond `price_history`."""
+    history = book.prices.get(symbol, ())
+    if not history or ts > history[-1][0]:
+        history = history + ((ts, price),)
+    else:
+        at = bisect_left(history, ts, key=lambda p: p[0])
+        later = history[at + 1:] if history[at][0] == ts else history[at:]
+        history = history[:at] + ((ts, price),) + later
+    return msgspec.structs.replace(book, prices={**book.prices, symbol: history[-params.price_history:]})
 
 
 def on_bar(book: Book, bar: BarReceived, params: RiskParams) -> Book:
-    """Mark the symbol to the bar's close."""
-    return _mark(book, bar.ts, bar.symbol, bar.close, params)
+    """Remember the bar's close."""
+    return _remember(book, bar.symbol, bar.ts, bar.close, params)
+
+
+def _new_day(book: Book, ts: datetime, params: RiskParams) -> Book:
+    """At a later day's first signal: the day, and the committed equity at its start (midnight, session_timezone)."""
+    zone = ZoneInfo(params.session_timezone)
+    day = ts.astimezone(zone).date()
+    if book.day is not None and day <= book.day:
+        return book
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    return msgspec.structs.replace(book, day=day,
+                                   day_start_equity=committed_equity(book, marks_before(book, start, book.committed)))
 
 
 def on_fill(book: Book, fill: OrderFilled) -> Book:
@@ -161,7 +201,7 @@ def _signed(side: str, quantity: float) -> float:
     return quantity if side == "buy" else -quantity
 
 
-def _target(book: Book, signal: SignalValidated, current: float, direction: float,
+def _target(signal: SignalValidated, equity_now: float, current: float, direction: float,
             params: RiskParams) -> float | str:
     """The target position, or why there is none (a rejection reason keyed by its rule)."""
     if params.sizing == "fixed":
@@ -169,10 +209,10 @@ def _target(book: Book, signal: SignalValidated, current: float, direction: floa
     if params.sizing == "volatility_target":
         if not signal.volatility:
             return "no_volatility"
-        units = math.floor(max(0.0, committed_equity(book)) * params.target_volatility
+        units = math.floor(max(0.0, equity_now) * params.target_volatility
                            / (signal.volatility * signal.price))
     else:  # the broker sizes at the fill; this estimate is what the limits are checked against
-        units = math.floor(max(0.0, committed_equity(book)) * params.equity_fraction / signal.price)
+        units = math.floor(max(0.0, equity_now) * params.equity_fraction / signal.price)
     target = direction * units
     if params.sizing == "equity_fraction" and current * target > 0:
         return current  # already all-in on this side
@@ -182,7 +222,10 @@ def _target(book: Book, signal: SignalValidated, current: float, direction: floa
 def on_signal(book: Book, signal: SignalValidated, order_id: str,
               params: RiskParams) -> tuple[Book, OrderApproved | SignalRejected]:
     """Approve an order that moves the committed position to the signal's target, or reject it."""
-    book = _mark(book, signal.ts, signal.symbol, signal.price, params)
+    book = _new_day(book, signal.ts, params)
+    marks = marks_before(book, signal.ts, book.committed) | {signal.symbol: signal.price}
+    equity_now = committed_equity(book, marks)
+    book = _remember(book, signal.symbol, signal.ts, signal.price, params)
     current = book.committed.get(signal.symbol, 0.0)
     direction = 1.0 if signal.side == "buy" else (-1.0 if params.allow_short else 0.0)
 
@@ -193,15 +236,15 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
     if not in_session(signal.ts, params):
         return reject("session", f"{signal.ts.isoformat()} is outside the session {params.session} "
                                  f"{params.session_timezone}, Monday to Friday")
-    target = _target(book, signal, current, direction, params)
+    target = _target(signal, equity_now, current, direction, params)
     if target == "no_volatility":
         return reject("no_volatility", f"volatility_target sizing needs the signal's volatility, got "
                                        f"{signal.volatility!r}")
     if direction and not target:
-        return reject("min_size", f"{params.sizing} sizing on equity {committed_equity(book):.2f} buys no unit at "
+        return reject("min_size", f"{params.sizing} sizing on equity {equity_now:.2f} buys no unit at "
                                   f"{signal.price:g}")
     flatten = False
-    if params.max_daily_loss is not None and (loss := book.day_start_equity - committed_equity(book)) >= params.max_daily_loss:
+    if params.max_daily_loss is not None and (loss := book.day_start_equity - equity_now) >= params.max_daily_loss:
         reducing = current * target >= 0 and abs(target) < abs(current)
         if not reducing:
             if current == 0 or params.sizing == "equity_fraction":  # an all-in position's size is the broker's
@@ -219,7 +262,7 @@ def on_signal(book: Book, signal: SignalValidated, order_id: str,
                       f"order notional {notional:.2f} exceeds the limit {params.max_order_notional:.2f}")
     if params.max_gross_exposure is not None:
         after = {**book.committed, signal.symbol: target}
-        gross = sum(abs(q) * book.marks.get(s, 0.0) for s, q in after.items())
+        gross = sum(abs(q) * marks.get(s, book.committed_entry.get(s, 0.0)) for s, q in after.items())
         if gross > params.max_gross_exposure:
             return reject("max_gross_exposure",
                           f"gross exposure {gross:.2f} would exceed the limit {params.max_gross_exposure:.2f}")

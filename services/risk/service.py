@@ -17,7 +17,8 @@ from contracts.codec import Incoming
 from contracts.envelope import derive_id
 from contracts.events import BarReceived, Event, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY, VALIDATED_READY
-from services.risk.logic import Book, RiskParams, committed_equity, equity, new_book, on_bar, on_fill, on_signal, unrealized
+from services.risk.logic import (Book, RiskParams, committed_equity, equity, new_book, on_bar, on_fill, on_signal,
+                                 unrealized)
 from services.runtime.settings import load
 
 
@@ -60,10 +61,13 @@ class RiskAgent:
 
 
 def book_view(book: Book) -> dict:
-    """The book as JSON: its fields, the committed equity and the day's loss risk judges by, and the
-    filled portfolio's equity and unrealised PnL."""
+    """The book as JSON: its fields (of the price history, each symbol's latest price and its time), the
+    committed equity and the day's loss at the latest prices, and the filled portfolio's equity and
+    unrealised PnL."""
     committed = committed_equity(book)
-    return {**msgspec.to_builtins(book), "committed_equity": round(committed, 6),
+    fields = msgspec.to_builtins(book)
+    fields["prices"] = {s: {"price": h[-1][1], "at": h[-1][0].isoformat()} for s, h in book.prices.items() if h}
+    return {**fields, "committed_equity": round(committed, 6),
             "day_loss": round(book.day_start_equity - committed, 6),
             "equity": round(equity(book), 6), "unrealized_pnl": round(unrealized(book), 6)}
 

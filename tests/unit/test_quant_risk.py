@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -164,7 +165,7 @@ def test_order_moves_the_committed_position_to_the_target(committed, side, allow
     pytest.param(10.0, "sell", {"price": 3000.0}, "max_order_notional", "60000.00", id="reversal-notional"),
 ])
 def test_signal_is_rejected_naming_the_limit(committed, side, params, rule, reason):
-    book = Book(committed={"GOOG": committed}, positions={"GOOG": Holding(3.0, 100.0)}, marks={"GOOG": 100.0})
+    book = Book(committed={"GOOG": committed}, positions={"GOOG": Holding(3.0, 100.0)})
     price = params.pop("price", 100.0)
     after, out = decide(book, side, price, **params)
     assert isinstance(out, SignalRejected)
@@ -314,7 +315,6 @@ def losing_book(params: RiskParams) -> Book:
     """Long 10 GOOG from 100, a new day starts at 100, then GOOG falls to 80: the day's loss is 200."""
     book, _ = on_signal(new_book(params), at("buy", DAY1, 100.0), "o-0", params)
     book = on_bar(book, bar("GOOG", 100.0, DAY2), params)
-    assert book.day_start_equity == pytest.approx(100_000.0)
     return on_bar(book, bar("GOOG", 80.0, DAY2 + timedelta(hours=1)), params)
 
 
@@ -334,6 +334,7 @@ def test_at_the_daily_loss_limit_a_reversal_only_flattens_and_new_positions_are_
     book = losing_book(params)
     later = DAY2 + timedelta(hours=2)
     book2, flatten = on_signal(book, at("sell", later), "o-1", params)
+    assert (str(book2.day), book2.day_start_equity) == ("2024-01-03", pytest.approx(100_000.0))
     assert (flatten.side, flatten.quantity, book2.committed["GOOG"]) == ("sell", 10.0, 0.0)
     _, refused = on_signal(book, at("buy", later, 50.0, "MSFT"), "o-2", params)
     assert refused.rule == "max_daily_loss"
@@ -346,5 +347,62 @@ def test_at_the_daily_loss_limit_a_reversal_only_flattens_and_new_positions_are_
 def test_the_day_follows_the_session_time_zone():
     params = RiskParams(session_timezone="America/New_York")
     # 04:00 UTC on Jan 3 is still Jan 2 in New York
-    book = on_bar(new_book(params), bar("GOOG", 100.0, datetime(2024, 1, 3, 4, 0, tzinfo=timezone.utc)), params)
+    book, _ = on_signal(new_book(params), at("buy", datetime(2024, 1, 3, 4, 0, tzinfo=timezone.utc)), "o-1", params)
     assert str(book.day) == "2024-01-02"
+
+
+# ---- decisions in event time ---------------------------------------------------------------------------------------
+
+def run_risk(events: list, params: RiskParams) -> list:
+    """Feed bars and signals to risk in the given order; its decisions, in signal order."""
+    book, decisions = new_book(params), []
+    for i, event in enumerate(events):
+        if isinstance(event, BarReceived):
+            book = on_bar(book, event, params)
+        else:
+            book, decision = on_signal(book, event, f"o-{i}", params)
+            decisions.append(msgspec.structs.replace(decision, order_id="") if isinstance(decision, OrderApproved)
+                             else decision)
+    return decisions
+
+
+def test_decisions_do_not_depend_on_how_far_the_bars_run_ahead_of_the_signals():
+    """Live, the bars reach risk one hop ahead of the signals they cause, often a whole backlog ahead."""
+    params = RiskParams(sizing="equity_fraction", capital=10_000, max_position=1e9, max_order_notional=1e9,
+                        max_daily_loss=300, price_history=50)
+    closes = [100, 104, 97, 90, 93, 120, 80, 85, 130, 60, 75, 70]
+    days = [DAY1 + timedelta(days=i) for i in range(len(closes))]
+    bars = [bar("GOOG", float(c), ts) for c, ts in zip(closes, days)] + [bar("MSFT", 50.0 + i, ts)
+                                                                         for i, ts in enumerate(days)]
+    signals = [at("buy" if i % 2 else "sell", ts, float(c)) for i, (c, ts) in enumerate(zip(closes, days)) if i % 3]
+    interleaved = sorted(bars + signals, key=lambda e: (e.ts, isinstance(e, SignalValidated)))
+    decided = run_risk(interleaved, params)
+    assert run_risk(bars + signals, params) == decided     # every bar first
+    for seed in range(5):   # any backlog: a signal comes after its bar, with any number of later bars before it
+        rng, pending, order = random.Random(seed), list(signals), []
+        for b in sorted(bars, key=lambda e: e.ts):
+            order.append(b)
+            while pending and pending[0].ts <= b.ts and rng.random() < 0.5:
+                order.append(pending.pop(0))
+        assert run_risk(order + pending, params) == decided, seed
+    assert "max_daily_loss" in {getattr(d, "rule", "") for d in decided}   # the loss limit fired too
+
+
+def test_other_symbols_are_marked_at_their_last_price_before_the_signal():
+    params = RiskParams(capital=10_000)
+    book, _ = on_signal(new_book(params), at("buy", DAY1, 100.0), "o-1", params)        # long 10 GOOG @ 100
+    for hours, close in ((1, 90.0), (3, 50.0)):
+        book = on_bar(book, bar("GOOG", close, DAY1 + timedelta(hours=hours)), params)
+    assert committed_equity(book) == pytest.approx(10_000 - 500)                           # latest: 50
+    book2, _ = on_signal(book, at("buy", DAY1 + timedelta(hours=2), 40.0, "MSFT"), "o-2", params)
+    # at 2h GOOG's last price was 90, not the later 50 that had already arrived
+    assert committed_equity(book, {"GOOG": 90.0}) == pytest.approx(9_900.0)
+    assert book2.committed == {"GOOG": 10.0, "MSFT": 10.0}
+
+
+def test_price_history_is_bounded_and_kept_in_time_order():
+    params = RiskParams(price_history=3)
+    book = new_book(params)
+    for hours, close in ((4, 40.0), (1, 10.0), (3, 30.0), (2, 20.0), (5, 50.0), (3, 31.0)):
+        book = on_bar(book, bar("GOOG", close, DAY1 + timedelta(hours=hours)), params)
+    assert [(ts.hour - DAY1.hour, p) for ts, p in book.prices["GOOG"]] == [(3, 31.0), (4, 40.0), (5, 50.0)]
