@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from pathlib import Path
 
 import nats
@@ -17,6 +18,7 @@ from contracts.subjects import (
     VALIDATED_READY,
 )
 from services import observe
+from services.audit import trail
 from services.registry import CONSUMERS
 from services.stack import Stack
 from services.supervisor import http_json
@@ -72,6 +74,8 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         with contextlib.suppress(asyncio.CancelledError):
             codes = await asyncio.shield(stack.stop())
     events = sum(v for k, v in summary.items() if isinstance(v, int) and k != "dead_letters")
+    audit_log = stack.home / "audit" / "audit.jsonl"
+    logged = Counter(line["type"] for line in await asyncio.to_thread(trail.read, audit_log))
     summary.update({
         "data": list(data),
         "startup_seconds": round(up_at - started, 2),
@@ -81,6 +85,9 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "home": str(stack.home),
         "nats_store": str(stack.home / "nats"),
         "logs": str(stack.logs),
+        "audit_log": str(audit_log),
+        "audit_log_lines": dict(logged),
+        "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
         "exit_codes": codes,
     })
     return summary
@@ -110,6 +117,8 @@ def render(s: dict) -> str:
                                         for sym, p in pf["positions"].items()) or "flat"),
         f"  throughput     {s['events_per_second']:,.0f} events/s ({s['bars_per_second']:,.0f} bars/s) "
         f"over {s['pipeline_seconds']}s; start-up {s['startup_seconds']}s",
+        f"  audit log      {s['audit_log']} ({s['audit_log_lines'].get('fill', 0)} fills, "
+        f"{s['audit_log_lines'].get('trade', 0)} trades); fill ledger {s['fill_ledger']}",
         f"  data lives in  {s['home']} (JetStream store {s['nats_store']}, logs {s['logs']})",
     ]
     return "\n".join(lines)

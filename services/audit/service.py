@@ -1,25 +1,31 @@
-"""Audit service wiring: fills and bars in, the portfolio out on GET /v1/portfolio."""
+"""Audit service wiring: fills and bars in, the portfolio out on GET /v1/portfolio, every fill and
+closed trade in the audit log (TRADEFLOW_AUDIT_LOG, by default <data dir>/audit/audit.jsonl)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
-from contracts.events import BarReceived, Event
+from contracts.events import BarReceived, Event, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY
+from services.audit import ledger as trades
 from services.audit.logic import Portfolio, in_event_time, report
+from services.audit.trail import AuditLog
+from services.runtime.agent import AgentContext
 from services.runtime.settings import load
 
 
 class AuditSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """TRADEFLOW_AUDIT_CASH: the cash the portfolio starts with."""
+    """TRADEFLOW_AUDIT_CASH: the cash the portfolio starts with; TRADEFLOW_AUDIT_LOG: the audit log's file."""
 
     cash: Annotated[float, msgspec.Meta(gt=0)] = 100_000.0
+    log: str | None = None
 
 
 class AuditAgent:
@@ -31,20 +37,48 @@ class AuditAgent:
 
     def __init__(self, settings: AuditSettings) -> None:
         self.cash = settings.cash
+        self.log_path = settings.log
         # every fill and bar, append-only; the portfolio is folded from it when asked for,
         # in event time (fills order 0, bars 1), so a snapshot is just its length
         self.log: list[tuple[datetime, int, Event]] = []
+        self.trades = trades.Ledger()   # fills paired into trades in arrival order, for the audit log
+        self.lines: list[dict] = []      # audit log lines not yet written
+        self.audit_log: AuditLog | None = None
 
     def handle(self, incoming: Incoming, now: datetime) -> list:
         event = incoming.event
         self.log.append((event.ts, 1 if isinstance(event, BarReceived) else 0, event))
+        if isinstance(event, OrderFilled):
+            self._log_fill(incoming, event, now)
         return []
 
+    def _log_fill(self, incoming: Incoming, fill: OrderFilled, now: datetime) -> None:
+        env = incoming.envelope
+        closed_before = len(self.trades.closed)
+        self.trades = trades.on_fill(self.trades, fill)
+        self.lines.append({"id": env.id, "type": "fill", "trace_id": env.trace_id, "causation_id": env.causation_id,
+                           "subject": env.subject, "logged_at": now.isoformat(), **msgspec.to_builtins(fill)})
+        for n, trade in enumerate(self.trades.closed[closed_before:]):
+            self.lines.append({"id": f"{env.id}:trade:{n}", "type": "trade", "closed_by": env.id,
+                               "trace_id": env.trace_id, "logged_at": now.isoformat(), **msgspec.to_builtins(trade)})
+
+    async def open(self, context: AgentContext) -> None:
+        self.audit_log = await AuditLog.open(Path(self.log_path) if self.log_path
+                                             else context.data_dir / "audit.jsonl")
+
+    async def record(self) -> None:
+        """Append this batch's lines (and any the rebuild re-derived) to the audit log before acking."""
+        if self.lines:
+            await self.audit_log.append(self.lines)
+            self.lines = []
+
     def snapshot(self) -> Any:
-        return len(self.log)
+        return len(self.log), self.trades, len(self.lines)
 
     def restore(self, snapshot: Any) -> None:
-        del self.log[snapshot:]
+        events, self.trades, lines = snapshot
+        del self.log[events:]
+        del self.lines[lines:]
 
     def report(self) -> Portfolio:
         """The portfolio in event time (see `in_event_time`)."""

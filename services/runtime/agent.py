@@ -6,12 +6,13 @@ back when the outputs of a batch could not be made durable, and their state is
 rebuilt at start-up by folding already-processed history through `handle()`.
 
 An agent with effects outside the stream (a ledger, a file, the cache) may also give
-three coroutines, all optional:
+four coroutines, all optional:
   open(context)      at start, before the state is rebuilt: open files, take the cache;
   prepare(inputs)    before a batch is handled: begin it, look up what handle() will need;
   record()           after the batch is handled, before its outputs are published: make what
                      handle() queued durable; raising Transient rolls the batch back and retries it.
-and `close()` at the end. The pure logic never sees them.
+  close()            at the end, when open() succeeded.
+The pure logic never sees them.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ class Service:
                 except Exception as exc:  # noqa: BLE001 - closing anyway
                     log.warning("nats flush incomplete", extra={"error": repr(exc)})
                 await self.nc.close()
-            if opened:
+            if opened and hasattr(self.agent, "close"):
                 await self.agent.close()
             await redis.aclose()
             await runner.cleanup()

@@ -150,3 +150,16 @@ async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
     for log in (tmp_path / "up" / "logs").glob("*.log"):  # every service said it stopped
         if log.stem in SERVICES:
             assert "service stopped" in log.read_text(), log.name
+
+
+async def test_demo_prints_the_backtest_and_writes_the_audit_log(tmp_path):
+    from tests.unit.test_backtesting_parity import backtesting_py_sma_cross
+
+    stats = backtesting_py_sma_cross()
+    code, out, err = await tradeflow("demo", "--home", str(tmp_path / "demo"), timeout=240)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert lines["fills"].split()[1] == "94" and lines["trades"].split()[1] == str(len(stats._trades)) == "93"
+    assert f"{stats['Equity Final [$]']:,.2f}" in lines["equity"]
+    assert lines["dead"].split()[-1] == "0"
+    assert f"{tmp_path / 'demo' / 'audit' / 'audit.jsonl'} (94 fills, 93 trades)" in lines["audit"]

@@ -11,6 +11,7 @@ import pytest
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
 from services import observe, registry
+from services.audit import trail
 from services.audit.logic import report
 from services.risk.service import book_view
 from services.data.service import DataSettings, load_bars
@@ -54,6 +55,14 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
     order_ids = [f.order_id for f in fills]
     assert len(order_ids) == len(set(order_ids)), "an order was filled twice"
     assert await observe.dead_letters(nc.jsm()) == 0
+    # the audit log holds each fill once, with its event id, and each closed trade once
+    lines = trail.read(stack.home / "audit" / "audit.jsonl")
+    assert len({line["id"] for line in lines}) == len(lines)
+    fill_ids = {decode(m.subject, m.data, m.headers).id
+                for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")}
+    assert {line["id"] for line in lines if line["type"] == "fill"} == fill_ids
+    trades = [line for line in lines if line["type"] == "trade"]
+    assert sorted(t["exit_time"] for t in trades) == sorted(t["exit_time"] for t in portfolio["trades"])
 
 
 async def test_every_stage_matches_the_pure_logic(make_stack):
