@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from contracts.codec import Incoming
@@ -118,3 +119,33 @@ async def test_a_ledger_that_cannot_be_opened_is_a_clear_error(tmp_path, kind):
         path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(ConfigError, match=f"execution ledger {path}"):
         await FillLedger.open(path)
+
+
+@pytest.mark.parametrize(("query", "status", "expected"), [
+    pytest.param("", 200, ["c", "b", "a"], id="default"),
+    pytest.param("?limit=2", 200, ["c", "b"], id="limit"),
+    pytest.param("?symbol=MSFT", 200, ["b"], id="symbol"),
+    pytest.param("?limit=0", 400, "limit", id="limit-zero"),
+    pytest.param("?limit=10001", 400, "limit", id="limit-too-big"),
+    pytest.param("?limit=ten", 400, "limit", id="limit-not-a-number"),
+    pytest.param("?symbol=" + "X" * 5000, 400, "symbol", id="symbol-oversized"),
+    pytest.param("?symbol=G%00OG", 400, "symbol", id="symbol-hostile"),
+    pytest.param("?since=yesterday", 400, "unknown field", id="unknown-parameter"),
+])
+async def test_get_fills_serves_the_ledger_and_refuses_bad_queries(tmp_path, query, status, expected):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    agent = await open_agent(tmp_path / "fills.sqlite")
+    await agent.ledger.record([filled("a"), msgspec.structs.replace(filled("b"), symbol="MSFT"), filled("c")])
+    app = web.Application()
+    app.add_routes(agent.routes())
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/v1/fills" + query)
+        body = await response.json()
+    await agent.close()
+    assert response.status == status
+    if status == 200:
+        assert [f["order_id"] for f in body["fills"]] == expected and body["count"] == 3
+    else:
+        assert expected in body["error"]
