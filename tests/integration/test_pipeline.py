@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from datetime import datetime
 
 import msgspec
 import nats
@@ -62,7 +63,8 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
                 for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")}
     assert {line["id"] for line in lines if line["type"] == "fill"} == fill_ids
     trades = [line for line in lines if line["type"] == "trade"]
-    assert sorted(t["exit_time"] for t in trades) == sorted(t["exit_time"] for t in portfolio["trades"])
+    exits = sorted(datetime.fromisoformat(t["exit_time"]) for t in trades)
+    assert exits == sorted(datetime.fromisoformat(t["exit_time"]) for t in portfolio["trades"])
 
 
 async def test_every_stage_matches_the_pure_logic(make_stack):
