@@ -35,6 +35,7 @@ class FillLedger:
     @classmethod
     async def open(cls, path: Path) -> FillLedger:
         """Open (creating) the ledger at `path`; ConfigError if it cannot be."""
+        db = None
         try:
             db = await aiosqlite.connect(path)
             await db.execute("PRAGMA journal_mode=WAL")
@@ -43,6 +44,8 @@ class FillLedger:
             await db.execute(_SCHEMA)
             await db.commit()
         except (aiosqlite.Error, OSError) as exc:
+            if db is not None:   # its worker thread would keep the process alive
+                await db.close()
             raise ConfigError(f"execution ledger {path}: {exc}") from None
         return cls(db, path)
 

@@ -149,3 +149,16 @@ async def test_get_fills_serves_the_ledger_and_refuses_bad_queries(tmp_path, que
         assert [f["order_id"] for f in body["fills"]] == expected and body["count"] == 3
     else:
         assert expected in body["error"]
+
+
+def test_a_process_that_failed_to_open_its_ledger_still_exits(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "fills.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    script = ("import asyncio, sys\nfrom services.execution.ledger import FillLedger\n"
+              f"try:\n    asyncio.run(FillLedger.open(__import__('pathlib').Path({str(path)!r})))\n"
+              "except Exception as exc:\n    print(type(exc).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ConfigError"
