@@ -28,10 +28,12 @@ _ENCODER = msgspec.json.Encoder()
 
 
 class Incoming(msgspec.Struct, frozen=True):
-    """A decoded input: its envelope and its event."""
+    """A decoded input: its envelope and its event, and the exact body and headers it came as."""
 
     envelope: Envelope
     event: Event
+    body: bytes = b""
+    headers: Mapping[str, str] = {}
 
     @property
     def id(self) -> str:
@@ -118,4 +120,4 @@ def decode(
         sequence=sequence,
         attempt=attempt,
     )
-    return Incoming(env, event)
+    return Incoming(env, event, body, headers)

@@ -18,6 +18,7 @@ import asyncio
 import importlib.util
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -86,9 +87,12 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: datetime
 
     @classmethod
-    def of(cls, incoming: Incoming, *, body: bytes, headers: Mapping[str, str], recorded_at: datetime) -> StoredEvent:
-        """The record of a decoded message, its raw body and headers."""
+    def of(cls, incoming: Incoming, *, recorded_at: datetime, body: bytes | None = None,
+           headers: Mapping[str, str] | None = None) -> StoredEvent:
+        """The record of a decoded message, with the body and headers it came as (unless given)."""
         env, event = incoming.envelope, incoming.event
+        body = incoming.body if body is None else body
+        headers = incoming.headers if headers is None else headers
         return cls(id=env.id, type=env.type, subject=env.subject, stage=env.subject.partition(".")[0],
                    symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts, trace_id=env.trace_id,
                    causation_id=env.causation_id, stream_seq=env.sequence, headers=dict(headers), body=body,
@@ -143,18 +147,27 @@ class SqliteEventStore:
         self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, page_size: int = 1000, busy_timeout_ms: int = 5000) -> _Opening:
-        """Open (creating if needed) the store at `path`; StoreError if it cannot be used."""
-        return _Opening(cls._open(Path(path), page_size, busy_timeout_ms))
+    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False, must_exist: bool = False,
+             page_size: int = 1000, busy_timeout_ms: int = 5000) -> _Opening:
+        """Open the store at `path`, creating it unless `read_only` or `must_exist`; StoreError if it cannot be used.
+
+        A read-only open never changes the file (SQLite may add its -wal/-shm side files), so
+        query commands can run beside the recorder, or on an archived copy.
+        """
+        return _Opening(cls._open(Path(path), read_only, must_exist or read_only, page_size, busy_timeout_ms))
 
     @classmethod
-    async def _open(cls, path: Path, page_size: int, busy_timeout_ms: int) -> SqliteEventStore:
+    async def _open(cls, path: Path, read_only: bool, must_exist: bool, page_size: int,
+                    busy_timeout_ms: int) -> SqliteEventStore:
         if not path.parent.is_dir():
             raise StoreError(f"cannot open event store {path}: folder {path.parent} does not exist")
-        conn = aiosqlite.connect(path, isolation_level=None)
+        if must_exist and not path.is_file():
+            raise StoreError(f"no event store at {path} (is the recorder running? give --store or TRADEFLOW_STORE)")
+        target = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro" if read_only else path
+        conn = aiosqlite.connect(target, isolation_level=None, uri=read_only)
         try:
             await conn
-            await _prepare(conn, path, busy_timeout_ms)
+            await _prepare(conn, path, busy_timeout_ms, read_only)
         except BaseException as exc:
             await conn.close()
             if isinstance(exc, sqlite3.DatabaseError):  # "file is not a database", "unable to open", ...
@@ -277,13 +290,19 @@ class _Opening:
         await self._store.close()
 
 
-async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int) -> None:
-    """Set the pragmas, check the schema version and create the schema if it is missing."""
+async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int, read_only: bool) -> None:
+    """Set the pragmas and check the file is a store this code can use; create the schema in a new file."""
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     (version,), = await conn.execute_fetchall("PRAGMA user_version")  # reads the header: fails on a non-database
     if version > SCHEMA_VERSION:
         raise StoreError(f"event store {path} has schema version {version}, newer than this code's "
                          f"{SCHEMA_VERSION}: use a newer tradeflow to open it")
+    tables = {name for name, in await conn.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if (tables or read_only) and (version != SCHEMA_VERSION or "events" not in tables):
+        what = f"tables {', '.join(sorted(tables))[:200]}" if tables else "no tables"
+        raise StoreError(f"{path} is not a tradeflow event store (schema version {version}, {what})")
+    if read_only:
+        return
     await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect only before the first table exists
     await conn.execute_fetchall("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = NORMAL")
@@ -342,13 +361,13 @@ def _where(*, since: datetime | None = None, until: datetime | None = None, subj
     if isinstance(subjects, str):
         subjects = (subjects,)  # one pattern, not its letters
     if subjects:
-        matches = [_subject_match(pattern) for pattern in subjects]
+        matches = [subject_match(pattern) for pattern in subjects]
         where.append("(" + " OR ".join(sql for sql, _ in matches) + ")")
         params.extend(value for _, values in matches for value in values)
     return column, where, params
 
 
-def _subject_match(pattern: str) -> tuple[str, list[Any]]:
+def subject_match(pattern: str) -> tuple[str, list[Any]]:
     """SQL and parameters matching `subject` against a NATS pattern; ValueError if it is malformed.
 
     `*` is exactly one token, `>` (last only) one or more. Literal tokens go in as GLOB-escaped

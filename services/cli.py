@@ -1,4 +1,5 @@
-"""The `tradeflow` command line: run one service, bring up a deployment, demo, publish, tail."""
+"""The `tradeflow` command line: run one service, bring up a deployment, demo, publish, tail;
+the event store's commands (events, trace, store, ...) come from `replay.cli`."""
 
 from __future__ import annotations
 
@@ -297,6 +298,16 @@ def tail(subject: str, count: int | None) -> None:
             await nc.close()
 
     _run_async(main())
+
+
+def _add_replay_commands() -> None:
+    from replay.cli import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_replay_commands()
 
 
 def main() -> None:

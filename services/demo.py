@@ -17,9 +17,11 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
+from replay.recorder import STORE_FILE
+from replay.store import SqliteEventStore
 from services import observe
 from services.audit import trail
-from services.registry import CONSUMERS
+from services.registry import DURABLES
 from services.stack import Stack
 from services.supervisor import http_json
 
@@ -65,7 +67,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         nc = await nats.connect(stack.nats_url, connect_timeout=3)
         try:
             await wait_published(stack, timeout)
-            await observe.wait_drained(nc.jsm(), CONSUMERS, timeout)
+            await observe.wait_drained(nc.jsm(), DURABLES, timeout)
             done_at = time.monotonic()
             summary = await collect_summary(stack, nc)
         finally:
@@ -76,6 +78,9 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
     events = sum(v for k, v in summary.items() if isinstance(v, int) and k != "dead_letters")
     audit_log = stack.home / "audit" / "audit.jsonl"
     logged = Counter(line["type"] for line in await asyncio.to_thread(trail.read, audit_log))
+    store_path = stack.home / "recorder" / STORE_FILE
+    async with SqliteEventStore.open(store_path, read_only=True) as store:
+        recorded = await store.count()
     summary.update({
         "data": list(data),
         "startup_seconds": round(up_at - started, 2),
@@ -88,6 +93,8 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "audit_log": str(audit_log),
         "audit_log_lines": dict(logged),
         "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
+        "event_store": str(store_path),
+        "event_store_events": recorded,
         "exit_codes": codes,
     })
     return summary
@@ -119,6 +126,7 @@ def render(s: dict) -> str:
         f"over {s['pipeline_seconds']}s; start-up {s['startup_seconds']}s",
         f"  audit log      {s['audit_log']} ({s['audit_log_lines'].get('fill', 0)} fills, "
         f"{s['audit_log_lines'].get('trade', 0)} trades); fill ledger {s['fill_ledger']}",
+        f"  event store    {s['event_store']} ({s['event_store_events']:,} events)",
         f"  data lives in  {s['home']} (JetStream store {s['nats_store']}, logs {s['logs']})",
     ]
     return "\n".join(lines)

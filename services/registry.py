@@ -1,16 +1,19 @@
-"""The services `tradeflow run` knows, in pipeline order."""
+"""The services `tradeflow run` knows: the six agents in pipeline order, then the recorder."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
 
-SERVICES = ("data", "strategy", "quant", "risk", "execution", "audit")
-CONSUMERS = SERVICES[1:]  # every service but data has a durable consumer
+AGENTS = ("data", "strategy", "quant", "risk", "execution", "audit")
+CONSUMERS = AGENTS[1:]              # the agents with a durable consumer (all but data)
+SERVICES = (*AGENTS, "recorder")    # the recorder writes every pipeline event to the event store
+DURABLES = (*CONSUMERS, "recorder")  # every durable consumer on PIPELINE: drained when all have caught up
+_MODULES = {"recorder": "replay.recorder"}
 
 
 def build(name: str, environ: Mapping[str, str] | None = None):
     """The agent of service `name`, configured from the environment."""
     if name not in SERVICES:
         raise KeyError(name)
-    return importlib.import_module(f"services.{name}.service").build(environ)
+    return importlib.import_module(_MODULES.get(name, f"services.{name}.service")).build(environ)

@@ -13,6 +13,10 @@ four coroutines, all optional:
                      handle() queued durable; raising Transient rolls the batch back and retries it.
   close()            at the end, when open() succeeded.
 The pure logic never sees them.
+
+Two optional class attributes change what the runtime does for an agent:
+  dedup = False         skip the Redis dedup registry: the agent's effects are idempotent by event id;
+  dead_letters = False  term undecodable input without copying it to the DLQ: another stage owns it.
 """
 
 from __future__ import annotations

@@ -57,6 +57,14 @@ class Metrics:
             "tradeflow_cache_requests", "Cache keys asked for or stored, by result (hit, miss, set, error)",
             ["service", "kind", "result"], registry=r
         )
+        self.consumer_pending = Gauge(
+            "tradeflow_consumer_pending", "Messages in the stream not yet delivered to this service's consumer (its lag)",
+            ["service"], registry=r
+        )
+        self.consumer_ack_pending = Gauge(
+            "tradeflow_consumer_ack_pending", "Messages delivered to this service and not yet acknowledged",
+            ["service"], registry=r
+        )
         self.rebuilt_events = Counter(
             "tradeflow_state_rebuild_events", "Events folded into state at start-up", ["service"], registry=r
         )

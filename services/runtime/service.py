@@ -98,6 +98,7 @@ class Service:
                     self._checks["state"] = True
                 sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
+                background.append(asyncio.create_task(self._watch_lag(jsm), name="consumer-lag"))
                 worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
             if self.producer is not None:
@@ -131,6 +132,19 @@ class Service:
             await redis.aclose()
             await runner.cleanup()
             log.info("service stopped")
+
+    async def _watch_lag(self, jsm, every: float = 1.0) -> None:
+        """Keep tradeflow_consumer_pending (how far behind the stream this service is) up to date."""
+        while True:
+            try:
+                info = await jsm.consumer_info(PIPELINE_STREAM, self.name)
+                self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
+                self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: the gauge keeps its last value, the log says why
+                log.debug("consumer info unavailable", extra={"error": repr(exc)})
+            await asyncio.sleep(every)
 
     def _context(self, redis) -> AgentContext:
         data_dir = Path(self.settings.data_dir) / self.name

@@ -70,6 +70,7 @@ class Worker:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.service = agent.name
+        self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
 
     async def run(self) -> None:
         """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun."""
@@ -129,7 +130,7 @@ class Worker:
                                   sequence=md.sequence.stream, attempt=md.num_delivered,
                                   max_bytes=self.settings.max_body_bytes)
             except BadInput as err:
-                await self.dead_letter(msg, err.reason, str(err))
+                await self._bad_input(msg, err)
                 continue
             good.append((msg, incoming))
         attempt = 0
@@ -154,7 +155,7 @@ class Worker:
     async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
         started = time.perf_counter()
         try:
-            seen = await self.dedup.seen([inc.id for _, inc in batch])
+            seen = await self.dedup.seen([inc.id for _, inc in batch]) if self.uses_dedup else set()
         except RedisUnavailable:
             if self.agent.stateful:
                 raise
@@ -190,7 +191,8 @@ class Worker:
             await self.publisher.publish(outgoing)
             ids = [inc.id for _, inc in done]
             try:
-                await self.dedup.mark(ids)
+                if self.uses_dedup:
+                    await self.dedup.mark(ids)
             except RedisUnavailable:
                 if self.agent.stateful:
                     raise
@@ -218,6 +220,15 @@ class Worker:
             raise
         except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
             raise EffectFailed(f"{self.service} could not record its effects: {exc!r}") from exc
+
+    async def _bad_input(self, msg: Msg, err: BadInput) -> None:
+        """Dead-letter undecodable input, unless the agent leaves that to the stage that consumes it."""
+        if getattr(self.agent, "dead_letters", True):
+            await self.dead_letter(msg, err.reason, str(err))
+            return
+        self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
+        log.info("bad input skipped", extra={"subject": msg.subject, "reason": err.reason, "error": str(err)[:200]})
+        await self._quietly(msg.term())
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
         attempt = inc.envelope.attempt

@@ -1,0 +1,329 @@
+"""`tradeflow events | trace | store`: read the event store (read-only), compact and export it.
+
+Every read command opens the store read-only, so it can never change it, even while the
+recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
+(`2024-01-02`, midnight UTC); `--by event_ts` (the default) windows on the bar's time,
+`--by time` on when the event was published.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import msgspec
+import orjson
+
+from contracts.envelope import rfc3339
+from contracts.errors import TradeflowError
+from contracts.subjects import STAGES
+from replay.recorder import STORE_FILE
+from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
+
+STAGE_NAMES = tuple(STAGES)
+
+
+class Instant(click.ParamType):
+    """An RFC 3339 time or a date; a time without a zone is UTC."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            ts = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a time: use 2024-01-02 or 2024-01-02T14:30:00Z", param, ctx)
+        return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+
+
+INSTANT = Instant()
+
+
+def default_store() -> str:
+    """TRADEFLOW_STORE, else the recorder's file under TRADEFLOW_DATA_DIR (default `var`)."""
+    return os.environ.get("TRADEFLOW_STORE") or str(
+        Path(os.environ.get("TRADEFLOW_DATA_DIR", "var")) / "recorder" / STORE_FILE)
+
+
+def store_option(command):
+    return click.option("--store", "store_path", default=default_store, show_default="$TRADEFLOW_STORE, else "
+                        "$TRADEFLOW_DATA_DIR/recorder/events.sqlite", metavar="PATH",
+                        type=click.Path(dir_okay=False), help="The event store file.")(command)
+
+
+def filter_options(command):
+    """--since/--until/--by/--subject/--symbol/--trace: which events a command covers."""
+    for option in reversed([
+        click.option("--since", type=INSTANT, help="From this time (inclusive)."),
+        click.option("--until", type=INSTANT, help="Up to this time (exclusive)."),
+        click.option("--by", type=click.Choice(["event_ts", "time"]), default="event_ts", show_default=True,
+                     help="Window on the bar's time (event_ts) or on the publish time (time)."),
+        click.option("--subject", "subjects", multiple=True, metavar="PATTERN",
+                     help="NATS subject pattern, e.g. 'signals_ready.*' or 'rejected.>'. Repeatable."),
+        click.option("--symbol", help="Only this symbol."),
+        click.option("--trace", "trace_id", help="Only this trace (one bar's journey)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def filters_of(since, until, by, subjects, symbol, trace_id) -> Filters:
+    """The store filters of the options; a clear error for a pattern no pipeline subject can match."""
+    for pattern in subjects:
+        check_pattern(pattern)
+    if since and until and since >= until:
+        raise click.BadParameter(f"--since {rfc3339(since)} is not before --until {rfc3339(until)}")
+    return Filters(since=since, until=until, by=by, subjects=subjects, symbol=symbol and symbol.upper(),
+                   trace_id=trace_id)
+
+
+def check_pattern(pattern: str) -> None:
+    """UsageError unless `pattern` is a well-formed NATS pattern over the pipeline's stages."""
+    try:
+        subject_match(pattern)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--subject") from None
+    first = pattern.split(".")[0]
+    if first not in ("*", ">") and first not in STAGE_NAMES:
+        raise click.BadParameter(f"unknown subject pattern {pattern!r}: subjects begin with one of "
+                                 f"{', '.join(STAGE_NAMES)}", param_hint="--subject")
+
+
+async def nothing_matched(store: SqliteEventStore, filters: Filters) -> str:
+    """The one-line error when a query finds nothing: what was asked and what the store holds."""
+    stats = await store.stats()
+    if not stats.count:
+        return f"the event store {store.path} is empty"
+    column = "event_ts" if filters.get("by", "event_ts") == "event_ts" else "time"
+    first, last = (stats.first_event_ts, stats.last_event_ts) if column == "event_ts" else (stats.first_time,
+                                                                                           stats.last_time)
+    asked = {k: (rfc3339(v) if isinstance(v, datetime) else v) for k, v in filters.items() if v and k != "by"}
+    return (f"no events match {' '.join(f'{k}={v}' for k, v in asked.items()) or 'the query'} "
+            f"(the store holds {stats.count} events, {column} {rfc3339(first)} .. {rfc3339(last)})")
+
+
+def event_line(e: StoredEvent) -> dict:
+    """One event as a JSON-able object: envelope, times in RFC 3339, the body as JSON."""
+    return {"id": e.id, "subject": e.subject, "type": e.type, "source": e.source, "time": rfc3339(e.time),
+            "event_ts": rfc3339(e.event_ts), "trace_id": e.trace_id, "causation_id": e.causation_id,
+            "stream_seq": e.stream_seq, "headers": e.headers, "body": orjson.loads(e.body)}
+
+
+def summary(e: StoredEvent) -> str:
+    """The interesting fields of a body, short."""
+    try:
+        body = orjson.loads(e.body)
+    except orjson.JSONDecodeError:
+        return e.body[:60].decode(errors="replace")
+    keep = ("side", "quantity", "price", "close", "strength", "rule", "order_id", "commission")
+    return " ".join(f"{k}={body[k]}" for k in keep if k in body)
+
+
+def short_time(ts: datetime) -> str:
+    """RFC 3339 in UTC, to the second unless the time has a fraction."""
+    spec = "microseconds" if ts.microsecond else "seconds"
+    return ts.astimezone(timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def table_rows(events: list[StoredEvent]) -> list[str]:
+    lines = [f"{'event_ts':<20} {'subject':<26} {'id':<32} fields"]
+    lines += [f"{short_time(e.event_ts):<20} {e.subject:<26} {e.id:<32} {summary(e)}" for e in events]
+    return lines
+
+
+@click.command("events")
+@store_option
+@filter_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--all", "everything", is_flag=True, help="No limit.")
+@click.option("--last", is_flag=True, help="The newest first.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one event each, body as JSON.")
+@click.option("--count", "count_only", is_flag=True, help="Print only how many match.")
+def events(store_path, since, until, by, subjects, symbol, trace_id, limit, everything, last, as_json,
+           count_only) -> None:
+    """Query the event store: a time window, subject patterns, a symbol, a trace."""
+    from services.cli import _run_async
+
+    filters = filters_of(since, until, by, subjects, symbol, trace_id)
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as store:
+            if count_only:
+                click.echo(await store.count(**filters))
+                return
+            rows = store.query(limit=None if everything else limit, order="desc" if last else "asc", **filters)
+            shown = await _emit(rows, as_json)
+            if not shown:
+                raise TradeflowError(await nothing_matched(store, filters))
+
+    _run_async(main())
+
+
+async def _emit(rows: AsyncIterator[StoredEvent], as_json: bool) -> int:
+    """Print events as they come (JSON lines) or as a table; how many."""
+    n = 0
+    table: list[StoredEvent] = []
+    async for e in rows:
+        n += 1
+        if as_json:
+            sys.stdout.buffer.write(orjson.dumps(event_line(e), option=orjson.OPT_APPEND_NEWLINE))
+        else:
+            table.append(e)
+            if len(table) == 1000:
+                click.echo("\n".join(table_rows(table)))
+                table = []
+    if table:
+        click.echo("\n".join(table_rows(table)))
+    sys.stdout.flush()
+    return n
+
+
+class Step(msgspec.Struct, frozen=True):
+    """One event of a trace and the time its stage took: from its cause's publish time to its own."""
+
+    stage: str
+    subject: str
+    id: str
+    time: datetime
+    event_ts: datetime
+    after_cause_ms: float | None
+    since_start_ms: float
+    fields: str
+
+
+def journey(events: list[StoredEvent]) -> list[Step]:
+    """The steps of a trace in publish order, each with the time since its cause and since the first event."""
+    if not events:
+        return []
+    by_id = {e.id: e for e in events}
+    start = min(e.time for e in events)
+    steps = []
+    for e in sorted(events, key=lambda e: (e.time, e.stream_seq)):
+        cause = by_id.get(e.causation_id or "")
+        steps.append(Step(stage=e.stage if e.stage != "rejected" else e.subject.rsplit(".", 1)[0], subject=e.subject,
+                          id=e.id, time=e.time, event_ts=e.event_ts,
+                          after_cause_ms=None if cause is None else (e.time - cause.time).total_seconds() * 1000,
+                          since_start_ms=(e.time - start).total_seconds() * 1000, fields=summary(e)))
+    return steps
+
+
+@click.command("trace")
+@click.argument("event_or_trace_id")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per step.")
+def trace(event_or_trace_id: str, store_path: str, as_json: bool) -> None:
+    """Follow one bar's journey, stage by stage, with the time spent at each.
+
+    EVENT_OR_TRACE_ID is a trace id or the id of any event on it (e.g. the bar's).
+    """
+    from services.cli import _run_async
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as store:
+            key = event_or_trace_id.strip()
+            event = await store.get(key)
+            trace_id = event.trace_id if event else key
+            steps = journey(await store.trace(trace_id))
+            if not steps:
+                raise TradeflowError(f"no event or trace {key!r} in the event store {store.path}")
+        if as_json:
+            for step in steps:
+                click.echo(orjson.dumps(msgspec.to_builtins(step)).decode())
+            return
+        click.echo(f"trace {trace_id}  ({len(steps)} events over {steps[-1].since_start_ms:,.1f} ms)")
+        click.echo(f"  {'stage':<16} {'+ms (stage)':>12} {'+ms (total)':>12}  {'id':<32} fields")
+        for s in steps:
+            took = "" if s.after_cause_ms is None else f"{s.after_cause_ms:,.1f}"
+            click.echo(f"  {s.stage:<16} {took:>12} {s.since_start_ms:>12,.1f}  {s.id:<32} {s.fields}")
+
+    _run_async(main())
+
+
+@click.group("store")
+def store() -> None:
+    """Look after the event store: stats, compact, export."""
+
+
+@store.command("stats")
+@store_option
+@click.option("--json", "as_json", is_flag=True)
+def stats(store_path: str, as_json: bool) -> None:
+    """How many events the store holds, their time span and the count per stage."""
+    from services.cli import _run_async
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as s:
+            st = await s.stats()
+        if as_json:
+            click.echo(orjson.dumps(msgspec.to_builtins(st) | {"path": store_path}).decode())
+            return
+        click.echo(f"{store_path}: {st.count:,} events")
+        if st.count:
+            click.echo(f"  bar time   {rfc3339(st.first_event_ts)} .. {rfc3339(st.last_event_ts)}")
+            click.echo(f"  published  {rfc3339(st.first_time)} .. {rfc3339(st.last_time)}")
+            for stage, n in st.stages.items():
+                click.echo(f"  {stage:<16} {n:>10,}")
+
+    _run_async(main())
+
+
+@store.command("compact")
+@store_option
+@click.option("--before", type=INSTANT, required=True, help="Delete the events older than this.")
+@click.option("--by", type=click.Choice(["event_ts", "time"]), default="event_ts", show_default=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
+    """Delete events older than --before and give the space back (export them first to keep them)."""
+    from services.cli import _run_async
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as s:
+            doomed = await s.count(until=before, by=by)
+        if not doomed:
+            raise TradeflowError(f"no events before {rfc3339(before)} ({by}) in {store_path}: nothing to compact")
+        if not yes:
+            click.confirm(f"delete {doomed:,} events before {rfc3339(before)} from {store_path}?", abort=True)
+        async with SqliteEventStore.open(store_path, must_exist=True) as s:
+            deleted = await s.compact(before, by=by)
+            left = await s.count()
+        click.echo(f"deleted {deleted:,} events before {rfc3339(before)}; {left:,} left")
+
+    _run_async(main())
+
+
+@store.command("export")
+@store_option
+@filter_options
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="The file to write ('-' for standard output, JSON lines only).")
+def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output) -> None:
+    """Write the matching events to a JSON lines or Parquet file, for archiving."""
+    from services.cli import _run_async
+
+    filters = filters_of(since, until, by, subjects, symbol, trace_id)
+    if output == "-" and fmt == "parquet":
+        raise click.BadParameter("Parquet needs a file, not standard output", param_hint="--output")
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as s:
+            if not await s.count(**filters):
+                raise TradeflowError(await nothing_matched(s, filters))
+            target = sys.stdout.buffer if output == "-" else output
+            try:
+                n = await s.export(target, fmt=fmt, **filters)
+            except ModuleNotFoundError as exc:
+                raise TradeflowError(str(exc)) from None
+        click.echo(f"exported {n:,} events to {output}", err=True)
+
+    _run_async(main())
+
+
+COMMANDS = (events, trace, store)
+
