@@ -142,8 +142,8 @@ class EventStore(Protocol):
 class SqliteEventStore:
     """The embedded store: `async with SqliteEventStore.open(path) as store`, or `store = await ...open(path)`."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int) -> None:
-        self._conn, self.path, self._page = conn, path, page_size
+    def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int, read_only: bool = False) -> None:
+        self._conn, self.path, self._page, self.read_only = conn, path, page_size, read_only
         self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
 
     @classmethod
@@ -173,7 +173,7 @@ class SqliteEventStore:
             if isinstance(exc, sqlite3.DatabaseError):  # "file is not a database", "unable to open", ...
                 raise StoreError(f"cannot open event store {path}: {exc} (not a tradeflow event store?)") from exc
             raise
-        return cls(conn, path, page_size=page_size)
+        return cls(conn, path, page_size=page_size, read_only=read_only)
 
     async def close(self) -> None:
         """Close the connection; the WAL is checkpointed by SQLite."""
@@ -259,6 +259,8 @@ class SqliteEventStore:
 
     async def _write(self, sql: str, params: Sequence[Any], *, many: bool = False) -> int:
         """Run one write statement in its own transaction; the number of rows changed."""
+        if self.read_only:
+            raise StoreError(f"event store {self.path} is open read-only")
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:

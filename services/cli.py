@@ -158,7 +158,7 @@ def _home(home: str | None, prefix: str) -> Path:
 @click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
               help="Port for the Redis server it starts (taken only if free; 0 = any free port).")
 def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int) -> None:
-    """Start NATS, Redis and all six services on this machine; Ctrl-C stops them all.
+    """Start NATS, Redis, the six services and the recorder on this machine; Ctrl-C stops them all.
 
     NATS_URL / REDIS_URL use existing servers instead of starting them.
     """
@@ -174,6 +174,8 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int)
             click.echo(f"tradeflow is up (home {stack.home})")
             click.echo(f"  NATS   {stack.nats_url}    (nats --server {stack.nats_url} pub data_ready.AAPL '...')")
             click.echo(f"  Redis  {stack.redis_url}")
+            click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
+                       "tradeflow events --last)")
             for name in stack.services:
                 click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
             click.echo("Ctrl-C to stop.")

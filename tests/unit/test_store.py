@@ -266,6 +266,39 @@ async def test_a_newer_schema_version_is_refused(tmp_path):
         await SqliteEventStore.open(path)
 
 
+async def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE users (name TEXT)")
+    before = path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match="app.db is not a tradeflow event store.*tables users"):
+            await SqliteEventStore.open(path, read_only=read_only)
+    assert path.read_bytes() == before
+
+
+async def test_read_only_opens_need_a_store_and_never_write_it(tmp_path):
+    path = tmp_path / "events.db"
+    with pytest.raises(StoreError, match="no event store at"):
+        await SqliteEventStore.open(path, read_only=True)
+    assert not path.exists()
+    async with SqliteEventStore.open(path) as store:
+        await store.append([event(n) for n in range(5)])
+    before = path.read_bytes()
+    async with SqliteEventStore.open(path, read_only=True) as store:
+        assert await store.count() == 5 and await store.stats()
+        assert [e.id async for e in store.query()] == [f"evt-{n}" for n in range(5)]
+        with pytest.raises(StoreError, match="read-only"):
+            await store.append([event(9)])
+        with pytest.raises(StoreError, match="read-only"):
+            await store.compact(T0 + timedelta(days=9))
+    assert path.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StoreError, match="not a tradeflow event store"):
+        await SqliteEventStore.open(empty, read_only=True)
+
+
 async def test_twenty_thousand_events_in_batches_of_five_hundred(tmp_path):
     subjects = ["data_ready.GOOG", "signals_ready.GOOG", "data_ready.EURUSD"]
     async with SqliteEventStore.open(tmp_path / "events.db") as store:
