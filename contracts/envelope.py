@@ -22,6 +22,8 @@ CE_TIME = "ce-time"
 CE_CAUSATION = "ce-causationid"
 NATS_MSG_ID = "Nats-Msg-Id"
 TRACEPARENT = "traceparent"
+REPLAY_RUN = "tradeflow-replay-run"   # on a replayed event and everything the pipeline makes of it
+REPLAY_OF = "tradeflow-replay-of"     # on a replayed event: the id of the recorded original
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-fA-F]{32})-[0-9a-fA-F]{16}-[0-9a-f]{2}")
 
 

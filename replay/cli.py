@@ -9,6 +9,7 @@ recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -325,5 +326,55 @@ def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output
     _run_async(main())
 
 
-COMMANDS = (events, trace, store)
+ISOLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@click.command("replay")
+@store_option
+@filter_options
+@click.option("--speed", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="0: as fast as possible; N: N times real time on the --by clock (86400: a day of bars a second).")
+@click.option("--run-id", help="Replay run id (default: derived from the filters, so a repeat is a no-op).")
+@click.option("--isolate", metavar="NAME", help="Publish to replay.NAME.<subject> in the REPLAY stream, "
+              "untouched by live consumers.")
+def replay_command(store_path, since, until, by, subjects, symbol, trace_id, speed, run_id, isolate) -> None:
+    """Re-drive recorded events (data_ready.> unless --subject) into the running pipeline.
+
+    Replayed events get new ids derived from the run id and their original ids, and say so in
+    their headers (tradeflow-replay-run, tradeflow-replay-of): the same replay run twice
+    publishes nothing the second time.
+    """
+    from replay.replay import check_target, replay, run_id_for, stages_of
+    from services.cli import _connect, _run_async
+
+    filters = filters_of(since, until, by, subjects or ("data_ready.>",), symbol, trace_id)
+    if isolate is not None and not ISOLATE_NAME.fullmatch(isolate):
+        raise click.BadParameter(f"{isolate!r}: letters, digits, '_' and '-' only", param_hint="--isolate")
+    run_id = run_id or run_id_for(orjson.dumps(
+        {k: rfc3339(v) if isinstance(v, datetime) else v for k, v in filters.items()} | {"isolate": isolate},
+        option=orjson.OPT_SORT_KEYS).decode())
+
+    async def main() -> None:
+        async with SqliteEventStore.open(store_path, read_only=True) as s:
+            total = await s.count(**filters)
+            if not total:
+                raise TradeflowError(await nothing_matched(s, filters))
+            nc = await _connect()
+            try:
+                await check_target(nc.jsm(), stages_of(filters["subjects"]), isolate)
+                with click.progressbar(length=total, label=f"replay {run_id}", file=sys.stderr,
+                                       show_pos=True, show_eta=speed > 0) as bar:
+                    result = await replay(s.query(**filters), nc.jetstream(), run_id=run_id, speed=speed,
+                                          isolate=isolate, by=by, progress=bar.update)
+            finally:
+                await nc.close()
+        rate = result.read / max(result.seconds, 1e-9)
+        click.echo(f"replay {result.run_id}: {result.read:,} events into {result.target}: {result.published:,} "
+                   f"published, {result.duplicates:,} already there (replayed before), {result.seconds:.1f}s, "
+                   f"{rate:,.0f} events/s")
+
+    _run_async(main())
+
+
+COMMANDS = (events, trace, store, replay_command)
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 from contracts import envelope as ce
@@ -57,22 +58,23 @@ class Publisher:
         self._timeout = timeout
         self._window = asyncio.Semaphore(window)
 
-    async def _one(self, out: Outgoing) -> None:
+    async def _one(self, out: Outgoing) -> PubAck:
         async with self._window:
             try:
                 future = await self._js.publish_async(out.subject, out.body, headers=out.headers)
-                await asyncio.wait_for(future, self._timeout)
+                return await asyncio.wait_for(future, self._timeout)
             except (asyncio.TimeoutError, NatsError, APIError, ConnectionError) as exc:
                 raise NatsUnavailable(f"publish to {out.subject} not acknowledged: {type(exc).__name__} {exc}") from exc
 
-    async def publish(self, batch: Sequence[Outgoing]) -> None:
-        """Publish every message and return once all are durable; NatsUnavailable otherwise."""
-        if not batch:
-            return
-        if len(batch) == 1:
-            await self._one(batch[0])
-            return
+    async def publish(self, batch: Sequence[Outgoing]) -> list[PubAck]:
+        """Publish every message and return their PubAcks once all are durable; NatsUnavailable otherwise.
+
+        A PubAck with `duplicate` set is a message the stream already held (same Nats-Msg-Id).
+        """
+        if len(batch) <= 1:
+            return [await self._one(out) for out in batch]
         results = await asyncio.gather(*(self._one(out) for out in batch), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):  # CancelledError included: never swallowed
                 raise result
+        return results

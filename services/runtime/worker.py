@@ -181,10 +181,13 @@ class Worker:
             except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
                 failed.append((msg, inc, exc))
                 continue
+            replay_run = inc.headers.get(ce.REPLAY_RUN)
             for index, event in enumerate(events):
-                outgoing.append(envelope_out(
-                    event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
-                    trace_id=inc.envelope.trace_id, causation_id=inc.id, now=now))
+                out = envelope_out(event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
+                                   trace_id=inc.envelope.trace_id, causation_id=inc.id, now=now)
+                if replay_run:  # what a replayed event leads to is part of the replay
+                    out.headers[ce.REPLAY_RUN] = replay_run
+                outgoing.append(out)
             done.append((msg, inc))
         try:
             await self._record()  # effects durable before the outputs are visible
