@@ -8,12 +8,10 @@ recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import click
 import msgspec
@@ -22,7 +20,7 @@ import orjson
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import STAGES
-from replay.recorder import STORE_FILE
+from replay.recorder import store_location
 from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
 
 STAGE_NAMES = tuple(STAGES)
@@ -47,9 +45,7 @@ INSTANT = Instant()
 
 
 def default_store() -> str:
-    """TRADEFLOW_STORE, else the recorder's file under TRADEFLOW_DATA_DIR (default `var`)."""
-    return os.environ.get("TRADEFLOW_STORE") or str(
-        Path(os.environ.get("TRADEFLOW_DATA_DIR", "var")) / "recorder" / STORE_FILE)
+    return str(store_location())
 
 
 def store_option(command):

@@ -13,7 +13,7 @@ dead-letters it, so the recorder only counts it and moves on rather than dead-le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,16 @@ class RecorderSettings(msgspec.Struct, frozen=True, kw_only=True):
     """TRADEFLOW_STORE: the event store's file (default: <data dir>/recorder/events.sqlite)."""
 
     store: str | None = None
+    data_dir: str = "var"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.store) if self.store else Path(self.data_dir) / "recorder" / STORE_FILE
+
+
+def store_location(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the event store is: TRADEFLOW_STORE, else <TRADEFLOW_DATA_DIR>/recorder/events.sqlite."""
+    return load(RecorderSettings, "TRADEFLOW_", environ).path
 
 
 class RecorderAgent:
@@ -45,14 +55,13 @@ class RecorderAgent:
     dedup = False            # insert-or-ignore by id already makes a redelivery a no-op
     dead_letters = False     # bad input is dead-lettered by the stage that consumes it
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.store: SqliteEventStore | None = None
         self.queued: list[StoredEvent] = []
 
     async def open(self, context: AgentContext) -> None:
-        path = Path(self.path) if self.path else context.data_dir / STORE_FILE
-        self.store = await SqliteEventStore.open(path)
+        self.store = await SqliteEventStore.open(self.path)
 
     async def prepare(self, inputs: Sequence[Incoming]) -> None:
         self.queued = []
@@ -89,4 +98,4 @@ class RecorderAgent:
 
 def build(environ=None) -> RecorderAgent:
     """The recorder from TRADEFLOW_STORE."""
-    return RecorderAgent(load(RecorderSettings, "TRADEFLOW_", environ).store)
+    return RecorderAgent(store_location(environ))

@@ -34,6 +34,7 @@ from contracts.errors import TradeflowError, Transient
 
 SCHEMA_VERSION = 1
 TimeColumn = Literal["time", "event_ts"]
+OrderColumn = Literal["time", "event_ts", "stream_seq"]
 Order = Literal["asc", "desc"]
 Target = str | os.PathLike[str] | IO[bytes]
 
@@ -119,8 +120,9 @@ class Filters(TypedDict, total=False):
     symbol: str | None
     trace_id: str | None
     causation_id: str | None
-    by: TimeColumn              # the time column of since/until and of the order
+    by: OrderColumn             # the time column of since/until and of the order (stream_seq: order only)
     after_seq: int | None       # only events with a higher stream sequence
+    before_seq: int | None      # only events with a lower stream sequence
 
 
 class EventStore(Protocol):
@@ -337,9 +339,9 @@ def _event(r: Sequence[Any]) -> StoredEvent:
                        headers=orjson.loads(r[11]), body=r[12], recorded_at=_at(r[13]))
 
 
-def _column(by: str) -> str:
-    if by not in ("time", "event_ts"):
-        raise ValueError(f"by must be 'time' or 'event_ts', not {by!r}")
+def _column(by: str, *, seq: bool = False) -> str:
+    if by not in ("time", "event_ts", *(("stream_seq",) if seq else ())):
+        raise ValueError(f"by must be 'time' or 'event_ts'{' or stream_seq' if seq else ''}, not {by!r}")
     return by
 
 
@@ -349,14 +351,17 @@ def _sql_where(clauses: Sequence[str]) -> str:
 
 def _where(*, since: datetime | None = None, until: datetime | None = None, subjects: Sequence[str] = (),
            symbol: str | None = None, trace_id: str | None = None, causation_id: str | None = None,
-           by: TimeColumn = "time", after_seq: int | None = None) -> tuple[str, list[str], list[Any]]:
-    """(time column, SQL conditions, parameters) for a set of filters; values are always parameters."""
-    column = _column(by)
+           by: OrderColumn = "time", after_seq: int | None = None,
+           before_seq: int | None = None) -> tuple[str, list[str], list[Any]]:
+    """(order column, SQL conditions, parameters) for a set of filters; values are always parameters."""
+    column = _column(by, seq=True)
+    if column == "stream_seq" and (since or until):
+        raise ValueError("since/until need a time column: by='time' or by='event_ts'")
     where: list[str] = []
     params: list[Any] = []
     for sql, value in ((f"{column} >= ?", since and _micros(since)), (f"{column} < ?", until and _micros(until)),
                        ("symbol = ?", symbol), ("trace_id = ?", trace_id), ("causation_id = ?", causation_id),
-                       ("stream_seq > ?", after_seq)):
+                       ("stream_seq > ?", after_seq), ("stream_seq < ?", before_seq)):
         if value is not None:
             where.append(sql)
             params.append(value)

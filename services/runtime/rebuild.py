@@ -3,12 +3,19 @@
 "Already processed" is what the durable consumer acknowledged (every stream
 sequence up to its ack floor) plus what lies above the floor but is marked done
 in the dedup registry. Everything else will be delivered again and handled live.
+
+The stream keeps a bounded window (TRADEFLOW_STREAM_MAX_AGE); the event store keeps
+everything. When processed history has aged out of the stream, the part that is gone
+is folded from the store first (TRADEFLOW_STORE, or the recorder's file under
+TRADEFLOW_DATA_DIR), then the rest from the stream. Without a store the state is rebuilt
+from what the stream still holds, and the log says what is missing.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 
 from nats.js import JetStreamContext, JetStreamManager
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -18,6 +25,7 @@ from contracts.codec import decode
 from contracts.envelope import derive_id
 from contracts.errors import BadInput
 from contracts.subjects import PIPELINE_STREAM
+from replay.store import SqliteEventStore
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
 
@@ -25,13 +33,40 @@ log = logging.getLogger(__name__)
 
 
 async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManager,
-                        durable: str, dedup: DedupRegistry, batch: int = 1000) -> int:
+                        durable: str, dedup: DedupRegistry, batch: int = 1000, store: Path | None = None) -> int:
     """Replay processed history into `agent`; returns how many events were folded in."""
     info = await jsm.consumer_info(PIPELINE_STREAM, durable)
     floor = info.ack_floor.stream_seq
     last = info.delivered.stream_seq
     if last == 0:
         return 0
+    first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
+    aged = await fold_from_store(agent, store, below=min(first, floor + 1)) if first > 1 and floor > 0 else 0
+    return aged + await _fold_from_stream(agent, js, jsm, durable, dedup, batch, floor, last)
+
+
+async def fold_from_store(agent: Agent, path: Path | None, below: int) -> int:
+    """Fold the events the agent consumes with a stream sequence below `below` from the event store."""
+    if path is None or not path.is_file():
+        log.warning("history aged out of the stream and there is no event store to rebuild it from: state "
+                    "covers only what the stream holds", extra={"missing_below_seq": below, "store": str(path)})
+        return 0
+    folded = 0
+    now = datetime.now(timezone.utc)
+    async with SqliteEventStore.open(path, read_only=True) as store:
+        async for e in store.query(subjects=list(agent.consumes), by="stream_seq", before_seq=below):
+            try:
+                agent.handle(decode(e.subject, e.body, e.headers, sequence=e.stream_seq), now)
+                folded += 1
+            except Exception:  # noqa: BLE001 - bad input or a handler error: it was dead-lettered live
+                continue
+    log.info("state rebuilt from the event store", extra={"events": folded, "below_seq": below, "store": str(path)})
+    return folded
+
+
+async def _fold_from_stream(agent: Agent, js: JetStreamContext, jsm: JetStreamManager, durable: str,
+                            dedup: DedupRegistry, batch: int, floor: int, last: int) -> int:
+    """Fold what the stream still holds of the processed history."""
     name = "rebuild-" + derive_id(durable, datetime.now(timezone.utc).isoformat(), 0)[:12]
     config = ConsumerConfig(
         name=name,

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from contracts import envelope as ce
 from contracts.events import Event
 from contracts.subjects import PIPELINE_STREAM
+from replay.recorder import store_location
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
@@ -93,7 +94,7 @@ class Service:
             if self.agent.consumes:
                 await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.name, list(self.agent.consumes), s))
                 if self.agent.stateful:
-                    folded = await rebuild_state(self.agent, js, jsm, self.name, dedup)
+                    folded = await rebuild_state(self.agent, js, jsm, self.name, dedup, store=store_location())
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
                 sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)

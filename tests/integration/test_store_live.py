@@ -18,7 +18,9 @@ from replay.store import SqliteEventStore
 from services import observe
 from services.registry import DURABLES
 from services.supervisor import http_json
+from services.risk.service import book_view
 from tests.integration.conftest import stream_messages, wait_for
+from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
 from tests.unit.test_backtesting_parity import PARITY_ENV
 
 pytestmark = pytest.mark.integration
@@ -113,3 +115,26 @@ async def test_store_commands_read_a_live_store_without_changing_it(make_stack):
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()[-1]) < 300
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before, "a read command changed the store"
+
+
+async def test_history_aged_out_of_the_stream_is_rebuilt_from_the_store(make_stack):
+    _, sim, agents = predicted(LOGIC_ENV)
+    expected_book = book_view(agents["risk"].book)
+    short = LOGIC_ENV | {"TRADEFLOW_STREAM_MAX_AGE": "10", "TRADEFLOW_DUPLICATE_WINDOW": "1"}
+    stack, nc = await make_stack(env=short, per_service={"data": DATA_ENV})
+    await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
+    await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
+    assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == expected_book
+
+    async def stream_empty() -> bool:
+        return (await nc.jsm().stream_info(PIPELINE_STREAM)).state.messages == 0
+
+    await wait_for(stream_empty, timeout=60, what="the stream to age everything out")
+    await stack.restart_service("risk", signal.SIGKILL)
+    assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == expected_book, "rebuilt from the store"
+
+    store = stack.home / "recorder" / "events.sqlite"
+    await stack.supervisor.stop("recorder")
+    store.rename(store.with_suffix(".moved"))  # without the store, only what the stream holds: nothing
+    await stack.restart_service("risk", signal.SIGKILL)
+    assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] != expected_book

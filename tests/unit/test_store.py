@@ -176,6 +176,17 @@ async def test_after_seq_and_last_seq(store):
     assert await ids(store, after_seq=8) == ["evt-9", "evt-10"]
 
 
+async def test_stream_order_with_times_out_of_step(store):
+    # publishers' clocks disagree: stream order is the sequence, whatever the times say
+    await store.append([event(n, time=T0 - timedelta(seconds=n), seq=100 - n) for n in range(1, 21)])
+    in_stream_order = [f"evt-{n}" for n in range(20, 0, -1)]
+    assert await ids(store, by="stream_seq") == in_stream_order
+    assert await ids(store, by="stream_seq", before_seq=85) == in_stream_order[:5]
+    assert await ids(store, by="stream_seq", order="desc", limit=3) == in_stream_order[::-1][:3]
+    with pytest.raises(ValueError, match="need a time column"):
+        await ids(store, by="stream_seq", since=T0)
+
+
 async def test_stats(store):
     assert (await store.stats()).count == 0
     await store.append([event(n, subject) for n, subject in enumerate(SUBJECTS)])
