@@ -100,9 +100,16 @@ async def nothing_matched(store: SqliteEventStore, filters: Filters) -> str:
     column = "event_ts" if filters.get("by", "event_ts") == "event_ts" else "time"
     first, last = (stats.first_event_ts, stats.last_event_ts) if column == "event_ts" else (stats.first_time,
                                                                                            stats.last_time)
-    asked = {k: (rfc3339(v) if isinstance(v, datetime) else v) for k, v in filters.items() if v and k != "by"}
+    asked = {k: _shown(rfc3339(v) if isinstance(v, datetime) else v) for k, v in filters.items() if v and k != "by"}
     return (f"no events match {' '.join(f'{k}={v}' for k, v in asked.items()) or 'the query'} "
             f"(the store holds {stats.count} events, {column} {rfc3339(first)} .. {rfc3339(last)})")
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A value as it goes into a message: one line, cut at `limit` characters."""
+    text = ",".join(value) if isinstance(value, (tuple, list)) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def event_line(e: StoredEvent) -> dict:
@@ -228,7 +235,7 @@ def trace(event_or_trace_id: str, store_path: str, as_json: bool) -> None:
             trace_id = event.trace_id if event else key
             steps = journey(await store.trace(trace_id))
             if not steps:
-                raise TradeflowError(f"no event or trace {key!r} in the event store {store.path}")
+                raise TradeflowError(f"no event or trace {_shown(key)!r} in the event store {store.path}")
         if as_json:
             for step in steps:
                 click.echo(orjson.dumps(msgspec.to_builtins(step)).decode())
