@@ -8,10 +8,12 @@ recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 import msgspec
@@ -22,6 +24,7 @@ from contracts.errors import TradeflowError
 from contracts.subjects import STAGES
 from replay.recorder import store_location
 from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
+from services.audit import trail
 
 STAGE_NAMES = tuple(STAGES)
 
@@ -201,30 +204,53 @@ class Step(msgspec.Struct, frozen=True):
     fields: str
 
 
-def journey(events: list[StoredEvent]) -> list[Step]:
-    """The steps of a trace in publish order, each with the time since its cause and since the first event."""
+def journey(events: list[StoredEvent], audited: Sequence[dict] = ()) -> list[Step]:
+    """The steps of a trace in publish order, each with the time since its cause and since the first event;
+    then the audit log's lines for its fills (`audited`), timed from the fill."""
     if not events:
         return []
     by_id = {e.id: e for e in events}
     start = min(e.time for e in events)
+
+    def ms(later: datetime, earlier: datetime) -> float:
+        return (later - earlier).total_seconds() * 1000
+
     steps = []
     for e in sorted(events, key=lambda e: (e.time, e.stream_seq)):
         cause = by_id.get(e.causation_id or "")
         steps.append(Step(stage=e.stage if e.stage != "rejected" else e.subject.rsplit(".", 1)[0], subject=e.subject,
                           id=e.id, time=e.time, event_ts=e.event_ts,
-                          after_cause_ms=None if cause is None else (e.time - cause.time).total_seconds() * 1000,
-                          since_start_ms=(e.time - start).total_seconds() * 1000, fields=summary(e)))
+                          after_cause_ms=None if cause is None else ms(e.time, cause.time),
+                          since_start_ms=ms(e.time, start), fields=summary(e)))
+    for line in audited:
+        fill = by_id.get(line.get("id", ""))
+        logged = datetime.fromisoformat(str(line.get("logged_at", "")).replace("Z", "+00:00")) if fill else None
+        if fill and logged and logged.tzinfo:
+            steps.append(Step(stage="audit", subject="audit log", id=fill.id, time=logged, event_ts=fill.event_ts,
+                              after_cause_ms=ms(logged, fill.time), since_start_ms=ms(logged, start),
+                              fields="fill logged"))
     return steps
+
+
+def audit_lines(path: Path, trace_id: str) -> list[dict]:
+    """The audit log's fill lines of one trace; none if there is no log or it cannot be read."""
+    try:
+        return [line for line in trail.read(path) if line.get("type") == "fill" and line.get("trace_id") == trace_id]
+    except (OSError, ValueError):
+        return []
 
 
 @click.command("trace")
 @click.argument("event_or_trace_id")
 @store_option
+@click.option("--audit-log", type=click.Path(dir_okay=False), envvar="TRADEFLOW_AUDIT_LOG",
+              help="The audit log, for the last step (default: audit/audit.jsonl beside the store's folder).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per step.")
-def trace(event_or_trace_id: str, store_path: str, as_json: bool) -> None:
-    """Follow one bar's journey, stage by stage, with the time spent at each.
+def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_json: bool) -> None:
+    """Follow one bar's journey from data to audit, stage by stage, with the time spent at each.
 
-    EVENT_OR_TRACE_ID is a trace id or the id of any event on it (e.g. the bar's).
+    EVENT_OR_TRACE_ID is a trace id or the id of any event on it (e.g. the bar's). A stage's
+    time runs from its cause's publish time to its own; audit's, from the fill to its log line.
     """
     from services.cli import _run_async
 
@@ -233,7 +259,10 @@ def trace(event_or_trace_id: str, store_path: str, as_json: bool) -> None:
             key = event_or_trace_id.strip()
             event = await store.get(key)
             trace_id = event.trace_id if event else key
-            steps = journey(await store.trace(trace_id))
+            events_of_trace = await store.trace(trace_id)
+            log = Path(audit_log) if audit_log else Path(store_path).resolve().parent.parent / "audit" / "audit.jsonl"
+            audited = await asyncio.to_thread(audit_lines, log, trace_id) if events_of_trace else []
+            steps = journey(events_of_trace, audited)
             if not steps:
                 raise TradeflowError(f"no event or trace {_shown(key)!r} in the event store {store.path}")
         if as_json:

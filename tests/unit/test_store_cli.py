@@ -144,3 +144,19 @@ def test_times_without_a_zone_are_utc(store_path):
     east = run("events", "--since", "2024-01-03T19:30:00+05:00", "--until", "2024-01-03T19:30:01+05:00", "--count",
                store=store_path)
     assert utc.output.strip() == east.output.strip() == "5"
+
+
+def test_trace_ends_with_the_audit_log_line_of_its_fill(store_path, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    fill_time = T0 + timedelta(days=3, milliseconds=20)   # journey 3's fill, evt-304
+    log.write_text(json.dumps({"type": "fill", "id": "evt-304", "trace_id": "trace-3",
+                               "logged_at": (fill_time + timedelta(milliseconds=7)).isoformat()}) + "\n"
+                   + json.dumps({"type": "fill", "id": "evt-204", "trace_id": "trace-2",
+                                 "logged_at": fill_time.isoformat()}) + "\n")
+    steps = [json.loads(line) for line in
+             run("trace", "trace-3", "--json", "--audit-log", str(log), store=store_path).output.splitlines()]
+    assert [s["stage"] for s in steps][-2:] == ["executed_ready", "audit"]
+    assert steps[-1]["after_cause_ms"] == 7.0 and steps[-1]["since_start_ms"] == 27.0
+    log.write_bytes(b"\x00not json\n")   # an unreadable log leaves the trace as the store has it
+    result = run("trace", "trace-3", "--audit-log", str(log), store=store_path)
+    assert result.exit_code == 0 and "audit" not in result.output.split("fields")[1]
