@@ -52,13 +52,22 @@ class ExecutionAgent:
         self.ledger: FillLedger | None = None
         self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
         self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
+        self.waiting: dict[str, tuple[str, str]] = {}  # a waiting order's id -> (its trace, its event id)
+        self.causes: dict[str, tuple[str, str]] = {}   # the last handle()'s fills of waiting orders -> the same
 
     def handle(self, incoming: Incoming, now: datetime) -> list[OrderFilled]:
         event = incoming.event
         step = on_bar if isinstance(event, BarReceived) else on_order
         self.broker, fills = step(self.broker, event, self.params, self.recorded)
         self.queued += fills
+        if isinstance(event, OrderApproved) and not fills:
+            self.waiting[event.order_id] = (incoming.envelope.trace_id, incoming.id)
+        self.causes = {f.order_id: self.waiting.pop(f.order_id) for f in fills if f.order_id in self.waiting}
         return fills
+
+    def cause_of(self, event: OrderFilled) -> tuple[str, str] | None:
+        """A fill made on the next bar belongs to its order's trace, caused by the order, not the bar."""
+        return self.causes.get(event.order_id)
 
     async def open(self, context: AgentContext) -> None:
         path = Path(self.ledger_path) if self.ledger_path else context.data_dir / "fills.sqlite"
@@ -82,10 +91,10 @@ class ExecutionAgent:
             await self.ledger.close()
 
     def snapshot(self) -> Any:
-        return self.broker
+        return self.broker, dict(self.waiting)
 
     def restore(self, snapshot: Any) -> None:
-        self.broker = snapshot
+        self.broker, self.waiting = snapshot
         self.queued = []
 
     def routes(self) -> list[web.RouteDef]:

@@ -14,6 +14,10 @@ four coroutines, all optional:
   close()            at the end, when open() succeeded.
 The pure logic never sees them.
 
+An agent may also give `cause_of(output) -> (trace id, causation id) | None`, for an output
+that belongs to an earlier input's journey than the one being handled (a fill made on the bar
+after its order); the default is the input's trace, caused by the input.
+
 Two optional class attributes change what the runtime does for an agent:
   dedup = False         skip the Redis dedup registry: the agent's effects are idempotent by event id;
   dead_letters = False  term undecodable input without copying it to the DLQ: another stage owns it.

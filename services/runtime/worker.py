@@ -165,6 +165,7 @@ class Worker:
         if prepare is not None:
             await prepare([inc for _, inc in batch if inc.id not in seen])
         now = datetime.now(timezone.utc)
+        cause_of = getattr(self.agent, "cause_of", None)
         done: list[tuple[Msg, Incoming]] = []
         failed: list[tuple[Msg, Incoming, BaseException]] = []
         outgoing: list[Outgoing] = []
@@ -183,8 +184,9 @@ class Worker:
                 continue
             replay_run = inc.headers.get(ce.REPLAY_RUN)
             for index, event in enumerate(events):
+                trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
                 out = envelope_out(event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
-                                   trace_id=inc.envelope.trace_id, causation_id=inc.id, now=now)
+                                   trace_id=trace_id, causation_id=causation_id, now=now)
                 if replay_run:  # what a replayed event leads to is part of the replay
                     out.headers[ce.REPLAY_RUN] = replay_run
                 outgoing.append(out)

@@ -70,6 +70,9 @@ async def test_store_holds_every_event_once_across_a_killed_recorder(make_stack)
         e = by_id[msg.headers["ce-id"]]
         assert (e.subject, e.stream_seq, e.body) == (msg.subject, msg.metadata.sequence.stream, msg.data)
         assert e.headers["traceparent"] == msg.headers["traceparent"]
+    approved = {e.id: e for e in stored if e.stage == "approved_ready"}
+    for fill in (e for e in stored if e.stage == "executed_ready"):   # in its order's journey, whenever it filled
+        assert fill.causation_id in approved and fill.trace_id == approved[fill.causation_id].trace_id
     _, metrics = await http_json(stack.http_port("recorder"), "/v1/store")
     assert metrics["count"] == len(messages)
     assert metrics["stages"]["executed_ready"] == 94
@@ -138,3 +141,21 @@ async def test_history_aged_out_of_the_stream_is_rebuilt_from_the_store(make_sta
     store.rename(store.with_suffix(".moved"))  # without the store, only what the stream holds: nothing
     await stack.restart_service("risk", signal.SIGKILL)
     assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] != expected_book
+
+
+async def test_a_fill_made_on_a_later_bar_is_in_its_orders_trace(make_stack):
+    slow = {"TRADEFLOW_DATA_SOURCE": "synthetic", "TRADEFLOW_DATA_SYMBOLS": "AAPL", "TRADEFLOW_DATA_BARS": "40",
+            "TRADEFLOW_DATA_SEED": "3", "TRADEFLOW_DATA_RATE": "6"}   # each order is in before its next bar
+    stack, nc = await make_stack(env={"TRADEFLOW_STRATEGY_FAST": "2", "TRADEFLOW_STRATEGY_SLOW": "4"},
+                                 per_service={"data": slow})
+    await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
+    await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
+    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+        stored = [e async for e in store.query(by="time")]
+    approved = {e.id: e for e in stored if e.stage == "approved_ready"}
+    fills = [e for e in stored if e.stage == "executed_ready"]
+    assert len(fills) == len(approved) > 2
+    for fill in fills:
+        assert fill.causation_id in approved and fill.trace_id == approved[fill.causation_id].trace_id
+        bar = next(e for e in stored if e.stage == "data_ready" and e.trace_id == fill.trace_id)
+        assert bar.event_ts < fill.event_ts, "filled at a later bar's open, yet traced to its own bar"

@@ -7,7 +7,10 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 import pytest
 
+from contracts.codec import Incoming
+from contracts.envelope import Envelope
 from contracts.errors import Rejected
+from contracts.subjects import STAGES, subject_for
 from contracts.events import BarReceived, OrderApproved, OrderFilled
 from services.audit.logic import equity, new_portfolio, on_bar, on_fill, summary
 from services.audit.service import AuditAgent, AuditSettings
@@ -87,6 +90,27 @@ def test_next_open_fills_at_the_first_later_bar_whatever_arrives_first(bar_first
         broker, out = step(broker, event, params)
         fills += out
     assert early == [] and [(f.price, f.ts) for f in fills] == [(101.0, TS + timedelta(minutes=1))]
+
+
+def _in(event, event_id: str, trace: str) -> Incoming:
+    subject = subject_for(event)
+    env = Envelope(id=event_id, type=STAGES[subject.partition(".")[0]][1], source="t", time=TS, subject=subject,
+                   trace_id=trace)
+    return Incoming(env, event)
+
+
+def test_a_fill_on_the_next_bar_belongs_to_its_orders_trace():
+    agent = ExecutionAgent(BrokerParams(commission_rate=0))
+    agent.handle(_in(bar_at(0, 90.0), "bar-0", "a" * 32), TS)
+    assert agent.handle(_in(order("buy"), "approved-1", "b" * 32), TS) == []
+    before = agent.snapshot()
+    [filled_] = agent.handle(_in(bar_at(1, 101.0), "bar-1", "c" * 32), TS)
+    assert agent.cause_of(filled_) == ("b" * 32, "approved-1")
+    agent.restore(before)   # a batch rolled back: the order waits again, with its cause
+    [again] = agent.handle(_in(bar_at(1, 101.0), "bar-1", "c" * 32), TS)
+    assert again == filled_ and agent.cause_of(again) == ("b" * 32, "approved-1")
+    agent.handle(_in(bar_at(2, 102.0), "bar-2", "d" * 32), TS)
+    assert agent.cause_of(again) is None and agent.waiting == {}   # nothing kept once it is used
 
 
 def test_equity_fraction_flattens_then_goes_all_in_as_backtesting_py():
