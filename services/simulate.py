@@ -2,7 +2,9 @@
 
 Each agent's own `handle()` runs in stage order over the bars, with the ids the
 runtime would give every output, so the result is what the six services yield
-for the same bars and settings (used by the tests, later by backtest and what-if).
+for the same bars and settings (used by the tests, backtest and what-if). A bar comes
+alone (its id derived from symbol and time, as the data service does) or as an (id, bar)
+pair, so recorded bars keep the ids they were recorded with.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from services.strategy.service import StrategyAgent
 
 
 class Simulation(msgspec.Struct):
-    """Counts of events per stage (rejections as rejected.<stage>, dead letters as dlq.<service>)
-    and the audit agent's final state."""
+    """Counts of events per stage (rejections as rejected.<stage>, dead letters as dlq.<service>),
+    the audit agent's final state, every (id, event) in delivery order, and each output's cause:
+    the id of the input it came from, or of the one the agent names (what its ce-causationid says)."""
 
     counts: Counter
     audit: AuditAgent
     events: list[tuple[str, Event]]
+    causes: dict[str, str] = {}
 
 
 def _incoming(event_id: str, event: Event) -> Incoming:
@@ -43,15 +47,16 @@ def _incoming(event_id: str, event: Event) -> Incoming:
     return Incoming(env, event)
 
 
-def simulate(bars: Iterable[BarReceived], *, strategy: StrategyAgent, quant: QuantAgent, risk: RiskAgent,
-             execution: ExecutionAgent, audit: AuditAgent) -> Simulation:
-    """Feed bars through every agent in order, routing outputs as the subjects would."""
+def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy: StrategyAgent, quant: QuantAgent,
+             risk: RiskAgent, execution: ExecutionAgent, audit: AuditAgent) -> Simulation:
+    """Feed bars (or (id, bar) pairs) through every agent in order, routing outputs as the subjects would."""
     routes: dict[str, list] = {}
     for agent in (strategy, quant, risk, execution, audit):
         for pattern in agent.consumes:
             routes.setdefault(pattern.partition(".")[0], []).append(agent)
     counts: Counter = Counter()
     events: list[tuple[str, Event]] = []
+    causes: dict[str, str] = {}
     now = datetime.now(timezone.utc)
 
     def deliver(event_id: str, event: Event) -> None:
@@ -66,9 +71,16 @@ def simulate(bars: Iterable[BarReceived], *, strategy: StrategyAgent, quant: Qua
             except BadInput:   # live, this input would be dead-lettered; the rest flows on
                 counts[f"dlq.{agent.name}"] += 1
                 continue
-            for index, out in enumerate(outputs):
-                deliver(derive_id(agent.name, event_id, index), out)
+            cause_of = getattr(agent, "cause_of", None)  # as the runtime asks: an output may name its cause
+            named = [cause_of(out) if cause_of else None for out in outputs]
+            for index, (out, cause) in enumerate(zip(outputs, named)):
+                out_id = derive_id(agent.name, event_id, index)
+                causes[out_id] = cause[1] if cause else event_id
+                deliver(out_id, out)
 
-    for bar in bars:
-        deliver(bar_id(bar), bar)
-    return Simulation(counts, audit, events)
+    for item in bars:
+        if isinstance(item, tuple):
+            deliver(*item)
+        else:
+            deliver(bar_id(item), item)
+    return Simulation(counts, audit, events, causes)
