@@ -9,6 +9,7 @@ recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -408,5 +409,80 @@ def replay_command(store_path, since, until, by, subjects, symbol, trace_id, spe
     _run_async(main())
 
 
-COMMANDS = (events, trace, store, replay_command)
+def read_settings(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and # comments skipped); TradeflowError naming a bad line."""
+    env = {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TradeflowError(f"cannot read settings {path}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"TRADEFLOW_[A-Z0-9_]+", key.strip()):
+            raise TradeflowError(f"{path}:{number}: expected TRADEFLOW_NAME=VALUE, not {_shown(line)!r}")
+        env[key.strip()] = value.strip()
+    return env
+
+
+@click.command("whatif")
+@store_option
+@click.option("--since", type=INSTANT, help="From this bar time (inclusive).")
+@click.option("--until", type=INSTANT, help="Up to this bar time (exclusive).")
+@click.option("--symbol", "symbols", multiple=True, help="Only these symbols. Repeatable.")
+@click.option("--run", "replay_run", metavar="RUN_ID", help="A recorded replay run instead of the original events.")
+@click.option("--settings", "settings_path", type=click.Path(dir_okay=False),
+              help="The recorded run's settings (default: settings.env beside the store's folder, as `up` and "
+                   "`demo` write it; then the TRADEFLOW_* environment).")
+@click.option("--strategy", help="Another strategy.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Strategy parameter. Repeatable.")
+@click.option("--set", "sets", multiple=True, metavar="TRADEFLOW_NAME=VALUE",
+              help="Any strategy, quant, risk, execution or audit setting. Repeatable.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Differences listed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: per-stage counts, every difference, "
+              "the portfolio before and after.")
+@click.option("--check", is_flag=True, help="Exit 1 if anything differs (e.g. in CI: the logic still "
+              "reproduces the record).")
+def whatif_command(store_path, since, until, symbols, replay_run, settings_path, strategy, params, sets, limit,
+                   as_json, check) -> None:
+    """Re-run the agents' logic over recorded bars, with other settings if given, and diff against the record.
+
+    With no overrides and the recorded run's settings, the diff is empty: the logic reproduces
+    the recorded history exactly.
+    """
+    from replay.whatif import format_diff, load_recorded, overrides_env, whatif
+    from services.cli import _run_async
+    from services.stack import SETTINGS_FILE
+
+    if since and until and since >= until:
+        raise click.BadParameter(f"--since {rfc3339(since)} is not before --until {rfc3339(until)}")
+    base = {k: v for k, v in os.environ.items() if k.startswith("TRADEFLOW_")}
+    found = Path(settings_path) if settings_path else Path(store_path).resolve().parent.parent / SETTINGS_FILE
+    if settings_path or found.is_file():
+        base |= read_settings(found)
+    recorded_env = dict(base)
+    env = overrides_env(base, strategy=strategy, params=params, sets=sets)
+
+    async def main():
+        async with SqliteEventStore.open(store_path, read_only=True) as s:
+            recorded = await load_recorded(s, since=since, until=until, symbols=[x.upper() for x in symbols],
+                                           run=replay_run)
+        return await asyncio.to_thread(whatif, recorded, env, recorded_env=recorded_env)
+
+    result = _run_async(main())
+    if result is None:
+        sys.exit(130)
+    if as_json:
+        click.echo(orjson.dumps(result.to_dict()).decode())
+    else:
+        click.echo(f"settings of the recorded run: {found}" if settings_path or found.is_file() else
+                   f"no {found}: the recorded run's settings are taken to be this TRADEFLOW_* environment "
+                   "(give --settings if they were others)", err=True)
+        click.echo(format_diff(result, limit=limit))
+    if check and not result.identical:
+        sys.exit(1)
+
+
+COMMANDS = (events, trace, store, replay_command, whatif_command)
 

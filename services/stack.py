@@ -29,6 +29,10 @@ from services.supervisor import (
 )
 
 
+SETTINGS_FILE = "settings.env"
+TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT", "RISK", "EXECUTION", "AUDIT"))
+
+
 def _preferred(port: int) -> int:
     """`port` if it is given and free, else any free port."""
     return port if port and not port_open("127.0.0.1", port) else free_port()
@@ -78,6 +82,13 @@ class Stack:
         await wait_port("127.0.0.1", port, 20, proc.process)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
+    def write_trading_settings(self) -> Path:
+        """Write the agents' trading settings to <home>/settings.env, so `tradeflow whatif` re-runs with them."""
+        env = {**{k: v for k, v in os.environ.items() if k.startswith(TRADING_PREFIXES)}, **self.env}
+        path = self.home / SETTINGS_FILE
+        path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith(TRADING_PREFIXES)))
+        return path
+
     def service_proc(self, name: str) -> Proc:
         port = self.ports.get(name) or free_port()
         self.ports[name] = port
@@ -98,6 +109,7 @@ class Stack:
     async def start(self) -> None:
         """Start servers (unless given), then every service, and wait until all are ready."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.write_trading_settings()
         if not self.nats_url:
             await self.start_nats()
         if not self.redis_url:

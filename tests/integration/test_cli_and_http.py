@@ -163,3 +163,24 @@ async def test_demo_prints_the_backtest_and_writes_the_audit_log(tmp_path):
     assert f"{stats['Equity Final [$]']:,.2f}" in lines["equity"]
     assert lines["dead"].split()[-1] == "0"
     assert f"{tmp_path / 'demo' / 'audit' / 'audit.jsonl'} (94 fills, 93 trades)" in lines["audit"]
+    assert f"{tmp_path / 'demo' / 'recorder' / 'events.sqlite'} (2,524 events)" in lines["event"]
+
+    # what-if over the recorded run: the same logic reproduces it; other parameters give the backtest's result
+    home = {"TRADEFLOW_DATA_DIR": str(tmp_path / "demo")}
+    code, out, err = await tradeflow("whatif", "--check", env=home, timeout=120)
+    assert code == 0, out + err
+    assert "no differences: the logic reproduces the recorded history" in out and "56,263.52" in out
+    code, out, err = await tradeflow("whatif", "--param", "fast=5", "--param", "slow=30", "--json", "--check",
+                                     env=home, timeout=120)
+    assert code == 1, err
+    diff = json.loads(out)
+    code, backtest, err = await tradeflow("backtest", "--data", "GOOG", "--param", "fast=5", "--param", "slow=30",
+                                          "--json", timeout=120)
+    predicted = json.loads(backtest)
+    assert diff["after"]["equity"] == pytest.approx(predicted["final_equity"], rel=1e-12)
+    assert diff["after"]["trades"] == len(predicted["trades"]) and diff["before"]["equity"] == pytest.approx(56263.52)
+    assert not diff["identical"] and diff["stages"][0]["added"] > 0 and diff["stages"][0]["removed"] > 0
+    code, out, err = await tradeflow("whatif", "--since", "2030-01-01", env=home)
+    assert code == 1 and "no data_ready events in" in err and len(err.strip().splitlines()) == 1
+    code, out, err = await tradeflow("whatif", "--set", "TRADEFLOW_RISK_MAX_POSITON=5", env=home)
+    assert code == 1 and "TRADEFLOW_RISK_MAX_POSITON" in err
