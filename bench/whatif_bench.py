@@ -111,13 +111,19 @@ async def bench(args: argparse.Namespace, folder: Path) -> None:
         async def query_all() -> list[StoredEvent]:
             return [row async for row in store.query(by="event_ts")]
 
+        async def replay_read() -> list[StoredEvent]:   # what `tradeflow replay` reads by default
+            return [row async for row in store.query(subjects=["data_ready.>"], by="event_ts")]
+
         raw, _ = best(args.repeat, lambda: raw_select(path))
         queried, _ = await best_async(args.repeat, query_all)
+        replay_s, replayed = await best_async(args.repeat, replay_read)
         loaded, recorded = await best_async(args.repeat, lambda: load_recorded(store))
     assert len(recorded.bars) + len(recorded.outputs) == events, "load_recorded lost events"
+    assert len(replayed) == len(bars), "the replay read lost bars"
     print("(a) reading the store")
     print(line("raw sqlite3 SELECT (baseline)", events, "events", raw))
     print(line("store.query (StoredEvent rows)", events, "events", queried, events / raw))
+    print(line("replay read (data_ready.>)", len(bars), "events", replay_s, events / raw, STORE_READ_TARGET))
     print(line("load_recorded (decoded, by cause)", events, "events", loaded, events / raw, STORE_READ_TARGET))
 
     plain, _ = best(args.repeat, lambda: run(bars))

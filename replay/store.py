@@ -55,6 +55,7 @@ _SCHEMA = [
     # (time column, stream_seq, id) is both the result order and the paging key
     *(f"CREATE INDEX IF NOT EXISTS events_{name} ON events ({columns})" for name, columns in (
         ("time", "time, stream_seq, id"), ("event_ts", "event_ts, stream_seq, id"), ("subject", "subject"),
+        ("stage_time", "stage, time, stream_seq, id"), ("stage_event_ts", "stage, event_ts, stream_seq, id"),
         ("symbol", "symbol, event_ts"), ("trace", "trace_id"), ("causation", "causation_id"), ("seq", "stream_seq"))),
 ]
 # The number of tokens of `subject` minus one.
@@ -390,20 +391,18 @@ def subject_match(pattern: str) -> tuple[str, list[Any]]:
         if token not in ("*", ">") and ("*" in token or ">" in token):
             raise ValueError(f"bad subject pattern {pattern!r}: a wildcard must be a whole token, not in {token!r}")
     fixed = tokens[:-1] if tokens[-1] == ">" else tokens
-    if "*" not in fixed and fixed is tokens:
-        return "subject = ?", [pattern]
     if not fixed:
         return "1", []  # `>` alone: everything
+    # a literal first token is the stage: the (stage, time column, ...) indexes give the rows in order
+    stage_sql, stage_params = ("stage = ? AND ", [tokens[0]]) if tokens[0] != "*" else ("", [])
+    if "*" not in fixed and fixed is tokens:
+        return f"({stage_sql}subject = ?)", [*stage_params, pattern]
     glob = ".".join("?*" if t == "*" else "".join(f"[{c}]" if c in "*?[" else c for c in t) for t in fixed)
     dots = len(fixed) - 1
     sql, params = f"{_DOTS} = {dots} AND subject GLOB ?", [glob]
     if fixed is not tokens:  # `>`: one more `.?*` for each token past the fixed ones
         sql = f"{_DOTS} > {dots} AND subject GLOB (? || replace(hex(zeroblob({_DOTS} - {dots})), '00', '.?*'))"
-    prefix = fixed[:fixed.index("*")] if "*" in fixed else fixed
-    if prefix:  # an index range on the literal leading tokens
-        start = ".".join(prefix) + "."
-        sql, params = f"subject >= ? AND subject < ? AND {sql}", [start, start[:-1] + "/", *params]
-    return f"({sql})", params
+    return f"({stage_sql}{sql})", [*stage_params, *params]
 
 
 async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl") -> int:
