@@ -13,6 +13,8 @@ Cash is margin-style, as in backtesting.py: it moves by realised PnL and commiss
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -106,6 +108,19 @@ def _execute(broker: Broker, order: OrderApproved, price: float, ts, params: Bro
     return _apply(broker, fill), [fill]
 
 
+def _time(remembered: tuple[datetime, float]) -> datetime:
+    return remembered[0]
+
+
+def _forget(broker: Broker, symbol: str, recent: tuple[tuple[datetime, float], ...], keep_from: int) -> Broker:
+    """Drop a symbol's bars before index `keep_from`: a symbol's orders come in time order, so no later
+    order fills at a bar no later than this one's (one that does is refused as lagging too far)."""
+    if keep_from == 0:
+        return broker
+    return msgspec.structs.replace(broker, recent={**broker.recent, symbol: recent[keep_from:]},
+                                   forgotten={**broker.forgotten, symbol: recent[keep_from - 1][0]})
+
+
 def on_order(broker: Broker, order: OrderApproved, params: BrokerParams,
              recorded: Mapping[str, OrderFilled] = _NONE) -> tuple[Broker, list[OrderFilled]]:
     """Fill an order now if its price is known, else keep it for its bar; a repeated order id does nothing.
@@ -120,19 +135,30 @@ def on_order(broker: Broker, order: OrderApproved, params: BrokerParams,
     forgotten = broker.forgotten.get(order.symbol)
     if forgotten is not None and order.ts < forgotten:
         raise Rejected(f"order {order.order_id}: the bar after {order.ts.isoformat()} is no longer remembered "
-                       f"(orders lag more than TRADEFLOW_EXECUTION_KEEP_BARS={params.keep_bars} bars)")
+                       f"(it is older than an order already placed for {order.symbol}, or lags more than "
+                       f"TRADEFLOW_EXECUTION_KEEP_BARS={params.keep_bars} bars)")
+    recent = broker.recent.get(order.symbol, ())
+    later = bisect.bisect_right(recent, order.ts, key=_time)   # recent bars are in time order (see on_bar)
+    broker = _forget(broker, order.symbol, recent, later)
     broker = msgspec.structs.replace(broker, seen=broker.seen | {order.order_id})
-    for ts, open_ in broker.recent.get(order.symbol, ()):
-        if ts > order.ts:
-            return _execute(broker, order, open_, ts, params, recorded)
+    if later < len(recent):
+        ts, open_ = recent[later]
+        return _execute(broker, order, open_, ts, params, recorded)
     pending = {**broker.pending, order.symbol: broker.pending.get(order.symbol, ()) + (order,)}
     return msgspec.structs.replace(broker, pending=pending), []
 
 
 def on_bar(broker: Broker, bar: BarReceived, params: BrokerParams,
            recorded: Mapping[str, OrderFilled] = _NONE) -> tuple[Broker, list[OrderFilled]]:
-    """Remember the bar; fill the waiting orders of its symbol placed before it, at its open."""
-    recent = broker.recent.get(bar.symbol, ()) + ((bar.ts, bar.open),)
+    """Remember the bar; fill the waiting orders of its symbol placed before it, at its open.
+
+    A bar not later than the last one remembered (out of order or repeated; the strategy
+    dead-letters it) is no fill price: it is ignored.
+    """
+    remembered = broker.recent.get(bar.symbol, ())
+    if remembered and bar.ts <= remembered[-1][0]:
+        return broker, []
+    recent = remembered + ((bar.ts, bar.open),)
     forgotten = broker.forgotten
     if len(recent) > params.keep_bars:
         forgotten = {**forgotten, bar.symbol: recent[-params.keep_bars - 1][0]}

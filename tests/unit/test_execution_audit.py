@@ -278,3 +278,28 @@ def test_an_order_whose_fill_bar_was_forgotten_is_refused_not_misfilled():
                          price=100.0)
     _, [filled] = on_order(broker, late, params)  # its fill bar +3 is still known
     assert filled.price == 103.0
+
+
+def test_an_order_forgets_the_bars_before_it_and_an_older_order_is_refused():
+    params = BrokerParams(commission_rate=0)
+    broker = new_broker(params)
+    for minute in range(1, 6):
+        broker, _ = broker_bar(broker, bar_at(minute, 100.0 + minute), params)
+    at_3 = OrderApproved(symbol="GOOG", ts=TS + timedelta(minutes=3), order_id="o-3", side="buy", quantity=1,
+                         price=103.0)
+    broker, [filled] = on_order(broker, at_3, params)
+    assert filled.price == 104.0 and [ts for ts, _ in broker.recent["GOOG"]] == [TS + timedelta(minutes=m)
+                                                                                for m in (4, 5)]
+    with pytest.raises(Rejected, match="older than an order already placed for GOOG"):
+        on_order(broker, order("buy", order_id="o-1"), params)   # placed at +0: its bar, +1, is gone
+
+
+def test_a_bar_out_of_order_is_no_fill_price():
+    params = BrokerParams(commission_rate=0)
+    broker = new_broker(params)
+    broker, _ = broker_bar(broker, bar_at(0, 100.0), params)
+    broker, _ = on_order(broker, order("buy"), params)           # waits for the bar after +0
+    broker, early = broker_bar(broker, bar_at(0, 90.0), params)  # the same minute again
+    assert early == [] and broker.pending["GOOG"]
+    broker, [filled] = broker_bar(broker, bar_at(1, 101.0), params)
+    assert filled.price == 101.0
