@@ -451,7 +451,8 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
     With no overrides and the recorded run's settings, the diff is empty: the logic reproduces
     the recorded history exactly.
     """
-    from replay.whatif import format_diff, load_recorded, overrides_env, whatif
+    from replay.whatif import load_recorded, overrides_env, whatif
+    from replay.whatif_report import format_diff
     from services.cli import _run_async
     from services.stack import SETTINGS_FILE
 

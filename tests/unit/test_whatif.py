@@ -22,7 +22,8 @@ from contracts.errors import ConfigError
 from contracts.events import BarReceived, OrderFilled, SignalGenerated
 from contracts.subjects import subject_for
 from replay.store import SqliteEventStore, StoredEvent
-from replay.whatif import NO_DIFFERENCES, WhatIf, WhatIfError, format_diff, load_recorded, overrides_env, whatif
+from replay.whatif import WhatIf, WhatIfError, load_recorded, overrides_env, whatif
+from replay.whatif_report import NO_DIFFERENCES, format_diff
 from services import registry
 from services.audit.logic import summary
 from services.backtest import settings_env
