@@ -70,3 +70,14 @@ def parse_subject(subject: str) -> tuple[str, str]:
 def dlq_subject(service: str, original: str) -> str:
     """Where `service` dead-letters a message that came in on `original`."""
     return f"{DLQ}.{service}.{original}"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether `subject` matches the NATS pattern (`*` one token, `>` one or more at the end)."""
+    tokens, parts = pattern.split("."), subject.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">":
+            return len(parts) > i
+        if i >= len(parts) or (token != "*" and token != parts[i]):
+            return False
+    return len(parts) == len(tokens)

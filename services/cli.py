@@ -1,5 +1,6 @@
 """The `tradeflow` command line: run one service, bring up a deployment, demo, publish, tail;
-the event store's commands (events, trace, store, ...) come from `replay.cli`."""
+the event store's commands (events, trace, store, ...) come from `replay.cli`, the dead letters'
+from `services.dlq_cli`."""
 
 from __future__ import annotations
 
@@ -302,14 +303,15 @@ def tail(subject: str, count: int | None) -> None:
     _run_async(main())
 
 
-def _add_replay_commands() -> None:
+def _add_commands() -> None:
     from replay.cli import COMMANDS
+    from services.dlq_cli import dlq
 
-    for command in COMMANDS:
+    for command in (*COMMANDS, dlq):
         cli.add_command(command)
 
 
-_add_replay_commands()
+_add_commands()
 
 
 def main() -> None:

@@ -42,3 +42,6 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: Seconds = 120.0
     stream_replicas: PositiveInt = 1
     dedup_ttl: Seconds = 7 * 24 * 3600.0
+    # fault injection, for the fault tests: a handled body containing this text fails / ends the process
+    fault_fail_on: str | None = None
+    fault_exit_on: str | None = None

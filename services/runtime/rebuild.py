@@ -2,7 +2,9 @@
 
 "Already processed" is what the durable consumer acknowledged (every stream
 sequence up to its ack floor) plus what lies above the floor but is marked done
-in the dedup registry. Everything else will be delivered again and handled live.
+in the dedup registry, less what the service gave up on (dead-lettered: the
+ADVISORIES stream records those for good). Everything else will be delivered
+again and handled live.
 
 The stream keeps a bounded window (TRADEFLOW_STREAM_MAX_AGE); the event store keeps
 everything. When processed history has aged out of the stream, the part that is gone
@@ -14,18 +16,20 @@ from what the stream still holds, and the log says what is missing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, JetStreamManager
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.errors import TimeoutError as NatsTimeout
 
 from contracts.codec import decode
 from contracts.envelope import derive_id
 from contracts.errors import BadInput
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
+from services.runtime.advisories import given_up
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
 
@@ -41,11 +45,12 @@ async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManage
     if last == 0:
         return 0
     first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
-    aged = await fold_from_store(agent, store, below=min(first, floor + 1)) if first > 1 and floor > 0 else 0
-    return aged + await _fold_from_stream(agent, js, jsm, durable, dedup, batch, floor, last)
+    dead = await given_up(js, jsm, durable)
+    aged = await fold_from_store(agent, store, below=min(first, floor + 1), dead=dead) if first > 1 and floor else 0
+    return aged + await _fold_from_stream(agent, js, jsm, durable, dedup, batch, floor, last, dead)
 
 
-async def fold_from_store(agent: Agent, path: Path | None, below: int) -> int:
+async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: AbstractSet[int] = frozenset()) -> int:
     """Fold the events the agent consumes with a stream sequence below `below` from the event store."""
     if path is None or not path.is_file():
         log.warning("history aged out of the stream and there is no event store to rebuild it from: state "
@@ -55,6 +60,8 @@ async def fold_from_store(agent: Agent, path: Path | None, below: int) -> int:
     now = datetime.now(timezone.utc)
     async with SqliteEventStore.open(path, read_only=True) as store:
         async for e in store.query(subjects=list(agent.consumes), by="stream_seq", before_seq=below):
+            if e.stream_seq in dead:
+                continue
             try:
                 agent.handle(decode(e.subject, e.body, e.headers, sequence=e.stream_seq), now)
                 folded += 1
@@ -65,7 +72,7 @@ async def fold_from_store(agent: Agent, path: Path | None, below: int) -> int:
 
 
 async def _fold_from_stream(agent: Agent, js: JetStreamContext, jsm: JetStreamManager, durable: str,
-                            dedup: DedupRegistry, batch: int, floor: int, last: int) -> int:
+                            dedup: DedupRegistry, batch: int, floor: int, last: int, dead: AbstractSet[int]) -> int:
     """Fold what the stream still holds of the processed history."""
     name = "rebuild-" + derive_id(durable, datetime.now(timezone.utc).isoformat(), 0)[:12]
     config = ConsumerConfig(
@@ -102,6 +109,8 @@ async def _fold_from_stream(agent: Agent, js: JetStreamContext, jsm: JetStreamMa
             above = [inc.id for seq, inc in decoded if seq > floor]
             done_above = await dedup.seen(above)
             for seq, inc in decoded:
+                if seq in dead:
+                    continue
                 if seq <= floor or inc.id in done_above:
                     try:
                         agent.handle(inc, now)

@@ -15,6 +15,7 @@ from contracts import envelope as ce
 from contracts.events import Event
 from contracts.subjects import PIPELINE_STREAM
 from replay.recorder import store_location
+from services.runtime.advisories import DeadLetterCapture
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
@@ -102,6 +103,9 @@ class Service:
                 background.append(asyncio.create_task(self._watch_lag(jsm), name="consumer-lag"))
                 worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
+                capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s,
+                                            terminated=getattr(self.agent, "dead_letters", True))
+                main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
                 context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm)
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
@@ -110,6 +114,7 @@ class Service:
             log.info("stopping: draining in-flight work")
             if worker is not None:
                 worker.stopping.set()
+                capture.stopping.set()
             done, pending = await asyncio.wait(main, timeout=s.drain_timeout) if main else (set(), set())
             for task in pending:
                 task.cancel()

@@ -21,6 +21,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+from services.runtime.advisories import advisory_stream
 from services.runtime.config import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def dlq_stream(settings: RuntimeSettings) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_age=settings.dlq_max_age,
-        duplicate_window=settings.duplicate_window,
+        # a day: a message copied by its worker and again from an advisory read late is stored once
+        duplicate_window=min(max(settings.duplicate_window, 24 * 3600.0), settings.dlq_max_age),
         num_replicas=settings.stream_replicas,
         description="tradeflow dead letters",
     )
@@ -88,9 +90,10 @@ async def _ensure_stream(jsm: JetStreamManager, config: StreamConfig) -> None:
 
 
 async def ensure_streams(jsm: JetStreamManager, settings: RuntimeSettings) -> None:
-    """Create or update PIPELINE and DLQ."""
+    """Create or update PIPELINE, DLQ and ADVISORIES."""
     await _ensure_stream(jsm, pipeline_stream(settings))
     await _ensure_stream(jsm, dlq_stream(settings))
+    await _ensure_stream(jsm, advisory_stream(settings))
 
 
 def _drifted(have: ConsumerConfig, want: ConsumerConfig) -> bool:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -28,7 +30,7 @@ from nats.js import JetStreamContext
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
-from contracts.subjects import dlq_subject
+from services.deadletters import dead_letter_copy
 from services.runtime.agent import Agent
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
@@ -37,13 +39,6 @@ from services.runtime.publish import Outgoing, Publisher, envelope_out
 
 log = logging.getLogger(__name__)
 
-DLQ_REASON = "tradeflow-dlq-reason"
-DLQ_ERROR = "tradeflow-dlq-error"
-DLQ_SERVICE = "tradeflow-dlq-service"
-DLQ_SUBJECT = "tradeflow-dlq-subject"
-DLQ_SEQUENCE = "tradeflow-dlq-sequence"
-DLQ_DELIVERIES = "tradeflow-dlq-deliveries"
-DLQ_TIME = "tradeflow-dlq-time"
 
 
 def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
@@ -51,10 +46,6 @@ def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
     if not schedule:
         return 0.0
     return schedule[min(max(attempt, 1), len(schedule)) - 1]
-
-
-def _header_safe(text: str, limit: int = 512) -> str:
-    return " ".join(text.split())[:limit]
 
 
 class Worker:
@@ -71,6 +62,11 @@ class Worker:
         self.stopping = asyncio.Event()
         self.service = agent.name
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
+        self.suspect_file = Path(settings.data_dir) / self.service / "suspect"
+        self.suspect = self.suspect_file.read_text().strip() if self.suspect_file.is_file() else None
+        if self.suspect:
+            log.warning("the last run ended while handling a message: it is tried last, alone",
+                        extra={"event_id": self.suspect})
 
     async def run(self) -> None:
         """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun."""
@@ -133,6 +129,45 @@ class Worker:
                 await self._bad_input(msg, err)
                 continue
             good.append((msg, incoming))
+        for segment in self._segments(good):
+            await self._process_with_retries(segment)
+
+    def _segments(self, good: list[tuple[Msg, Incoming]]) -> list[list[tuple[Msg, Incoming]]]:
+        """The batch cut for crash safety, in stream order: runs of first deliveries together, each
+        redelivered message alone (it may be what crashed the last run), and the message the last
+        run crashed on (the suspect) alone at the end, so its neighbours are acked before it is tried."""
+        suspect = [item for item in good if item[1].id == self.suspect]
+        segments: list[list[tuple[Msg, Incoming]]] = []
+        for item in good:
+            if item[1].id == self.suspect:
+                continue
+            if item[1].envelope.attempt > 1 or not segments or segments[-1][-1][1].envelope.attempt > 1:
+                segments.append([item])
+            else:
+                segments[-1].append(item)
+        return segments + [[item] for item in suspect]
+
+    def _mark_suspect(self, inc: Incoming | None) -> None:
+        """Name the redelivered message about to be handled; if the process dies, the next run defers it."""
+        if inc is None:
+            self.suspect_file.unlink(missing_ok=True)
+            return
+        self.suspect_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.suspect_file.with_suffix(".partial")
+        partial.write_text(inc.id)
+        os.replace(partial, self.suspect_file)
+
+    async def _process_with_retries(self, good: list[tuple[Msg, Incoming]]) -> None:
+        redelivered = len(good) == 1 and good[0][1].envelope.attempt > 1
+        if redelivered:
+            self._mark_suspect(good[0][1])
+        try:
+            await self._retry_in_place(good)
+        finally:
+            if redelivered:
+                self._mark_suspect(None)
+
+    async def _retry_in_place(self, good: list[tuple[Msg, Incoming]]) -> None:
         attempt = 0
         while good:
             try:
@@ -175,6 +210,7 @@ class Worker:
                 await self._quietly(msg.ack())
                 continue
             try:
+                self._inject_faults(inc)
                 events = self.agent.handle(inc, now)
             except BadInput as err:
                 await self.dead_letter(msg, err.reason, str(err))
@@ -215,6 +251,16 @@ class Worker:
         for _, inc in done:
             self.metrics.processing.labels(self.service, inc.envelope.subject.partition(".")[0]).observe(per_message)
 
+    def _inject_faults(self, inc: Incoming) -> None:
+        """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process
+        at once (as a crash would, nothing flushed), on a body that contains the text."""
+        s = self.settings
+        if s.fault_exit_on and s.fault_exit_on.encode() in inc.body:
+            log.critical("fault injected: exiting", extra={"event_id": inc.id})
+            os._exit(70)
+        if s.fault_fail_on and s.fault_fail_on.encode() in inc.body:
+            raise RuntimeError(f"fault injected on {inc.id}")
+
     async def _record(self) -> None:
         record = getattr(self.agent, "record", None)
         if record is None:
@@ -249,18 +295,8 @@ class Worker:
     async def dead_letter(self, msg: Msg, reason: str, error: str) -> None:
         """Copy `msg` to dlq.<service>.<subject> with why, await the PubAck, then term it."""
         md = msg.metadata
-        headers = {k: v for k, v in (msg.headers or {}).items() if k != ce.NATS_MSG_ID}
-        headers.update({
-            ce.NATS_MSG_ID: ce.derive_id("dlq", f"{self.service}:{md.sequence.stream}", 0),
-            DLQ_REASON: reason,
-            DLQ_ERROR: _header_safe(error),
-            DLQ_SERVICE: self.service,
-            DLQ_SUBJECT: msg.subject,
-            DLQ_SEQUENCE: str(md.sequence.stream),
-            DLQ_DELIVERIES: str(md.num_delivered),
-            DLQ_TIME: ce.rfc3339(datetime.now(timezone.utc)),
-        })
-        out = Outgoing(dlq_subject(self.service, msg.subject), msg.data, headers)
+        out = dead_letter_copy(self.service, msg.subject, msg.data, msg.headers, seq=md.sequence.stream,
+                               deliveries=md.num_delivered, reason=reason, error=error)
         attempt = 0
         while True:
             try:

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.subjects import DLQ_STREAM
 from services import observe
-from services.runtime.worker import DLQ_ERROR, DLQ_REASON, DLQ_SERVICE, DLQ_SUBJECT
+from services.deadletters import DLQ_ERROR, DLQ_REASON, DLQ_SERVICE, DLQ_SUBJECT
 from services.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 

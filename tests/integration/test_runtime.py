@@ -11,12 +11,13 @@ from redis.asyncio import Redis
 from contracts.codec import Incoming, encode
 from contracts.events import SignalGenerated
 from contracts.subjects import PIPELINE_STREAM
+from services.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
 from services.runtime.publish import Publisher
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
-from services.runtime.worker import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON, Worker
+from services.runtime.worker import Worker
 from tests.integration.conftest import DLQ_STREAM, stream_messages, wait_for
 
 pytestmark = pytest.mark.integration
@@ -62,9 +63,9 @@ class FlakyAgent:
         pass
 
 
-async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the_error(make_stack):
+async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the_error(make_stack, tmp_path):
     stack, nc = await make_stack(services=("quant",))
-    settings = RuntimeSettings(max_deliver=3, backoff=[0.2, 0.4], fetch_timeout=0.3)
+    settings = RuntimeSettings(max_deliver=3, backoff=[0.2, 0.4], fetch_timeout=0.3, data_dir=str(tmp_path))
     jsm, js = nc.jsm(), nc.jetstream()
     await ensure_streams(jsm, settings)
     await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("flaky", ["signals_ready.>"], settings))
