@@ -56,7 +56,7 @@ def advisory_stream(settings: RuntimeSettings) -> StreamConfig:
     return StreamConfig(
         name=ADVISORY_STREAM, subjects=[f"{MAX_DELIVERIES}.{PIPELINE_STREAM}.*", f"{TERMINATED}.{PIPELINE_STREAM}.*"],
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, discard=DiscardPolicy.OLD,
-        max_age=0, max_msgs=10_000_000, num_replicas=settings.stream_replicas,
+        max_age=0, max_msgs=10_000_000, duplicate_window=120.0, num_replicas=settings.stream_replicas,
         description="tradeflow: JetStream advisories of messages a service gave up on")
 
 
@@ -131,7 +131,11 @@ class DeadLetterCapture:
                     except Exception as exc:  # NATS away: leave it unacked; it comes back after ack_wait
                         failures += 1
                         log.warning("advisory not handled yet", extra={"error": repr(exc)})
-                        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        try:
+                            await asyncio.wait_for(self.stopping.wait(), min(30.0, 0.5 * 2 ** min(failures, 6)))
+                        except asyncio.TimeoutError:
+                            pass
+                        break
         finally:
             try:
                 await sub.unsubscribe()

@@ -18,9 +18,11 @@ An agent may also give `cause_of(output) -> (trace id, causation id) | None`, fo
 that belongs to an earlier input's journey than the one being handled (a fill made on the bar
 after its order); the default is the input's trace, caused by the input.
 
-Two optional class attributes change what the runtime does for an agent:
-  dedup = False         skip the Redis dedup registry: the agent's effects are idempotent by event id;
-  dead_letters = False  term undecodable input without copying it to the DLQ: another stage owns it.
+Optional class attributes change what the runtime does for an agent:
+  dedup = False          skip the Redis dedup registry: the agent's effects are idempotent by event id;
+  dead_letters = False   term undecodable input without copying it to the DLQ: another stage owns it;
+  wait_for_dedup = True  (stateful) while Redis is away, process nothing; by default a stateful agent
+                         goes on with first deliveries and waits only for redeliveries.
 """
 
 from __future__ import annotations

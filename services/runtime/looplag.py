@@ -7,13 +7,13 @@ import asyncio
 from services.runtime.metrics import Metrics
 
 
-async def watch_loop_lag(metrics: Metrics, interval: float = 0.1) -> None:
-    """Sleep `interval` over and over; the overshoot is the loop's lag. Runs until cancelled."""
+async def watch_loop_lag(metrics: Metrics, interval: float = 0.1, stop: asyncio.Event | None = None) -> None:
+    """Sleep `interval` over and over; the overshoot is the loop's lag. Runs until `stop` is set or cancelled."""
     loop = asyncio.get_running_loop()
     hist = metrics.loop_lag.labels(metrics.service)
     worst = metrics.loop_lag_max.labels(metrics.service)
     window_max, ticks = 0.0, 0
-    while True:
+    while stop is None or not stop.is_set():
         start = loop.time()
         await asyncio.sleep(interval)
         lag = max(0.0, loop.time() - start - interval)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +46,7 @@ class Service:
         self.name = agent.name
         self.metrics = Metrics(self.name)
         self.stop = asyncio.Event()
+        self._closing = asyncio.Event()   # set when the service shuts down: background loops end
         self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
@@ -54,27 +57,39 @@ class Service:
         checks["nats"] = bool(self.nc and self.nc.is_connected)
         return checks
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake when the service is closing."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
     async def _watch_redis(self, redis) -> None:
-        while True:
+        # loops on client I/O end on `_closing`, not only on cancellation: a cancel that lands inside a
+        # client call can come back as that client's own error, and a loop that goes on would never end
+        while not self._closing.is_set():
             try:
                 self._checks["redis"] = bool(await redis.ping())
             except (RedisError, OSError):
                 self._checks["redis"] = False
-            await asyncio.sleep(1.0)
+            await self._pause(1.0)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain; the exit code."""
         s = self.settings
         setup_logging(self.name, s.log_level)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: every thread's stack to stderr
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
         self.nc = None
         runner, self.http_port = await start_http(
             s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
             routes=self.agent.routes() if hasattr(self.agent, "routes") else None)
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
-        background: list[asyncio.Task] = [asyncio.create_task(watch_loop_lag(self.metrics), name="loop-lag")]
+        background: list[asyncio.Task] = [asyncio.create_task(watch_loop_lag(self.metrics, stop=self._closing),
+                                                                     name="loop-lag")]
         redis = connect_redis(s.redis_url)
         background.append(asyncio.create_task(self._watch_redis(redis), name="redis-watch"))
         opened = False
@@ -98,6 +113,8 @@ class Service:
                     folded = await rebuild_state(self.agent, js, jsm, self.name, dedup, store=store_location())
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
+                if self.agent.stateful:
+                    await self._await_unacked(jsm)
                 sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
                 background.append(asyncio.create_task(self._watch_lag(jsm), name="consumer-lag"))
@@ -124,7 +141,9 @@ class Service:
                     log.error("task ended with error", extra={"task": task.get_name(), "error": repr(task.exception())})
             return 0
         finally:
-            for task in background:
+            self._closing.set()
+            _, still = await asyncio.wait(background, timeout=2.0) if background else (set(), set())
+            for task in still:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if self.nc is not None and not self.nc.is_closed:
@@ -139,9 +158,27 @@ class Service:
             await runner.cleanup()
             log.info("service stopped")
 
+    async def _await_unacked(self, jsm) -> None:
+        """Let what a previous run held unacked (it was killed) come back before anything newer.
+
+        JetStream redelivers those messages only after ack_wait, while newer ones would be
+        delivered at once: a stateful agent would then see a symbol's bars out of order.
+        Redeliveries go out first once due, so waiting out ack_wait keeps the stream's order.
+        """
+        info = await jsm.consumer_info(PIPELINE_STREAM, self.name)
+        if not info.num_ack_pending:
+            return
+        wait = self.settings.ack_wait + 0.5
+        log.warning("the last run left messages unacked: waiting for them to come back first",
+                    extra={"unacked": info.num_ack_pending, "seconds": wait})
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=wait)
+        except asyncio.TimeoutError:
+            pass
+
     async def _watch_lag(self, jsm, every: float = 1.0) -> None:
         """Keep tradeflow_consumer_pending (how far behind the stream this service is) up to date."""
-        while True:
+        while not self._closing.is_set():
             try:
                 info = await jsm.consumer_info(PIPELINE_STREAM, self.name)
                 self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
@@ -150,7 +187,7 @@ class Service:
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS away: the gauge keeps its last value, the log says why
                 log.debug("consumer info unavailable", extra={"error": repr(exc)})
-            await asyncio.sleep(every)
+            await self._pause(every)
 
     def _context(self, redis) -> AgentContext:
         data_dir = Path(self.settings.data_dir) / self.name
@@ -183,6 +220,14 @@ class Service:
                 metrics.messages_out.labels(service, out.subject.partition(".")[0]).inc()
 
         return publish
+
+
+def _dump_tasks() -> None:
+    """Print every asyncio task and where it waits (to stderr, the service's log): for a stuck service."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
 
 
 def run(agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> int:

@@ -48,6 +48,9 @@ def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
     return schedule[min(max(attempt, 1), len(schedule)) - 1]
 
 
+_MAX_UNMARKED = 100_000   # ids kept in memory during a Redis outage before a stateful agent waits
+
+
 class Worker:
     """Runs one agent over one pull subscription."""
 
@@ -62,6 +65,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.service = agent.name
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
+        self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
+        self.unmarked: list[str] = []                      # done while Redis was away, to mark when it is back
         self.suspect_file = Path(settings.data_dir) / self.service / "suspect"
         self.suspect = self.suspect_file.read_text().strip() if self.suspect_file.is_file() else None
         if self.suspect:
@@ -189,12 +194,7 @@ class Worker:
 
     async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
         started = time.perf_counter()
-        try:
-            seen = await self.dedup.seen([inc.id for _, inc in batch]) if self.uses_dedup else set()
-        except RedisUnavailable:
-            if self.agent.stateful:
-                raise
-            seen = set()  # stateless: a repeat only re-publishes ids the stream drops
+        seen = await self._seen(batch)
         snapshot = self.agent.snapshot()
         prepare = getattr(self.agent, "prepare", None)
         if prepare is not None:
@@ -230,13 +230,7 @@ class Worker:
         try:
             await self._record()  # effects durable before the outputs are visible
             await self.publisher.publish(outgoing)
-            ids = [inc.id for _, inc in done]
-            try:
-                if self.uses_dedup:
-                    await self.dedup.mark(ids)
-            except RedisUnavailable:
-                if self.agent.stateful:
-                    raise
+            await self._mark([inc.id for _, inc in done])
         except Transient:
             self.agent.restore(snapshot)
             raise
@@ -250,6 +244,44 @@ class Worker:
         per_message = elapsed / max(1, len(batch))
         for _, inc in done:
             self.metrics.processing.labels(self.service, inc.envelope.subject.partition(".")[0]).observe(per_message)
+
+    async def _seen(self, batch: list[tuple[Msg, Incoming]]) -> set[str]:
+        """The batch's inputs the dedup registry says are done.
+
+        While Redis is away, a stateless agent goes on (a repeat only re-publishes ids the stream
+        drops), and so does a stateful one on first deliveries, which this consumer never had
+        before; a redelivery waits for Redis, as does everything for an agent that must never
+        guess (`wait_for_dedup`, execution).
+        """
+        if not self.uses_dedup:
+            return set()
+        try:
+            if self.unmarked:   # what was done during an outage, before any redelivery is judged
+                await self.dedup.mark(self.unmarked)
+                self.unmarked = []
+            return await self.dedup.seen([inc.id for _, inc in batch])
+        except RedisUnavailable:
+            if self._must_wait(batch):
+                raise
+            self.metrics.messages_failed.labels(self.service, "batch", "dedup_unavailable").inc(len(batch))
+            return set()
+
+    async def _mark(self, ids: list[str]) -> None:
+        """Mark inputs done; during an outage keep them to mark later (or wait, as `_seen` says)."""
+        if not self.uses_dedup:
+            return
+        try:
+            await self.dedup.mark(ids)
+        except RedisUnavailable:
+            if self.agent.stateful and (self.waits_for_dedup or len(self.unmarked) > _MAX_UNMARKED):
+                raise
+            self.unmarked += ids
+
+    def _must_wait(self, batch: list[tuple[Msg, Incoming]]) -> bool:
+        if not self.agent.stateful:
+            return False
+        redelivered = any(inc.envelope.attempt > 1 for _, inc in batch)
+        return self.waits_for_dedup or redelivered or len(self.unmarked) > _MAX_UNMARKED
 
     def _inject_faults(self, inc: Incoming) -> None:
         """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process

@@ -117,7 +117,9 @@ async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_st
 async def test_risk_killed_mid_run_rebuilds_the_book_it_had(make_stack):
     _, sim, agents = predicted(LOGIC_ENV)
     expected_book = book_view(agents["risk"].book)
-    stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}})
+    # a killed service waits ack_wait for what it held unacked: keep it short
+    stack, nc = await make_stack(env=LOGIC_ENV | {"TRADEFLOW_ACK_WAIT": "3"},
+                                 per_service={"data": DATA_ENV | {"TRADEFLOW_DATA_RATE": "400"}})
 
     async def some_processed() -> bool:
         return (await nc.jsm().consumer_info(PIPELINE_STREAM, "risk")).ack_floor.stream_seq > 200

@@ -1,0 +1,59 @@
+"""The fault suite: a whole deployment per test, a fault injected mid-stream, and an account of
+every event afterwards (what the logic predicts against what the stream, the store and the DLQ
+hold). Each test adds a row to a table printed at the end of the run and written to
+test-artifacts/chaos.md.
+
+    .venv/bin/python -m pytest -m chaos
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.integration.conftest import make_stack  # noqa: F401 - the deployment fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Figures(msgspec.Struct, frozen=True, kw_only=True):
+    """One fault's outcome: events predicted, lost, fills made twice, dead letters, recovery time."""
+
+    fault: str
+    events: int
+    lost: int
+    duplicate_fills: int
+    dead_lettered: int
+    recovery_s: float
+    note: str = ""
+
+
+RESULTS: list[Figures] = []
+
+
+def table(rows: list[Figures]) -> str:
+    lines = ["| fault | events | lost | duplicate fills | dead-lettered | recovery (s) | |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r.fault} | {r.events:,} | {r.lost} | {r.duplicate_fills} | {r.dead_lettered} | "
+              f"{r.recovery_s:.1f} | {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if "tests/chaos/" in str(item.fspath):
+            item.add_marker(pytest.mark.chaos)
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not RESULTS:
+        return
+    text = table(RESULTS)
+    terminalreporter.write_sep("-", "fault tests")
+    terminalreporter.write_line(text)
+    out = ROOT / "test-artifacts" / "chaos.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text + "\n")
