@@ -83,3 +83,9 @@ class EffectFailed(Transient):
 
 class ConfigError(TradeflowError):
     """Raised at start-up when a setting is missing or invalid; names the variable."""
+
+
+class PublishDenied(TradeflowError):
+    """Raised when NATS refuses a publish for want of permission: a deployment error, never retried."""
+
+    reason = "publish_denied"

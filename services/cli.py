@@ -173,7 +173,9 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int)
         try:
             await stack.start()
             click.echo(f"tradeflow is up (home {stack.home})")
-            click.echo(f"  NATS   {stack.nats_url}    (nats --server {stack.nats_url} pub data_ready.AAPL '...')")
+            click.echo(f"  NATS   {stack.nats_url}    (the cli user; each service has its own)")
+            click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow publish/tail/dlq/replay and "
+                       "nats --server \"$NATS_URL\"")
             click.echo(f"  Redis  {stack.redis_url}")
             click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
                        "tradeflow events --last)")

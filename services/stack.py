@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -56,31 +57,47 @@ class Stack:
         self.home = Path(self.home).resolve()
         self.supervisor = Supervisor()
         self.ports: dict[str, int] = {}
+        self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
+        self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "cli")}
 
     @property
     def logs(self) -> Path:
         return self.home / "logs"
 
     async def start_nats(self) -> None:
+        """nats-server with nats.conf: one user per service (new passwords each run), `cli` for people."""
         port, monitor = _preferred(self.nats_port), _preferred(self.nats_port and 8222)
         store = self.home / "nats"
         store.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-c", str(ROOT / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
                 "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{port}"]
-        proc = await self.supervisor.start(Proc("nats-server", argv, dict(os.environ), self.logs / "nats.log"))
+        # nats.conf reads a variable as a value: quoted, a password is always a string
+        env = os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
+                            for user, pw in self.nats_passwords.items()}
+        proc = await self.supervisor.start(Proc("nats-server", argv, env, self.logs / "nats.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)
         self.ports["nats-monitor"] = monitor
-        self.nats_url = f"nats://127.0.0.1:{port}"
+        self.nats_address = f"127.0.0.1:{port}"
+        self.nats_url = self.nats_url_for("cli")
+
+    def nats_url_for(self, user: str) -> str:
+        """The URL a NATS user of this deployment connects with (its own server only)."""
+        return f"nats://{user}:{self.nats_passwords[user]}@{self.nats_address}"
 
     async def start_redis(self) -> None:
+        """redis-server with a password, its configuration in a file only this user can read."""
         port = _preferred(self.redis_port)
         store = self.home / "redis"
         store.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--dir", str(store), "--daemonize", "no", "--protected-mode", "yes"]
-        proc = await self.supervisor.start(Proc("redis-server", argv, dict(os.environ), self.logs / "redis.log"))
+        password = secrets.token_urlsafe(24)
+        conf = self.home / "redis.conf"   # beside its data, which may be wiped
+        conf.touch(mode=0o600)
+        conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly yes\ndir {store}\n"
+                        f"daemonize no\nprotected-mode yes\nrequirepass {password}\n")
+        proc = await self.supervisor.start(Proc("redis-server", [redis_server_binary(), str(conf)], dict(os.environ),
+                                                self.logs / "redis.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
 
     def write_trading_settings(self) -> Path:
         """Write the agents' trading settings to <home>/settings.env, so `tradeflow whatif` re-runs with them."""
@@ -92,9 +109,10 @@ class Stack:
     def service_proc(self, name: str) -> Proc:
         port = self.ports.get(name) or free_port()
         self.ports[name] = port
-        env = service_env(os.environ, NATS_URL=self.nats_url or "", REDIS_URL=self.redis_url or "",
-                          TRADEFLOW_HTTP_PORT=str(port), TRADEFLOW_DATA_DIR=str(self.home),
-                          **self.env, **self.per_service_env.get(name, {}))
+        nats_url = self.nats_url_for(name) if self.nats_address and name in self.nats_passwords else self.nats_url
+        env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": self.redis_url or "",
+                                         "TRADEFLOW_HTTP_PORT": str(port), "TRADEFLOW_DATA_DIR": str(self.home),
+                                         **self.env, **self.per_service_env.get(name, {})})
         argv = [sys.executable, "-m", "services.cli", "run", name]
         proc = Proc(name, argv, env, self.logs / f"{name}.log")
         proc.http_port = port

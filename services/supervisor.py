@@ -82,6 +82,7 @@ class Proc:
     restart: bool = True
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    exits: list[int] = field(default_factory=list)   # the exit codes it ended with unasked, oldest first
     stopping: bool = False
     http_port: int | None = None
     watcher: asyncio.Task | None = field(default=None, repr=False)
@@ -118,6 +119,7 @@ class Supervisor:
             code = await proc.process.wait()
             if proc.stopping or not proc.restart:
                 return
+            proc.exits.append(code)
             proc.restarts += 1
             delay = min(30.0, 0.5 * 2 ** min(proc.restarts - 1, 6))
             log.warning("%s exited with %s; restart %d in %.1fs", proc.name, code, proc.restarts, delay)

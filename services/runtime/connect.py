@@ -13,10 +13,32 @@ from services.runtime.settings import redact
 log = logging.getLogger(__name__)
 
 
-async def connect_nats(url: str, name: str) -> NATS:
+class PermissionWatch:
+    """The permission violations the server reported on a connection (it answers a denied publish with
+    an error on the connection, not on the publish, whose PubAck then never comes)."""
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+
+    def record(self, message: str) -> None:
+        self.violations = [*self.violations[-99:], message]
+
+    def refused(self, subject: str) -> str | None:
+        """The server's message if it refused a publish to `subject`, else None."""
+        quoted = f'"{subject.lower()}"'   # the client lower-cases the server's message
+        return next((m for m in reversed(self.violations) if quoted in m.lower() and "publish" in m.lower()), None)
+
+
+async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None) -> NATS:
     """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default)."""
 
     async def on_error(exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():
+            log.error("nats refused this service's user: a deployment error (nats.conf permissions)",
+                      extra={"error": str(exc)})
+            if watch is not None:
+                watch.record(str(exc))
+            return
         log.warning("nats error", extra={"error": repr(exc)})
 
     async def on_disconnect() -> None:

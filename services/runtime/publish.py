@@ -21,9 +21,10 @@ from nats.js.errors import APIError
 from contracts import envelope as ce
 from contracts.codec import ce_type_of, encode
 from contracts.envelope import Envelope
-from contracts.errors import NatsUnavailable
+from contracts.errors import NatsUnavailable, PublishDenied
 from contracts.events import Event
 from contracts.subjects import subject_for
+from services.runtime.connect import PermissionWatch
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -53,10 +54,11 @@ def envelope_out(event: Event, *, service: str, event_id: str, trace_id: str,
 class Publisher:
     """Publishes batches with a bounded window of outstanding PubAcks."""
 
-    def __init__(self, js: JetStreamContext, *, timeout: float, window: int) -> None:
+    def __init__(self, js: JetStreamContext, *, timeout: float, window: int, watch: PermissionWatch | None = None) -> None:
         self._js = js
         self._timeout = timeout
         self._window = asyncio.Semaphore(window)
+        self._watch = watch
 
     async def _one(self, out: Outgoing) -> PubAck:
         async with self._window:
@@ -64,6 +66,9 @@ class Publisher:
                 future = await self._js.publish_async(out.subject, out.body, headers=out.headers)
                 return await asyncio.wait_for(future, self._timeout)
             except (asyncio.TimeoutError, NatsError, APIError, ConnectionError) as exc:
+                refused = self._watch and self._watch.refused(out.subject)
+                if refused:
+                    raise PublishDenied(f"publish to {out.subject} refused by NATS: {refused}") from exc
                 raise NatsUnavailable(f"publish to {out.subject} not acknowledged: {type(exc).__name__} {exc}") from exc
 
     async def publish(self, batch: Sequence[Outgoing]) -> list[PubAck]:

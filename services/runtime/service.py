@@ -21,7 +21,7 @@ from services.runtime.advisories import DeadLetterCapture
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
-from services.runtime.connect import connect_nats, connect_redis
+from services.runtime.connect import PermissionWatch, connect_nats, connect_redis
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
@@ -35,6 +35,8 @@ from services.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
+EXIT_FAILED = 70   # a task failed for good (EX_SOFTWARE): the supervisor or the container restarts it
+
 
 class Service:
     """Runs one agent (a consumer) and/or one producer until SIGTERM."""
@@ -47,6 +49,7 @@ class Service:
         self.metrics = Metrics(self.name)
         self.stop = asyncio.Event()
         self._closing = asyncio.Event()   # set when the service shuts down: background loops end
+        self.failure: BaseException | None = None
         self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
@@ -56,6 +59,15 @@ class Service:
         checks = dict(self._checks)
         checks["nats"] = bool(self.nc and self.nc.is_connected)
         return checks
+
+    def _on_main_done(self, task: asyncio.Task) -> None:
+        """A worker, capture or producer that ends by itself failed (a deployment error such as a
+        publish NATS refuses): say so loudly and stop, so the process exits non-zero and is seen."""
+        if task.cancelled() or task.exception() is None or self.stop.is_set():
+            return
+        self.failure = task.exception()
+        log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)})
+        self.stop.set()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake when the service is closing."""
@@ -94,13 +106,14 @@ class Service:
         background.append(asyncio.create_task(self._watch_redis(redis), name="redis-watch"))
         opened = False
         try:
-            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name))
+            watch = PermissionWatch()
+            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch))
             if self.nc is None:
                 return 0
             js = self.nc.jetstream(timeout=s.publish_timeout)
             jsm = self.nc.jsm()
             await ensure_streams(jsm, s)
-            publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window)
+            publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
             if hasattr(self.agent, "open"):
                 await self.agent.open(self._context(redis))
@@ -126,6 +139,8 @@ class Service:
             if self.producer is not None:
                 context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm)
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
+            for task in main:
+                task.add_done_callback(self._on_main_done)
             log.info("service ready", extra={"consumes": list(self.agent.consumes)})
             await self.stop.wait()
             log.info("stopping: draining in-flight work")
@@ -139,7 +154,7 @@ class Service:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("task ended with error", extra={"task": task.get_name(), "error": repr(task.exception())})
-            return 0
+            return EXIT_FAILED if self.failure is not None else 0
         finally:
             self._closing.set()
             _, still = await asyncio.wait(background, timeout=2.0) if background else (set(), set())
