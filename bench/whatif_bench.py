@@ -23,13 +23,10 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
-from contracts.codec import ce_type_of, encode
-from contracts.envelope import Envelope, headers_for, trace_id_for
 from contracts.events import BarReceived
-from contracts.subjects import subject_for
+from replay.simulated import as_recorded
 from replay.store import SqliteEventStore, StoredEvent
 from replay.whatif import load_recorded, whatif
 from services import registry
@@ -46,26 +43,6 @@ ENV = settings_env(strategy="sma_cross", params=(), cash=100_000, commission=0.0
 def run(bars: list[BarReceived]) -> Simulation:
     """The agents' logic over `bars`, with the bench's settings."""
     return simulate(bars, **{name: registry.build(name, ENV) for name in registry.CONSUMERS})
-
-
-def as_recorded(sim: Simulation) -> list[StoredEvent]:
-    """Every event of a simulation as the recorder stores it; bars first in the stream (data runs ahead)."""
-    traces: dict[str, str] = {}
-    for event_id, _ in sim.events:
-        cause = sim.causes.get(event_id)
-        traces[event_id] = trace_id_for(event_id) if cause is None else traces[cause]
-    ordered = sorted(sim.events, key=lambda item: not isinstance(item[1], BarReceived))
-    now = datetime.now(timezone.utc)
-    rows = []
-    for seq, (event_id, event) in enumerate(ordered, 1):
-        subject = subject_for(event)
-        env = Envelope(id=event_id, type=ce_type_of(event), source="bench", time=event.ts, subject=subject,
-                       trace_id=traces[event_id], causation_id=sim.causes.get(event_id), sequence=seq)
-        rows.append(StoredEvent(id=event_id, type=env.type, subject=subject, stage=subject.partition(".")[0],
-                                symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts,
-                                trace_id=env.trace_id, causation_id=env.causation_id, stream_seq=seq,
-                                headers=headers_for(env), body=encode(event), recorded_at=now))
-    return rows
 
 
 def best(repeat: int, call: Callable[[], object]) -> tuple[float, object]:
@@ -102,7 +79,7 @@ async def bench(args: argparse.Namespace, folder: Path) -> None:
     path = folder / "events.sqlite"
     sim = run(bars)
     async with SqliteEventStore.open(path) as store:
-        await store.append(as_recorded(sim))
+        await store.append(as_recorded(sim, source="bench"))
     events = len(sim.events)
     outputs = ", ".join(f"{k} {n:,}" for k, n in sorted(sim.counts.items()) if k != "data_ready")
     print(f"store: {events:,} events: {len(bars):,} bars of {args.symbols} symbols; {outputs}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import click
 import msgspec
@@ -100,19 +102,27 @@ def dlq() -> None:
     """Dead letters: list, show, redrive, purge."""
 
 
-@dlq.command("list")
-@selection_options
-@click.option("--json", "as_json", is_flag=True, help="JSON lines, one dead letter each.")
-def list_command(seqs, service, subject, reason, older_than, newer_than, as_json) -> None:
-    """List dead letters, oldest first: id, time, service, original subject, reason, deliveries, redrives, error."""
+def _on_letters(selection: Selection, act: Callable[[Any, list[DeadLetter]], Awaitable[None]]) -> None:
+    """Connect, read the dead letters `selection` picks, and `act` on them (with the connection)."""
     from services.cli import _connect, _run_async
 
     async def main() -> None:
         nc = await _connect()
         try:
-            letters = await _letters(nc, _selection(seqs, service, subject, reason, older_than, newer_than))
+            await act(nc, await _letters(nc, selection))
         finally:
             await nc.close()
+
+    _run_async(main())
+
+
+@dlq.command("list")
+@selection_options
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one dead letter each.")
+def list_command(seqs, service, subject, reason, older_than, newer_than, as_json) -> None:
+    """List dead letters, oldest first: id, time, service, original subject, reason, deliveries, redrives, error."""
+
+    async def show_all(_, letters: list[DeadLetter]) -> None:
         if as_json:
             for letter in letters:
                 click.echo(orjson.dumps(_as_json(letter)).decode())
@@ -123,24 +133,19 @@ def list_command(seqs, service, subject, reason, older_than, newer_than, as_json
             click.echo(_line(letter))
         click.echo(f"{len(letters)} dead letter(s)", err=True)
 
-    _run_async(main())
+    _on_letters(_selection(seqs, service, subject, reason, older_than, newer_than), show_all)
 
 
 @dlq.command("show")
 @click.argument("seq", type=click.IntRange(min=1))
 def show(seq: int) -> None:
     """One dead letter whole: why, its history, headers and decoded body."""
-    from services.cli import _connect, _run_async
 
-    async def main() -> None:
-        nc = await _connect()
-        try:
-            [letter] = await _letters(nc, Selection(seqs=frozenset([seq])))
-        finally:
-            await nc.close()
+    async def show_one(_, letters: list[DeadLetter]) -> None:
+        [letter] = letters
         click.echo(orjson.dumps(_as_json(letter), option=orjson.OPT_INDENT_2).decode())
 
-    _run_async(main())
+    _on_letters(Selection(seqs=frozenset([seq])), show_one)
 
 
 @dlq.command("redrive")
@@ -151,38 +156,32 @@ def show(seq: int) -> None:
 def redrive(seqs, service, subject, reason, older_than, newer_than, everything, max_redrives) -> None:
     """Send dead letters back to their original subjects, each under an id derived from it: redriving
     the same one twice has one effect. A dead letter is removed from the DLQ once its redrive is stored."""
-    from services.cli import _connect, _run_async
     from services.runtime.publish import Publisher
 
     selection = _selection(seqs, service, subject, reason, older_than, newer_than)
     _require_some(selection, everything)
 
-    async def main() -> None:
-        nc = await _connect()
-        try:
-            letters = await _letters(nc, selection)
-            publisher, jsm = Publisher(nc.jetstream(), timeout=10, window=256), nc.jsm()
-            sent = again = refused = 0
-            for letter in letters:
-                try:
-                    out = redriven(letter, max_redrives)
-                except RedriveRefused as exc:
-                    refused += 1
-                    click.echo(f"refused {letter.seq}: {exc}", err=True)
-                    continue
-                [ack] = await publisher.publish([out])
-                await jsm.delete_msg(DLQ_STREAM, letter.seq)
-                duplicate = bool(ack.duplicate)
-                sent, again = sent + (not duplicate), again + duplicate
-                click.echo(f"redrove {letter.seq} -> {out.subject} (stream seq {ack.seq}"
-                           f"{', already there' if duplicate else ''})")
-        finally:
-            await nc.close()
+    async def send_back(nc, letters: list[DeadLetter]) -> None:
+        publisher, jsm = Publisher(nc.jetstream(), timeout=10, window=256), nc.jsm()
+        sent = again = refused = 0
+        for letter in letters:
+            try:
+                out = redriven(letter, max_redrives)
+            except RedriveRefused as exc:
+                refused += 1
+                click.echo(f"refused {letter.seq}: {exc}", err=True)
+                continue
+            [ack] = await publisher.publish([out])
+            await jsm.delete_msg(DLQ_STREAM, letter.seq)
+            duplicate = bool(ack.duplicate)
+            sent, again = sent + (not duplicate), again + duplicate
+            click.echo(f"redrove {letter.seq} -> {out.subject} (stream seq {ack.seq}"
+                       f"{', already there' if duplicate else ''})")
         click.echo(f"{sent} redriven, {again} already redriven, {refused} refused", err=True)
         if refused:
             sys.exit(1)
 
-    _run_async(main())
+    _on_letters(selection, send_back)
 
 
 @dlq.command("purge")
@@ -191,26 +190,19 @@ def redrive(seqs, service, subject, reason, older_than, newer_than, everything, 
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(seqs, service, subject, reason, older_than, newer_than, everything, yes) -> None:
     """Delete dead letters for good."""
-    from services.cli import _connect, _run_async
-
     selection = _selection(seqs, service, subject, reason, older_than, newer_than)
     _require_some(selection, everything)
 
-    async def main() -> None:
-        nc = await _connect()
-        try:
-            letters = await _letters(nc, selection)
-            if not letters:
-                raise TradeflowError("no dead letters match: nothing to purge")
-            if not yes and not click.confirm(f"delete {len(letters)} dead letter(s) for good?"):
-                raise click.Abort()
-            for letter in letters:
-                await nc.jsm().delete_msg(DLQ_STREAM, letter.seq)
-        finally:
-            await nc.close()
+    async def drop(nc, letters: list[DeadLetter]) -> None:
+        if not letters:
+            raise TradeflowError("no dead letters match: nothing to purge")
+        if not yes and not click.confirm(f"delete {len(letters)} dead letter(s) for good?"):
+            raise click.Abort()
+        for letter in letters:
+            await nc.jsm().delete_msg(DLQ_STREAM, letter.seq)
         click.echo(f"purged {len(letters)} dead letter(s)")
 
-    _run_async(main())
+    _on_letters(selection, drop)
 
 
 def _require_some(selection: Selection, everything: bool) -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from contracts.codec import ce_type_of, decode_body, encode
-from contracts.envelope import REPLAY_OF, REPLAY_RUN, Envelope, derive_id, headers_for, trace_id_for
+from contracts.codec import decode_body, encode
+from contracts.envelope import REPLAY_OF, REPLAY_RUN, derive_id
 from contracts.errors import ConfigError
 from contracts.events import BarReceived, OrderFilled, SignalGenerated
 from contracts.subjects import subject_for
+from replay.simulated import as_recorded as recorded_rows
 from replay.store import SqliteEventStore, StoredEvent
 from replay.whatif import WhatIf, WhatIfError, load_recorded, overrides_env, whatif
 from replay.whatif_report import NO_DIFFERENCES, format_diff
@@ -45,22 +46,7 @@ def run(bars: list[BarReceived], env: dict[str, str]) -> Simulation:
 
 
 def as_recorded(sim: Simulation) -> list[StoredEvent]:
-    """Every event of a simulation as the recorder stores it; bars take the first stream sequences."""
-    traces: dict[str, str] = {}
-    for event_id, _ in sim.events:  # causes come before their outputs
-        cause = sim.causes.get(event_id)
-        traces[event_id] = trace_id_for(event_id) if cause is None else traces[cause]
-    ordered = sorted(sim.events, key=lambda item: not isinstance(item[1], BarReceived))
-    rows = []
-    for seq, (event_id, event) in enumerate(ordered, 1):
-        subject = subject_for(event)
-        env = Envelope(id=event_id, type=ce_type_of(event), source="recorded", time=event.ts, subject=subject,
-                       trace_id=traces[event_id], causation_id=sim.causes.get(event_id), sequence=seq)
-        rows.append(StoredEvent(id=event_id, type=env.type, subject=subject, stage=subject.partition(".")[0],
-                                symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts,
-                                trace_id=env.trace_id, causation_id=env.causation_id, stream_seq=seq,
-                                headers=headers_for(env), body=encode(event), recorded_at=RECORDED_AT))
-    return rows
+    return recorded_rows(sim, source="recorded", recorded_at=RECORDED_AT)
 
 
 async def record(path: Path, sim: Simulation) -> Path:
