@@ -16,6 +16,7 @@ stateful agent back and retries the whole batch in place, keeping the messages
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -176,7 +177,8 @@ class Worker:
         attempt = 0
         while good:
             try:
-                await self._process_decoded(good)
+                async with self._keep_alive(good):
+                    await self._process_decoded(good)
                 return
             except Transient as err:
                 attempt += 1
@@ -282,6 +284,23 @@ class Worker:
             return False
         redelivered = any(inc.envelope.attempt > 1 for _, inc in batch)
         return self.waits_for_dedup or redelivered or len(self.unmarked) > _MAX_UNMARKED
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]):
+        """While a batch is worked on, tell JetStream every third of ack_wait that it is in progress,
+        so slow work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile."""
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.ack_wait / 3)
+                for msg, _ in batch:
+                    await self._quietly(msg.in_progress())
+
+        heart = asyncio.create_task(beat(), name="in-progress")
+        try:
+            yield
+        finally:
+            heart.cancel()
+            await asyncio.gather(heart, return_exceptions=True)
 
     def _inject_faults(self, inc: Incoming) -> None:
         """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process

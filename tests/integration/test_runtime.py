@@ -97,3 +97,41 @@ async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the
         worker.stopping.set()
         await asyncio.wait_for(task, 10)
         await redis.aclose()
+
+
+class SlowRecorder(FlakyAgent):
+    """Records each batch slowly (a slow disk): longer than ack_wait."""
+
+    name = "slow"
+
+    async def record(self) -> None:
+        await asyncio.sleep(2.5)
+
+
+async def test_slow_work_is_kept_alive_not_redelivered(make_stack, tmp_path):
+    stack, nc = await make_stack(services=("quant",))
+    settings = RuntimeSettings(ack_wait=1.0, fetch_timeout=0.3, data_dir=str(tmp_path))
+    jsm, js = nc.jsm(), nc.jetstream()
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("slow", ["signals_ready.>"], settings))
+    sub = await js.pull_subscribe_bind(durable="slow", stream=PIPELINE_STREAM)
+    redis = Redis.from_url(stack.redis_url)
+    agent = SlowRecorder()
+    worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
+                    dedup=DedupRegistry(redis, "slow", 60), metrics=Metrics("slow"), settings=settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        body = SignalGenerated(symbol="SLOW", ts=datetime.fromisoformat("2024-01-02T14:30:00+00:00"),
+                               side="buy", strength=0.5, price=10.0, strategy="t")
+        await js.publish("signals_ready.SLOW", encode(body))
+
+        async def acked() -> bool:
+            return (await jsm.consumer_info(PIPELINE_STREAM, "slow")).ack_floor.stream_seq >= 1
+
+        await wait_for(acked, timeout=20, what="the slow batch to be acked")
+        info = await jsm.consumer_info(PIPELINE_STREAM, "slow")
+        assert info.delivered.consumer_seq == 1, "redelivered while it was being worked on"
+        assert agent.calls == {"SLOW": 1}
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
