@@ -220,12 +220,16 @@ async def _connect():
     async def quiet(_: Exception) -> None:
         pass
 
+    from services.runtime.connect import TlsSettings
+    from services.runtime.settings import load, redact
+
     url = _settings().nats
+    tls = load(TlsSettings, "TRADEFLOW_").context(url)
     try:
         return await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-                                  reconnect_time_wait=0.2, error_cb=quiet)
+                                  reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
-        _fail(f"cannot reach NATS at {url} (set NATS_URL): {type(exc).__name__}")
+        _fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")
 
 
 @cli.command()

@@ -49,6 +49,7 @@ class Stack:
     services: tuple[str, ...] = SERVICES
     env: dict[str, str] = field(default_factory=dict)
     per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    tls_dir: Path | None = None   # ca.pem, server.pem, server-key.pem: NATS with TLS, services trusting ca.pem
     nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
     redis_port: int = 0
     ready_timeout: float = 60.0
@@ -69,7 +70,7 @@ class Stack:
         port, monitor = _preferred(self.nats_port), _preferred(self.nats_port and 8222)
         store = self.home / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        argv = [nats_server_binary(), "-c", str(ROOT / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
+        argv = [nats_server_binary(), "-c", str(self._nats_conf()), "-a", "127.0.0.1", "-p", str(port),
                 "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{port}"]
         # nats.conf reads a variable as a value: quoted, a password is always a string
         env = os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
@@ -79,6 +80,20 @@ class Stack:
         self.ports["nats-monitor"] = monitor
         self.nats_address = f"127.0.0.1:{port}"
         self.nats_url = self.nats_url_for("cli")
+
+    def _nats_conf(self) -> Path:
+        """nats.conf, or with TLS a copy of it that requires TLS with the certificate in `tls_dir`."""
+        if self.tls_dir is None:
+            return ROOT / "nats.conf"
+        tls = Path(self.tls_dir).resolve()
+        for name in ("ca.pem", "server.pem", "server-key.pem"):
+            if not (tls / name).is_file():
+                raise ConfigError(f"TLS folder {tls} has no {name} (it needs ca.pem, server.pem, server-key.pem)")
+        conf = self.home / "nats.conf"
+        conf.write_text((ROOT / "nats.conf").read_text() + f'\ntls {{\n  cert_file: "{tls / "server.pem"}"\n'
+                        f'  key_file: "{tls / "server-key.pem"}"\n  ca_file: "{tls / "ca.pem"}"\n}}\n')
+        self.env.setdefault("TRADEFLOW_NATS_CA", str(tls / "ca.pem"))
+        return conf
 
     def nats_url_for(self, user: str) -> str:
         """The URL a NATS user of this deployment connects with (its own server only)."""

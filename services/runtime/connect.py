@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
 
+from contracts.errors import ConfigError
 from services.runtime.settings import redact
 
 log = logging.getLogger(__name__)
+
+
+class TlsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """TRADEFLOW_NATS_CA, _CERT, _KEY: TLS to NATS, trusting the CA given (the system's if none), with a
+    client certificate when the server asks for one. With none of them set, TLS is used only if the URL
+    is tls://."""
+
+    nats_ca: str | None = None
+    nats_cert: str | None = None
+    nats_key: str | None = None
+
+    def context(self, url: str = "") -> ssl.SSLContext | None:
+        """The TLS context to connect with, or None for plain NATS; ConfigError naming a bad file."""
+        if not (self.nats_ca or self.nats_cert or url.startswith("tls://")):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.nats_ca)
+            if self.nats_cert:
+                context.load_cert_chain(self.nats_cert, self.nats_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TRADEFLOW_NATS_CA/_CERT/_KEY: {exc}") from None
+        return context
 
 
 class PermissionWatch:
@@ -29,7 +54,8 @@ class PermissionWatch:
         return next((m for m in reversed(self.violations) if quoted in m.lower() and "publish" in m.lower()), None)
 
 
-async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None) -> NATS:
+async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None,
+                       tls: ssl.SSLContext | None = None) -> NATS:
     """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default)."""
 
     async def on_error(exc: Exception) -> None:
@@ -59,6 +85,7 @@ async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
+        tls=tls,
     )
 
 

@@ -21,7 +21,7 @@ from services.runtime.advisories import DeadLetterCapture
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
-from services.runtime.connect import PermissionWatch, connect_nats, connect_redis
+from services.runtime.connect import PermissionWatch, TlsSettings, connect_nats, connect_redis
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
@@ -107,7 +107,8 @@ class Service:
         opened = False
         try:
             watch = PermissionWatch()
-            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch))
+            tls = load(TlsSettings, "TRADEFLOW_").context(s.nats_url)
+            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch, tls))
             if self.nc is None:
                 return 0
             js = self.nc.jetstream(timeout=s.publish_timeout)
