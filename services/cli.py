@@ -158,7 +158,9 @@ def _home(home: str | None, prefix: str) -> Path:
               help="Port for the NATS server it starts (taken only if free; 0 = any free port).")
 @click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
               help="Port for the Redis server it starts (taken only if free; 0 = any free port).")
-def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int) -> None:
+@click.option("--tls-dir", type=click.Path(file_okay=False, exists=True),
+              help="Require TLS on NATS with ca.pem, server.pem and server-key.pem from this folder.")
+def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int, tls_dir: str | None) -> None:
     """Start NATS, Redis, the six services and the recorder on this machine; Ctrl-C stops them all.
 
     NATS_URL / REDIS_URL use existing servers instead of starting them.
@@ -169,13 +171,16 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int)
 
     async def main():
         stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
-                      per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port)
+                      per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
+                      tls_dir=Path(tls_dir) if tls_dir else None)
         try:
             await stack.start()
             click.echo(f"tradeflow is up (home {stack.home})")
             click.echo(f"  NATS   {stack.nats_url}    (the cli user; each service has its own)")
             click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow publish/tail/dlq/replay and "
                        "nats --server \"$NATS_URL\"")
+            if tls_dir:
+                click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
             click.echo(f"  Redis  {stack.redis_url}")
             click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
                        "tradeflow events --last)")
