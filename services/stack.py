@@ -59,7 +59,7 @@ class Stack:
         self.supervisor = Supervisor()
         self.ports: dict[str, int] = {}
         self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
-        self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "cli")}
+        self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
 
     @property
     def logs(self) -> Path:

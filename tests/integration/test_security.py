@@ -39,7 +39,7 @@ async def connect_as(stack, user: str):
 async def test_each_service_user_publishes_only_its_own_subjects(make_stack):
     stack, admin = await make_stack(services=())   # the servers and topology only
     await ensure_streams(admin.jsm(), RuntimeSettings())
-    for user in ("data", "strategy", "quant", "risk", "execution", "audit", "recorder"):
+    for user in ("data", "strategy", "quant", "risk", "execution", "audit", "recorder", "dashboard"):
         nc, errors = await connect_as(stack, user)
         try:
             others = [subject for owner, subject in OWN.items() if owner != user] + ["dlq.someone.data_ready.X"]
@@ -52,7 +52,8 @@ async def test_each_service_user_publishes_only_its_own_subjects(make_stack):
             assert set(pipeline) <= set(OWN.values()), f"{user}: a refused publish was stored"
             if user in OWN:
                 assert (await nc.jetstream().publish(OWN[user], BAR, timeout=5)).stream == PIPELINE_STREAM
-            assert (await nc.jetstream().publish(f"dlq.{user}.data_ready.X", BAR, timeout=5)).stream == DLQ_STREAM
+            if user != "dashboard":   # it watches; it publishes no event
+                assert (await nc.jetstream().publish(f"dlq.{user}.data_ready.X", BAR, timeout=5)).stream == DLQ_STREAM
         finally:
             await nc.close()
     pipeline = (await admin.jsm().stream_info(PIPELINE_STREAM, subjects_filter=">")).state.subjects
