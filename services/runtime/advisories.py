@@ -23,6 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
     StreamConfig
 from nats.js.errors import NotFoundError
 
+from contracts.errors import PublishDenied
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, dlq_subject
 from services.deadletters import DLQ_SEQUENCE, dead_letter_copy
 from services.runtime.config import RuntimeSettings
@@ -113,34 +114,45 @@ class DeadLetterCapture:
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=ADVISORY_STREAM)
 
     async def run(self) -> None:
-        sub = await self.bind()
-        failures = 0
+        """Bind, then copy what each advisory names, riding out NATS outages, until `stopping`;
+        only a refused publish (a deployment error) ends it early."""
+        sub, failures = None, 0
         try:
             while not self.stopping.is_set():
                 try:
+                    sub = sub or await self.bind()
                     msgs = await sub.fetch(32, timeout=self.settings.fetch_timeout)
                 except (NatsTimeout, asyncio.TimeoutError):
+                    continue
+                except Exception as exc:  # noqa: BLE001 - NATS away: wait and go on
+                    failures += 1
+                    log.warning("advisories not read", extra={"error": repr(exc)})
+                    await self._pause(failures)
                     continue
                 for msg in msgs:
                     try:
                         await self.capture(msg.data)
                         await msg.ack()
                         failures = 0
-                    except asyncio.CancelledError:
+                    except PublishDenied:
                         raise
-                    except Exception as exc:  # NATS away: leave it unacked; it comes back after ack_wait
+                    except Exception as exc:  # noqa: BLE001 - left unacked: it comes back after ack_wait
                         failures += 1
                         log.warning("advisory not handled yet", extra={"error": repr(exc)})
-                        try:
-                            await asyncio.wait_for(self.stopping.wait(), min(30.0, 0.5 * 2 ** min(failures, 6)))
-                        except asyncio.TimeoutError:
-                            pass
+                        await self._pause(failures)
                         break
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # noqa: BLE001 - closing anyway
-                log.debug("advisory subscription not closed", extra={"error": repr(exc)})
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:  # noqa: BLE001 - closing anyway
+                    log.debug("advisory subscription not closed", extra={"error": repr(exc)})
+
+    async def _pause(self, failures: int) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), min(30.0, 0.5 * 2 ** min(failures, 6)))
+        except asyncio.TimeoutError:
+            pass
 
     async def capture(self, data: bytes) -> bool:
         """Copy the message an advisory names to the DLQ unless a copy is there; whether it copied."""

@@ -127,7 +127,6 @@ class Service:
                     folded = await rebuild_state(self.agent, js, jsm, self.name, dedup, store=store_location())
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
-                if self.agent.stateful:
                     await self._await_unacked(jsm)
                 sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
