@@ -60,6 +60,8 @@ class Stack:
         self.ports: dict[str, int] = {}
         self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
         self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
+        self.redis_address: str | None = None  # host:port of the redis-server this stack runs, if it runs one
+        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "cli")}
 
     @property
     def logs(self) -> Path:
@@ -100,19 +102,30 @@ class Stack:
         return f"nats://{user}:{self.nats_passwords[user]}@{self.nats_address}"
 
     async def start_redis(self) -> None:
-        """redis-server with a password, its configuration in a file only this user can read."""
+        """redis-server with ACL users: each service may touch only its own dedup keys and the shared
+        cache; `cli` (people, tests) everything; the passwordless default user is off. The
+        configuration holds the passwords: a file only this user can read."""
         port = _preferred(self.redis_port)
         store = self.home / "redis"
         store.mkdir(parents=True, exist_ok=True)
-        password = secrets.token_urlsafe(24)
         conf = self.home / "redis.conf"   # beside its data, which may be wiped
         conf.touch(mode=0o600)
-        conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly yes\ndir {store}\n"
-                        f"daemonize no\nprotected-mode yes\nrequirepass {password}\n")
+        users = [f"user {name} on >{pw} resetkeys ~tradeflow:done:{name}:* ~tradeflow:cache:* "
+                 "+@read +@write +@connection -@dangerous" for name, pw in self.redis_passwords.items()
+                 if name != "cli"]
+        conf.write_text("\n".join([
+            f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly yes", f"dir {store}", "daemonize no",
+            "protected-mode yes", "user default off", *users,
+            f"user cli on >{self.redis_passwords['cli']} ~* &* +@all"]) + "\n")
         proc = await self.supervisor.start(Proc("redis-server", [redis_server_binary(), str(conf)], dict(os.environ),
                                                 self.logs / "redis.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)
-        self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+        self.redis_address = f"127.0.0.1:{port}"
+        self.redis_url = self.redis_url_for("cli")
+
+    def redis_url_for(self, user: str) -> str:
+        """The URL a Redis user of this deployment connects with (its own server only)."""
+        return f"redis://{user}:{self.redis_passwords[user]}@{self.redis_address}/0"
 
     def write_trading_settings(self) -> Path:
         """Write the agents' trading settings to <home>/settings.env, so `tradeflow whatif` re-runs with them."""
@@ -125,7 +138,8 @@ class Stack:
         port = self.ports.get(name) or free_port()
         self.ports[name] = port
         nats_url = self.nats_url_for(name) if self.nats_address and name in self.nats_passwords else self.nats_url
-        env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": self.redis_url or "",
+        redis_url = self.redis_url_for(name) if self.redis_address and name in self.redis_passwords else self.redis_url
+        env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": redis_url or "",
                                          "TRADEFLOW_HTTP_PORT": str(port), "TRADEFLOW_DATA_DIR": str(self.home),
                                          **self.env, **self.per_service_env.get(name, {})})
         argv = [sys.executable, "-m", "services.cli", "run", name]

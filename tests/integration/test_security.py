@@ -10,7 +10,7 @@ import signal
 import nats
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
 from services import observe
@@ -91,14 +91,20 @@ async def _restarted(stack) -> bool:
     return stack.supervisor.procs["strategy"].restarts >= 1
 
 
-async def test_redis_wants_its_password(make_stack):
+async def test_redis_users_touch_only_their_own_keys(make_stack):
     stack, _ = await make_stack(services=())
-    bare = stack.redis_url.replace(stack.redis_url.split("//", 1)[1].split("@", 1)[0] + "@", "")
-    client = Redis.from_url(bare)
-    try:
+    host = stack.redis_address
+    async with Redis.from_url(f"redis://{host}/0") as anonymous:
         with pytest.raises((AuthenticationError, ResponseError)):
-            await client.ping()
-    finally:
-        await client.aclose()
-    async with Redis.from_url(stack.redis_url) as ok:
-        assert await ok.ping()
+            await anonymous.ping()
+    async with Redis.from_url(stack.redis_url_for("strategy")) as strategy:
+        await strategy.set("tradeflow:done:strategy:e1", b"1")
+        assert await strategy.mget(["tradeflow:done:strategy:e1"]) == [b"1"]
+        await strategy.set("tradeflow:cache:regime:X", b"{}")
+        for key in ("tradeflow:done:risk:e1", "other"):
+            with pytest.raises(NoPermissionError):
+                await strategy.get(key)
+        with pytest.raises(NoPermissionError):
+            await strategy.flushall()
+    async with Redis.from_url(stack.redis_url) as admin:   # the cli user
+        assert await admin.get("tradeflow:done:strategy:e1") == b"1"
