@@ -86,10 +86,11 @@ async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_sta
         return info.ack_floor.stream_seq > 200
 
     await wait_for(some_processed, what=f"{service} to process some events")
-    code = await stack.restart_service(service, signal.SIGTERM)
+    code = await stack.supervisor.stop(service, signal.SIGTERM)
     assert code == 0, f"{service} did not exit 0 on SIGTERM"
     _, progress = await http_json(stack.http_port("data"), "/v1/progress")
-    assert not progress["done"], "the restart did not happen mid-stream; slow the feed down"
+    assert not progress["done"], "the stop did not happen mid-stream; slow the feed down"
+    await stack.start_service(service)
     await assert_matches_prediction(stack, nc, sim)
 
 
