@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 
 import pytest
@@ -63,23 +64,38 @@ class FlakyAgent:
         pass
 
 
+@contextlib.asynccontextmanager
+async def running(stack, nc, agent, settings: RuntimeSettings):
+    """A Worker for `agent` on its own durable (signals_ready.>), in this process, stopped at the end."""
+    jsm, js = nc.jsm(), nc.jetstream()
+    await ensure_streams(jsm, settings)
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(agent.name, ["signals_ready.>"], settings))
+    sub = await js.pull_subscribe_bind(durable=agent.name, stream=PIPELINE_STREAM)
+    redis = Redis.from_url(stack.redis_url)
+    worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
+                    dedup=DedupRegistry(redis, agent.name, 60), metrics=Metrics(agent.name), settings=settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
+
+
+def signal_for(symbol: str) -> bytes:
+    return encode(SignalGenerated(symbol=symbol, ts=datetime.fromisoformat("2024-01-02T14:30:00+00:00"),
+                                  side="buy", strength=0.5, price=10.0, strategy="t"))
+
+
 async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the_error(make_stack, tmp_path):
     stack, nc = await make_stack(services=("quant",))
     settings = RuntimeSettings(max_deliver=3, backoff=[0.2, 0.4], fetch_timeout=0.3, data_dir=str(tmp_path))
     jsm, js = nc.jsm(), nc.jetstream()
-    await ensure_streams(jsm, settings)
-    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("flaky", ["signals_ready.>"], settings))
-    sub = await js.pull_subscribe_bind(durable="flaky", stream=PIPELINE_STREAM)
-    redis = Redis.from_url(stack.redis_url)
     agent = FlakyAgent()
-    worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
-                    dedup=DedupRegistry(redis, "flaky", 60), metrics=Metrics("flaky"), settings=settings)
-    task = asyncio.create_task(worker.run())
-    try:
+    async with running(stack, nc, agent, settings):
         for symbol in ("OK", "BOOM", "FINE"):
-            body = SignalGenerated(symbol=symbol, ts=datetime.fromisoformat("2024-01-02T14:30:00+00:00"),
-                                   side="buy", strength=0.5, price=10.0, strategy="t")
-            await js.publish(f"signals_ready.{symbol}", encode(body))
+            await js.publish(f"signals_ready.{symbol}", signal_for(symbol))
 
         async def dead_lettered() -> bool:
             return (await jsm.stream_info(DLQ_STREAM)).state.messages == 1
@@ -93,10 +109,6 @@ async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the
         assert "RuntimeError: feature store returned garbage" in letter.headers[DLQ_ERROR]
         info = await jsm.consumer_info(PIPELINE_STREAM, "flaky")
         assert info.num_pending == 0 and info.num_ack_pending == 0
-    finally:
-        worker.stopping.set()
-        await asyncio.wait_for(task, 10)
-        await redis.aclose()
 
 
 class SlowRecorder(FlakyAgent):
@@ -111,18 +123,10 @@ class SlowRecorder(FlakyAgent):
 async def test_slow_work_is_kept_alive_not_redelivered(make_stack, tmp_path):
     stack, nc = await make_stack(services=("quant",))
     settings = RuntimeSettings(ack_wait=1.0, fetch_timeout=0.3, data_dir=str(tmp_path))
-    jsm, js = nc.jsm(), nc.jetstream()
-    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("slow", ["signals_ready.>"], settings))
-    sub = await js.pull_subscribe_bind(durable="slow", stream=PIPELINE_STREAM)
-    redis = Redis.from_url(stack.redis_url)
+    jsm = nc.jsm()
     agent = SlowRecorder()
-    worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
-                    dedup=DedupRegistry(redis, "slow", 60), metrics=Metrics("slow"), settings=settings)
-    task = asyncio.create_task(worker.run())
-    try:
-        body = SignalGenerated(symbol="SLOW", ts=datetime.fromisoformat("2024-01-02T14:30:00+00:00"),
-                               side="buy", strength=0.5, price=10.0, strategy="t")
-        await js.publish("signals_ready.SLOW", encode(body))
+    async with running(stack, nc, agent, settings):
+        await nc.jetstream().publish("signals_ready.SLOW", signal_for("SLOW"))
 
         async def acked() -> bool:
             return (await jsm.consumer_info(PIPELINE_STREAM, "slow")).ack_floor.stream_seq >= 1
@@ -131,7 +135,3 @@ async def test_slow_work_is_kept_alive_not_redelivered(make_stack, tmp_path):
         info = await jsm.consumer_info(PIPELINE_STREAM, "slow")
         assert info.delivered.consumer_seq == 1, "redelivered while it was being worked on"
         assert agent.calls == {"SLOW": 1}
-    finally:
-        worker.stopping.set()
-        await asyncio.wait_for(task, 10)
-        await redis.aclose()
