@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -135,3 +135,19 @@ async def test_slow_work_is_kept_alive_not_redelivered(make_stack, tmp_path):
         info = await jsm.consumer_info(PIPELINE_STREAM, "slow")
         assert info.delivered.consumer_seq == 1, "redelivered while it was being worked on"
         assert agent.calls == {"SLOW": 1}
+
+
+async def test_dedup_marks_are_seen_for_the_ttl_across_days(make_stack):
+    stack, _ = await make_stack(services=())
+    async with Redis.from_url(stack.redis_url) as redis:
+        registry = DedupRegistry(redis, "strategy", 2 * 86_400)
+        day = datetime.fromisoformat("2026-03-01T23:59:00+00:00")
+        await registry.mark([f"e{n}" for n in range(500)], now=day)
+        await registry.mark(["late"], now=day + timedelta(days=1))
+        ids = ["e0", "e499", "late", "never"]
+        assert await registry.seen(ids, now=day) == {"e0", "e499"}
+        assert await registry.seen(ids, now=day + timedelta(days=2)) == {"e0", "e499", "late"}
+        assert await registry.seen(ids, now=day + timedelta(days=3)) == {"late"}   # past e*'s ttl: not asked
+        assert await registry.seen([]) == set()
+        ttl = await redis.ttl("tradeflow:done:strategy:20260301")
+        assert 2 * 86_400 < ttl <= 2 * 86_400 + 60, "a day's marks live the ttl after that day ends"
