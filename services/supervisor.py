@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import shutil
 import signal
 import socket
@@ -26,9 +27,22 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port on loopback that nothing listens on right now, chosen below the kernel's ephemeral
+    range (32768 and up): a port from that range can be taken by an outgoing connection between the
+    moment it is chosen and the moment the service binds it."""
+    for _ in range(100):
+        port = _PORTS.randrange(20_000, 32_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # a crowded range: any port
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
