@@ -78,10 +78,15 @@ def filters_of(since, until, by, subjects, symbol, trace_id) -> Filters:
     """The store filters of the options; a clear error for a pattern no pipeline subject can match."""
     for pattern in subjects:
         check_pattern(pattern)
-    if since and until and since >= until:
-        raise click.BadParameter(f"--since {rfc3339(since)} is not before --until {rfc3339(until)}")
+    check_window(since, until)
     return Filters(since=since, until=until, by=by, subjects=subjects, symbol=symbol and symbol.upper(),
                    trace_id=trace_id)
+
+
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """UsageError for a window that ends before it starts."""
+    if since and until and since >= until:
+        raise click.BadParameter(f"--since {rfc3339(since)} is not before --until {rfc3339(until)}")
 
 
 def check_pattern(pattern: str) -> None:
@@ -456,8 +461,7 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
     from services.cli import _run_async
     from services.stack import SETTINGS_FILE
 
-    if since and until and since >= until:
-        raise click.BadParameter(f"--since {rfc3339(since)} is not before --until {rfc3339(until)}")
+    check_window(since, until)
     base = {k: v for k, v in os.environ.items() if k.startswith("TRADEFLOW_")}
     found = Path(settings_path) if settings_path else Path(store_path).resolve().parent.parent / SETTINGS_FILE
     if settings_path or found.is_file():

@@ -19,8 +19,15 @@ import logging
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, JetStreamManager
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, \
-    StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from contracts.errors import PublishDenied
@@ -28,7 +35,9 @@ from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, dlq_subject
 from services.deadletters import DLQ_SEQUENCE, dead_letter_copy
 from services.runtime.config import RuntimeSettings
 from services.runtime.metrics import Metrics
+from services.runtime.pause import pause
 from services.runtime.publish import Publisher
+from services.runtime.worker import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +136,7 @@ class DeadLetterCapture:
                 except Exception as exc:  # noqa: BLE001 - NATS away: wait and go on
                     failures += 1
                     log.warning("advisories not read", extra={"error": repr(exc)})
-                    await self._pause(failures)
+                    await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                     continue
                 for msg in msgs:
                     try:
@@ -139,7 +148,7 @@ class DeadLetterCapture:
                     except Exception as exc:  # noqa: BLE001 - left unacked: it comes back after ack_wait
                         failures += 1
                         log.warning("advisory not handled yet", extra={"error": repr(exc)})
-                        await self._pause(failures)
+                        await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                         break
         finally:
             if sub is not None:
@@ -148,11 +157,7 @@ class DeadLetterCapture:
                 except Exception as exc:  # noqa: BLE001 - closing anyway
                     log.debug("advisory subscription not closed", extra={"error": repr(exc)})
 
-    async def _pause(self, failures: int) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), min(30.0, 0.5 * 2 ** min(failures, 6)))
-        except asyncio.TimeoutError:
-            pass
+
 
     async def capture(self, data: bytes) -> bool:
         """Copy the message an advisory names to the DLQ unless a copy is there; whether it copied."""

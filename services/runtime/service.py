@@ -27,6 +27,7 @@ from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
 from services.runtime.looplag import watch_loop_lag
 from services.runtime.metrics import Metrics
+from services.runtime.pause import pause
 from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
 from services.runtime.settings import load
@@ -69,13 +70,6 @@ class Service:
         log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)})
         self.stop.set()
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake when the service is closing."""
-        try:
-            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
-
     async def _watch_redis(self, redis) -> None:
         # loops on client I/O end on `_closing`, not only on cancellation: a cancel that lands inside a
         # client call can come back as that client's own error, and a loop that goes on would never end
@@ -84,7 +78,7 @@ class Service:
                 self._checks["redis"] = bool(await redis.ping())
             except (RedisError, OSError):
                 self._checks["redis"] = False
-            await self._pause(1.0)
+            await pause(1.0, self._closing)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain; the exit code."""
@@ -186,10 +180,7 @@ class Service:
         wait = self.settings.ack_wait + 0.5
         log.warning("the last run left messages unacked: waiting for them to come back first",
                     extra={"unacked": info.num_ack_pending, "seconds": wait})
-        try:
-            await asyncio.wait_for(self.stop.wait(), timeout=wait)
-        except asyncio.TimeoutError:
-            pass
+        await pause(wait, self.stop)
 
     async def _watch_lag(self, jsm, every: float = 1.0) -> None:
         """Keep tradeflow_consumer_pending (how far behind the stream this service is) up to date."""
@@ -202,7 +193,7 @@ class Service:
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS away: the gauge keeps its last value, the log says why
                 log.debug("consumer info unavailable", extra={"error": repr(exc)})
-            await self._pause(every)
+            await pause(every, self._closing)
 
     def _context(self, redis) -> AgentContext:
         data_dir = Path(self.settings.data_dir) / self.name

@@ -36,6 +36,7 @@ from services.runtime.agent import Agent
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
+from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
 
 log = logging.getLogger(__name__)
@@ -87,19 +88,13 @@ class Worker:
             except Exception as exc:  # disconnected, closed, server error: wait and go on
                 failures += 1
                 log.warning("fetch failed", extra={"error": repr(exc)})
-                await self._sleep(backoff_delay(self.settings.backoff, failures))
+                await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                 continue
             failures = 0
             self.metrics.batch_size.labels(self.service).observe(len(msgs))
             await self.process(msgs)
         await self._release_prefetched()
         await self._quietly(self.sub.unsubscribe())
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
 
     async def _release_prefetched(self) -> None:
         queue = self.sub._sub._pending_queue if self.sub._sub else None  # noqa: SLF001 (no public API)
@@ -192,7 +187,7 @@ class Worker:
                 for msg, _ in good:
                     await self._quietly(msg.in_progress())
                 # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
-                await self._sleep(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3))
+                await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
 
     async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
         started = time.perf_counter()
@@ -360,7 +355,7 @@ class Worker:
                     return
                 log.warning("dead letter not stored yet, retrying", extra={"error": str(err)})
                 await self._quietly(msg.in_progress())
-                await self._sleep(backoff_delay(self.settings.backoff, attempt))
+                await pause(backoff_delay(self.settings.backoff, attempt), self.stopping)
         self.metrics.dead_letters.labels(self.service, reason).inc()
         log.warning("dead-lettered", extra={"subject": msg.subject, "reason": reason, "error": error[:200]})
         await self._quietly(msg.term())
