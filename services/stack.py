@@ -111,7 +111,7 @@ class Stack:
         conf = self.home / "redis.conf"   # beside its data, which may be wiped
         conf.touch(mode=0o600)
         users = [f"user {name} on >{pw} resetkeys ~tradeflow:done:{name}:* ~tradeflow:cache:* "
-                 "+@read +@write +@connection -@dangerous" for name, pw in self.redis_passwords.items()
+                 "+@read +@write +@connection +evalsha +eval +script|load -@dangerous" for name, pw in self.redis_passwords.items()
                  if name != "cli"]
         conf.write_text("\n".join([
             f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly yes", f"dir {store}", "daemonize no",

@@ -1,18 +1,19 @@
 """The consume-side dedup registry in Redis: which inputs a service has finished.
 
 Ids are fields of one hash per service and day, `tradeflow:done:<service>:<YYYYMMDD>` (the
-day they were marked, UTC), each hash expiring `ttl` after its day ends. Marking a batch is
-one HSET and one EXPIRE; checking one is an HMGET per day the ttl spans, all in one round
-trip, so the cost per batch does not grow with its size in commands (a SET per id did, and
-was the largest cost of a service under load). Marks are written only after the outputs of
-the input are durable.
+day they were marked, UTC), each hash expiring `ttl` after its day ends. Marking a batch
+and checking one are one command each, a server-side script over the day hashes (an HSET and
+an EXPIRE; an HEXISTS per id and day the ttl spans, stopping at the first day that has it), so
+a batch's ids are sent once, whatever the ttl (a SET per id, then an HMGET per day, were the
+largest costs of a service under load). Marks are written only after the outputs of the input
+are durable.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,6 +21,33 @@ from redis.exceptions import RedisError
 from contracts.errors import RedisUnavailable
 
 _DAY = 86_400
+
+# KEYS: the day hashes, newest first; ARGV: the ids. Returns the indexes (1-based) of the ids found.
+_SEEN = """
+local found = {}
+for i, id in ipairs(ARGV) do
+  for _, key in ipairs(KEYS) do
+    if redis.call('HEXISTS', key, id) == 1 then
+      found[#found + 1] = i
+      break
+    end
+  end
+end
+return found
+"""
+# KEYS[1]: today's hash; ARGV[1]: its ttl in seconds, ARGV[2..]: the ids.
+_MARK = """
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = '1'
+end
+for i = 1, #args, 7998 do
+  redis.call('HSET', KEYS[1], unpack(args, i, math.min(i + 7997, #args)))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return #ARGV - 1
+"""
 
 
 class DedupRegistry:
@@ -30,9 +58,19 @@ class DedupRegistry:
         self._prefix = f"tradeflow:done:{service}:"
         self._ttl = max(1, int(ttl_seconds))
         self._days = math.ceil(self._ttl / _DAY) + 1   # the days whose hashes may still hold a live mark
+        self._keys_of: tuple[date, list[str]] | None = None
+        self._seen = redis.register_script(_SEEN)
+        self._mark = redis.register_script(_MARK)
 
     def _key(self, day: datetime) -> str:
         return f"{self._prefix}{day:%Y%m%d}"
+
+    def _keys(self, today: datetime) -> list[str]:
+        """The hashes a mark may still be in, newest first (the same list all day: kept until the date changes)."""
+        date = today.date()
+        if self._keys_of is None or self._keys_of[0] != date:
+            self._keys_of = (date, [self._key(today - timedelta(days=back)) for back in range(self._days)])
+        return self._keys_of[1]
 
     async def seen(self, ids: Sequence[str], now: datetime | None = None) -> set[str]:
         """The subset of `ids` already processed; RedisUnavailable if Redis cannot say."""
@@ -40,25 +78,19 @@ class DedupRegistry:
             return set()
         today = now or datetime.now(timezone.utc)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for back in range(self._days):
-                    pipe.hmget(self._key(today - timedelta(days=back)), list(ids))
-                answers = await pipe.execute()
+            found = await self._seen(keys=self._keys(today), args=ids)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"dedup registry: {exc}") from exc
-        return {i for values in answers for i, v in zip(ids, values) if v is not None}
+        return {ids[index - 1] for index in found}
 
     async def mark(self, ids: Sequence[str], now: datetime | None = None) -> None:
         """Record `ids` as processed; RedisUnavailable if it could not."""
         if not ids:
             return
         today = now or datetime.now(timezone.utc)
-        key = self._key(today)
+        key = self._keys(today)[0]
         end_of_day = (_DAY - (today.hour * 3600 + today.minute * 60 + today.second))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=dict.fromkeys(ids, b"1"))
-                pipe.expire(key, self._ttl + end_of_day)
-                await pipe.execute()
+            await self._mark(keys=[key], args=[self._ttl + end_of_day, *ids])
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"dedup registry: {exc}") from exc

@@ -52,34 +52,54 @@ def envelope_out(event: Event, *, service: str, event_id: str, trace_id: str,
 
 
 class Publisher:
-    """Publishes batches with a bounded window of outstanding PubAcks."""
+    """Publishes batches, at most `window` PubAcks outstanding, every wait bounded by `timeout`.
+
+    A batch goes out as `publish_async` calls, `window` at a time, and its PubAcks are awaited
+    together, once per window (no task or timer per message).
+    """
 
     def __init__(self, js: JetStreamContext, *, timeout: float, window: int, watch: PermissionWatch | None = None) -> None:
         self._js = js
         self._timeout = timeout
-        self._window = asyncio.Semaphore(window)
+        self._window = max(1, window)
         self._watch = watch
 
-    async def _one(self, out: Outgoing) -> PubAck:
-        async with self._window:
-            try:
-                future = await self._js.publish_async(out.subject, out.body, headers=out.headers)
-                return await asyncio.wait_for(future, self._timeout)
-            except (asyncio.TimeoutError, NatsError, APIError, ConnectionError) as exc:
-                refused = self._watch and self._watch.refused(out.subject)
-                if refused:
-                    raise PublishDenied(f"publish to {out.subject} refused by NATS: {refused}") from exc
-                raise NatsUnavailable(f"publish to {out.subject} not acknowledged: {type(exc).__name__} {exc}") from exc
+    def _failed(self, out: Outgoing, exc: BaseException) -> Exception:
+        refused = self._watch and self._watch.refused(out.subject)
+        if refused:
+            return PublishDenied(f"publish to {out.subject} refused by NATS: {refused}")
+        return NatsUnavailable(f"publish to {out.subject} not acknowledged: {type(exc).__name__} {exc}")
 
     async def publish(self, batch: Sequence[Outgoing]) -> list[PubAck]:
-        """Publish every message and return their PubAcks once all are durable; NatsUnavailable otherwise.
+        """Publish every message and return their PubAcks once all are durable; NatsUnavailable (or
+        PublishDenied) otherwise. A PubAck with `duplicate` set is a message the stream already held
+        (same Nats-Msg-Id)."""
+        acks: list[PubAck] = []
+        for start in range(0, len(batch), self._window):
+            acks += await self._publish_window(batch[start:start + self._window])
+        return acks
 
-        A PubAck with `duplicate` set is a message the stream already held (same Nats-Msg-Id).
-        """
-        if len(batch) <= 1:
-            return [await self._one(out) for out in batch]
-        results = await asyncio.gather(*(self._one(out) for out in batch), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):  # CancelledError included: never swallowed
-                raise result
-        return results
+    async def _publish_window(self, chunk: Sequence[Outgoing]) -> list[PubAck]:
+        futures: list[asyncio.Future] = []
+        try:
+            for out in chunk:
+                try:
+                    futures.append(await self._js.publish_async(out.subject, out.body, headers=out.headers))
+                except (NatsError, APIError, ConnectionError) as exc:
+                    raise self._failed(out, exc) from exc
+            if futures:
+                await asyncio.wait(futures, timeout=self._timeout)
+            acks = []
+            for out, future in zip(chunk, futures):
+                if not future.done():
+                    raise self._failed(out, asyncio.TimeoutError(f"no PubAck within {self._timeout:g}s"))
+                if future.cancelled():   # the connection closed under it: not this task's cancellation
+                    raise self._failed(out, ConnectionError("publish cancelled by the client"))
+                if (exc := future.exception()) is not None:
+                    raise self._failed(out, exc) from exc
+                acks.append(future.result())
+            return acks
+        finally:
+            for future in futures:   # a future left pending would hold a slot of the client's window for good
+                if not future.done():
+                    future.cancel()

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,10 +119,10 @@ class Worker:
     async def process(self, msgs: Sequence[Msg]) -> None:
         """Apply the processing contract to one fetched batch."""
         good: list[tuple[Msg, Incoming]] = []
+        for stage, count in Counter(msg.subject.partition(".")[0] for msg in msgs).items():
+            self.metrics.messages_in.labels(self.service, stage).inc(count)
         for msg in msgs:
             md = msg.metadata
-            stage = msg.subject.partition(".")[0]
-            self.metrics.messages_in.labels(self.service, stage).inc()
             try:
                 incoming = decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp,
                                   sequence=md.sequence.stream, attempt=md.num_delivered,
@@ -231,16 +232,18 @@ class Worker:
         except Transient:
             self.agent.restore(snapshot)
             raise
-        for out in outgoing:
-            self.metrics.messages_out.labels(self.service, out.subject.partition(".")[0]).inc()
+        for stage, count in Counter(out.subject.partition(".")[0] for out in outgoing).items():
+            self.metrics.messages_out.labels(self.service, stage).inc(count)
         for msg, _ in done:
             await self._quietly(msg.ack())
         for msg, inc, exc in failed:
             await self._retry_or_dead_letter(msg, inc, exc)
         elapsed = time.perf_counter() - started
         per_message = elapsed / max(1, len(batch))
-        for _, inc in done:
-            self.metrics.processing.labels(self.service, inc.envelope.subject.partition(".")[0]).observe(per_message)
+        for stage, count in Counter(inc.envelope.subject.partition(".")[0] for _, inc in done).items():
+            histogram = self.metrics.processing.labels(self.service, stage)
+            for _ in range(count):
+                histogram.observe(per_message)
 
     async def _seen(self, batch: list[tuple[Msg, Incoming]]) -> set[str]:
         """The batch's inputs the dedup registry says are done.
@@ -283,19 +286,24 @@ class Worker:
     @contextlib.asynccontextmanager
     async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]):
         """While a batch is worked on, tell JetStream every third of ack_wait that it is in progress,
-        so slow work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile."""
+        so slow work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile.
+        A timer, not a task, until the first beat is due: most batches are done long before."""
         async def beat() -> None:
             while True:
-                await asyncio.sleep(self.settings.ack_wait / 3)
                 for msg, _ in batch:
                     await self._quietly(msg.in_progress())
+                await asyncio.sleep(self.settings.ack_wait / 3)
 
-        heart = asyncio.create_task(beat(), name="in-progress")
+        heart: list[asyncio.Task] = []
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.ack_wait / 3, lambda: heart.append(asyncio.create_task(beat(), name="in-progress")))
         try:
             yield
         finally:
-            heart.cancel()
-            await asyncio.gather(heart, return_exceptions=True)
+            timer.cancel()
+            for task in heart:
+                task.cancel()
+            await asyncio.gather(*heart, return_exceptions=True)
 
     def _inject_faults(self, inc: Incoming) -> None:
         """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process
