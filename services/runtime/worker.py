@@ -94,6 +94,7 @@ class Worker:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.service = agent.name
+        self._ahead: asyncio.Task | None = None           # the next batch's fetch, under way while one is processed
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
         self.unmarked: list[str] = []                      # done while Redis was away, to mark when it is back
@@ -104,25 +105,66 @@ class Worker:
                         extra={"event_id": self.suspect})
 
     async def run(self) -> None:
-        """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun."""
+        """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun.
+
+        The next batch is fetched while this one is worked on (one fetch ahead, kept alive with it),
+        so a service does not wait for its messages between batches; batches are still processed,
+        and acked, one after the other, in stream order.
+        """
         failures = 0
-        while not self.stopping.is_set():
-            try:
-                msgs = await self.sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, closed, server error: wait and go on
-                failures += 1
-                log.warning("fetch failed", extra={"error": repr(exc)})
-                await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
-                continue
-            failures = 0
-            self.metrics.batch_size.labels(self.service).observe(len(msgs))
-            await self.process(msgs)
+        try:
+            while not self.stopping.is_set():
+                fetching, self._ahead = self._ahead or self._fetch(), None
+                try:
+                    msgs = await fetching
+                except (NatsTimeout, asyncio.TimeoutError):
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # disconnected, closed, server error: wait and go on
+                    failures += 1
+                    log.warning("fetch failed", extra={"error": repr(exc)})
+                    await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
+                    continue
+                failures = 0
+                self.metrics.batch_size.labels(self.service).observe(len(msgs))
+                if not self.stopping.is_set():
+                    self._ahead = self._fetch()
+                await self.process(msgs)
+        finally:
+            await self._give_back_ahead()
         await self._release_prefetched()
         await self._quietly(self.sub.unsubscribe())
+
+    def _fetch(self) -> asyncio.Task:
+        return asyncio.create_task(self.sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout),
+                                   name=f"{self.service}-fetch")
+
+    def _fetched_ahead(self) -> list[Msg]:
+        """The messages of the batch fetched ahead, once it has come (they need keeping alive too)."""
+        ahead = self._ahead
+        if ahead is None or not ahead.done() or ahead.cancelled() or ahead.exception() is not None:
+            return []
+        return ahead.result()
+
+    async def _give_back_ahead(self) -> None:
+        """Nak the batch fetched ahead: let its fetch end (within fetch_timeout), unless this task is
+        being cancelled, in which case JetStream redelivers it after ack_wait."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        if asyncio.current_task().cancelling():
+            ahead.cancel()
+        try:
+            msgs = await ahead
+        except asyncio.CancelledError:
+            if not ahead.cancelled():
+                raise
+            return
+        except Exception:  # noqa: BLE001 - a failed or timed-out fetch holds nothing to give back
+            return
+        for msg in msgs:
+            await self._quietly(msg.nak())
 
     async def _release_prefetched(self) -> None:
         queue = self.sub._sub._pending_queue if self.sub._sub else None  # noqa: SLF001 (no public API)
@@ -212,7 +254,7 @@ class Worker:
                     for msg, _ in good:
                         await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, 1)))
                     return
-                for msg, _ in good:
+                for msg in [msg for msg, _ in good] + self._fetched_ahead():
                     await self._quietly(msg.in_progress())
                 # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
                 await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
@@ -317,7 +359,7 @@ class Worker:
         A timer, not a task, until the first beat is due: most batches are done long before."""
         async def beat() -> None:
             while True:
-                for msg, _ in batch:
+                for msg in [msg for msg, _ in batch] + self._fetched_ahead():
                     await self._quietly(msg.in_progress())
                 await asyncio.sleep(self.settings.ack_wait / 3)
 
