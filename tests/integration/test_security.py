@@ -106,5 +106,15 @@ async def test_redis_users_touch_only_their_own_keys(make_stack):
                 await strategy.get(key)
         with pytest.raises(NoPermissionError):
             await strategy.flushall()
+        # the dedup registry runs scripts: they are held to the same keys
+        assert await strategy.eval("return redis.call('HSET', KEYS[1], 'e2', '1')", 1,
+                                   "tradeflow:done:strategy:20240102") == 1
+        for key in ("tradeflow:done:risk:20240102", "other"):
+            with pytest.raises((NoPermissionError, ResponseError)):
+                await strategy.eval("return redis.call('HSET', KEYS[1], 'e2', '1')", 1, key)
+        with pytest.raises((NoPermissionError, ResponseError)):   # a script naming no key may still touch none
+            await strategy.eval("return redis.call('HSET', 'tradeflow:done:risk:x', 'e2', '1')", 0)
+        with pytest.raises((NoPermissionError, ResponseError)):
+            await strategy.script_flush()
     async with Redis.from_url(stack.redis_url) as admin:   # the cli user
         assert await admin.get("tradeflow:done:strategy:e1") == b"1"
