@@ -51,6 +51,7 @@ def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
     return schedule[min(max(attempt, 1), len(schedule)) - 1]
 
 
+_YIELD_EVERY = 32          # messages handled between two turns of the event loop
 _MAX_UNMARKED = 100_000   # ids kept in memory during a Redis outage before a stateful agent waits
 
 
@@ -271,7 +272,9 @@ class Worker:
         done: list[tuple[Msg, Incoming]] = []
         failed: list[tuple[Msg, Incoming, BaseException]] = []
         outgoing: list[Outgoing] = []
-        for msg, inc in batch:
+        for position, (msg, inc) in enumerate(batch, 1):
+            if not position % _YIELD_EVERY:   # let heartbeats, health checks and metrics in during a long batch
+                await asyncio.sleep(0)
             if inc.id in seen:
                 self.metrics.duplicates.labels(self.service).inc()
                 await self._quietly(msg.ack())

@@ -1,25 +1,89 @@
-"""The throughput bench, small: both systems run end to end and the table comes out (so it cannot rot)."""
+"""The benchmark suite, small: all three systems run end to end, the table and the JSON come out (so
+it cannot rot); bad options and a run that cannot finish end with one line and leave nothing behind."""
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-ROW = re.compile(r"^(raw|tradeflow)\s+([\d,]+)\s+[\d.]+\s+[\d,]+$", re.MULTILINE)
+SUITE = [sys.executable, str(ROOT / "bench" / "suite.py")]
+ROW = re.compile(r"^\| (raw|faststream|tradeflow) \| ([\d,]+) \(", re.MULTILINE)
 
 
-def test_the_pipeline_bench_runs_both_systems_and_prints_the_ratio():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "pipeline_bench.py"), "--symbols", "2",
-                          "--bars-per-symbol", "150"], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-2000:]
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*SUITE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def leftovers() -> list[str]:
+    """Processes still running from a bench deployment (their command lines name its folders)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "tradeflow-bench-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_the_suite_runs_all_three_systems_and_writes_the_table_and_json(tmp_path):
+    run = bench("--bars", "300", "--symbols", "2", "--reps", "1", "--latency-bars", "240", "--rate", "400",
+                "--scale-symbols", "2", "--results", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
     rows = {m.group(1): int(m.group(2).replace(",", "")) for m in ROW.finditer(run.stdout)}
-    assert set(rows) == {"raw", "tradeflow"}, run.stdout
-    assert abs(rows["raw"] - rows["tradeflow"]) <= 5, "both systems carry (nearly) the same events"
-    assert "tradeflow / raw throughput:" in run.stdout
+    assert set(rows) == {"raw", "faststream", "tradeflow"}, run.stdout
+    assert all(eps > 0 for eps in rows.values())
+    assert "| tradeflow/raw |" in run.stdout and "| tradeflow/faststream |" in run.stdout
+    [path] = tmp_path.glob("*.json")
+    result = json.loads(path.read_text())
+    events = {name: s["runs"][0]["events"] for name, s in result["systems"].items()}
+    assert max(events.values()) - min(events.values()) <= 5, f"the systems carry the same events: {events}"
+    for name, figures in result["systems"].items():
+        for key in ("throughput_eps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "rss_mb", "cpu_s_per_1k"):
+            low, mid, high = (figures[key][k] for k in ("min", "median", "max"))
+            assert 0 < low <= mid <= high, (name, key, figures[key])
+    assert set(result["ratios"]) == {"tradeflow/raw", "tradeflow/faststream"}
+    assert result["scaling"]["2"]["throughput_eps"]["median"] > 0
+    assert result["systems"]["tradeflow"]["store_read_eps"]["median"] > 0
+    assert not leftovers()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bars", "0"], "--bars: must be at least 1, got 0"),
+    (["--systems", "raw,kafka"], "unknown kafka; choose from raw, faststream, tradeflow"),
+    (["--rate", "fast"], "--rate: not a number: 'fast'"),
+    (["--nats-port", "70000"], "--nats-port: 70000 is not a port"),
+])
+def test_bad_options_are_one_line(args, message):
+    run = bench(*args, timeout=60)
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("bench/run: error: ") and message in line
+
+
+def test_a_port_in_use_is_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = bench("--nats-port", str(port), timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"bench/run: error: --nats-port: port {port} is in use"
+
+
+def test_a_run_past_its_time_limit_stops_with_one_line_and_kills_what_it_started(tmp_path):
+    run = bench("--systems", "tradeflow", "--bars", "200000", "--reps", "1", "--no-scaling", "--time-limit", "20",
+                "--results", str(tmp_path), timeout=180)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("bench/run: stopped at the time limit (20s, --time-limit)"), run.stderr[-2000:]
+    assert not list(tmp_path.glob("*.json"))
+    assert not leftovers()
