@@ -10,9 +10,10 @@ deployment:
 
   throughput  `--bars` bars over `--symbols` symbols, published as fast as the server takes them
               (1,024 PubAcks in flight), with the data service's ids and envelope; the clock runs
-              from the first publish until every consumer of the system is idle and the stream
-              has stopped growing. Throughput is the stream's events (bars and everything they
-              caused) over that time. CPU seconds and peak RSS are read (psutil) for each of the
+              from the first publish until the pipeline's consumers (audit and the hops before it)
+              are idle and the stream has stopped growing. Throughput is the stream's events (bars
+              and everything they caused) over that time. tradeflow's recorder is timed apart: how
+              long after the pipeline's last event it too is idle (its lag after the last bar). CPU seconds and peak RSS are read (psutil) for each of the
               system's own processes over the same span (the servers are reported apart).
   latency     `--latency-bars` more bars of the same symbols (their windows are warm), paced at
               `--rate` per second; tick-to-trade is from just before a bar's publish until its
@@ -222,7 +223,7 @@ async def throughput(dep: Deployment, bars: Sequence[BarReceived], args) -> dict
         started = time.monotonic()
         await feed(nc, bars)
         last_busy = await watch_drain(jsm, dep.durables, args.stall)
-        ended = max(last_busy.values())
+        ended = max(t for d, t in last_busy.items() if d != "recorder")   # until audit has them all
         await meter.stop()
         await servers.stop()
         events = (await jsm.stream_info(PIPELINE_STREAM)).state.messages - before

@@ -52,7 +52,9 @@ async def main(name: str, url: str) -> None:
         await asyncio.wait_for(asyncio.gather(*acks), 10)
         for m in msgs:
             await m.ack()
-    await nc.drain()
+    await sub.unsubscribe()
+    await nc.flush()   # the last acks out; drain() would wait on the pull subscription's inbox for nothing
+    await nc.close()
 
 
 if __name__ == "__main__":
