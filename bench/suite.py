@@ -96,14 +96,18 @@ class Deployment:
         return {n: p for n, p in self.stack.supervisor.procs.items() if n in SERVERS}
 
 
-async def deploy(system: str, home: Path, args) -> Deployment:
-    """Servers, streams and the system's processes, each consumer in place."""
+def new_stack(system: str, home: Path, args) -> Stack:
     if system == "tradeflow":
-        stack = Stack(home, env=dict(TRADEFLOW_ENV), nats_port=args.nats_port, redis_port=args.redis_port)
-        await stack.start()
-        return Deployment(system, stack, list(registry.DURABLES))
-    stack = Stack(home, services=(), nats_port=args.nats_port, redis_port=args.redis_port)
+        return Stack(home, env=dict(TRADEFLOW_ENV), nats_port=args.nats_port, redis_port=args.redis_port)
+    return Stack(home, services=(), nats_port=args.nats_port, redis_port=args.redis_port)
+
+
+async def deploy(system: str, stack: Stack) -> Deployment:
+    """Servers, streams and the system's processes, each consumer in place (the caller stops the stack,
+    whatever happens here)."""
     await stack.start()
+    if system == "tradeflow":
+        return Deployment(system, stack, list(registry.DURABLES))
     nc = await nats.connect(stack.nats_url)
     try:
         await ensure_streams(nc.jsm(), RuntimeSettings())
@@ -352,14 +356,15 @@ def split_bars(symbols: Sequence[str], total: int, extra: int, seed: int = 7) ->
 async def one_rep(system: str, args, symbols: Sequence[str], with_store: bool = False) -> dict:
     first, rest = split_bars(symbols, args.bars, args.latency_bars)
     with tempfile.TemporaryDirectory(prefix=f"tradeflow-bench-{system}-") as tmp:
-        dep = await deploy(system, Path(tmp), args)
+        stack = new_stack(system, Path(tmp), args)
         try:
+            dep = await deploy(system, stack)
             result = await throughput(dep, first, args)
             if system == "tradeflow":
                 result["loop_lag_p99_ms"] = await loop_lag_p99(dep)
             result.update(await latency(dep, rest, args))
         finally:
-            await dep.stack.stop()
+            await stack.stop()
         if with_store:
             result.update(await asyncio.get_running_loop().run_in_executor(None, store_reads, Path(tmp)))
     return result
