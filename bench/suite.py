@@ -1,7 +1,7 @@
 """The benchmark suite: tradeflow beside the raw nats-py ceiling and the FastStream peer, in one run.
 
     bench/run [--systems raw,faststream,tradeflow] [--bars 20000] [--symbols 5] [--reps 3]
-              [--latency-bars 1000] [--rate 200] [--scale-symbols 1,5,50,500] [--no-scaling]
+              [--latency-bars 1000] [--rate 200] [--scale-symbols 1,5,50,500] [--scale-replicas 1,2] [--no-scaling]
               [--time-limit 1800] [--nats-port N] [--redis-port N] [--results bench/results]
 
 Every repetition of every system gets its own nats-server (JetStream, file store in a temporary
@@ -23,7 +23,9 @@ tradeflow runs all six services and the recorder, every feature on, execution fi
 signal bar's close (the two others fill at once too). Each figure is the median of `--reps`
 repetitions, printed with its min and max; the run is written as JSON to `--results`.
 
-Scaling (tradeflow only): throughput and p99 against the number of symbols (`--scale-symbols`).
+Scaling (tradeflow only): throughput and p99 against the number of symbols (`--scale-symbols`)
+and against replicas of the strategy service (`--scale-replicas`), which share the symbols out
+(TRADEFLOW_PARTITION, services/runtime/partition.py).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ sys.path.insert(0, str(ROOT))
 from contracts.envelope import trace_id_for  # noqa: E402
 from contracts.events import BarReceived  # noqa: E402
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
-from services import registry  # noqa: E402
 from services.data.service import bar_id  # noqa: E402
 from services.data.sources import synthetic  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
@@ -96,9 +97,10 @@ class Deployment:
         return {n: p for n, p in self.stack.supervisor.procs.items() if n in SERVERS}
 
 
-def new_stack(system: str, home: Path, args) -> Stack:
+def new_stack(system: str, home: Path, args, symbols: Sequence[str] = (), replicas: int = 1) -> Stack:
     if system == "tradeflow":
-        return Stack(home, env=dict(TRADEFLOW_ENV), nats_port=args.nats_port, redis_port=args.redis_port)
+        return Stack(home, env=dict(TRADEFLOW_ENV), nats_port=args.nats_port, redis_port=args.redis_port,
+                     replicas={"strategy": replicas}, symbols=tuple(symbols))
     return Stack(home, services=(), nats_port=args.nats_port, redis_port=args.redis_port)
 
 
@@ -107,7 +109,7 @@ async def deploy(system: str, stack: Stack) -> Deployment:
     whatever happens here)."""
     await stack.start()
     if system == "tradeflow":
-        return Deployment(system, stack, list(registry.DURABLES))
+        return Deployment(system, stack, stack.durables)
     nc = await nats.connect(stack.nats_url)
     try:
         await ensure_streams(nc.jsm(), RuntimeSettings())
@@ -353,10 +355,10 @@ def split_bars(symbols: Sequence[str], total: int, extra: int, seed: int = 7) ->
     return first, rest
 
 
-async def one_rep(system: str, args, symbols: Sequence[str], with_store: bool = False) -> dict:
+async def one_rep(system: str, args, symbols: Sequence[str], with_store: bool = False, replicas: int = 1) -> dict:
     first, rest = split_bars(symbols, args.bars, args.latency_bars)
     with tempfile.TemporaryDirectory(prefix=f"tradeflow-bench-{system}-") as tmp:
-        stack = new_stack(system, Path(tmp), args)
+        stack = new_stack(system, Path(tmp), args, symbols, replicas)
         try:
             dep = await deploy(system, stack)
             result = await throughput(dep, first, args)
@@ -423,6 +425,11 @@ def table(run: dict) -> str:
     if extra:
         lines += ["", "| tradeflow | median (min–max) |", "|---|---:|"]
         lines += [f"| {label} | {fmt(tf[k], d)} |" for k, label, d in extra]
+    if run.get("replicas"):
+        lines += ["", f"| tradeflow, strategy replicas ({run['symbols']} symbols) | events/s | p99 ms | "
+                      "CPU s / 1k events |", "|---:|---:|---:|---:|"]
+        for n, f in run["replicas"].items():
+            lines.append(f"| {n} | {fmt(f['throughput_eps'])} | {fmt(f['p99_ms'], 1)} | {fmt(f['cpu_s_per_1k'], 2)} |")
     if run.get("scaling"):
         lines += ["", "| tradeflow, symbols | events/s | p99 ms | CPU s / 1k events |", "|---:|---:|---:|---:|"]
         for n, f in run["scaling"].items():
@@ -438,7 +445,7 @@ async def run(args) -> dict:
     symbols = [f"SYM{i}" for i in range(args.symbols)]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "bars": args.bars, "symbols": args.symbols, "latency_bars": args.latency_bars, "rate": args.rate,
-              "reps": args.reps, "systems": {}, "ratios": {}, "scaling": {}}
+              "reps": args.reps, "systems": {}, "ratios": {}, "scaling": {}, "replicas": {}}
     for system in args.systems:
         reps = []
         for rep in range(args.reps):
@@ -452,6 +459,12 @@ async def run(args) -> dict:
             print(f"tradeflow, {n} symbols: repetition {rep + 1} of {args.reps}", file=sys.stderr, flush=True)
             reps.append(await one_rep("tradeflow", args, [f"SYM{i}" for i in range(n)]))
         result["scaling"][str(n)] = summarise(reps) | {"runs": reps}
+    for n in args.scale_replicas:
+        reps = []
+        for rep in range(args.reps):
+            print(f"tradeflow, {n} strategy replicas: repetition {rep + 1} of {args.reps}", file=sys.stderr, flush=True)
+            reps.append(await one_rep("tradeflow", args, symbols, replicas=n))
+        result["replicas"][str(n)] = summarise(reps) | {"runs": reps}
     return result
 
 
@@ -492,6 +505,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-bars", type=_at_least(1), default=1_000)
     p.add_argument("--rate", type=_at_least(1, float), default=200.0, help="latency phase bars per second")
     p.add_argument("--scale-symbols", type=_csv(_at_least(1)), default=[1, 5, 50, 500])
+    p.add_argument("--scale-replicas", type=_csv(_at_least(1)), default=[1, 2],
+                   help="strategy replicas (partitioned by symbol) for tradeflow's scaling runs")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     p.add_argument("--time-limit", type=_at_least(1, float), default=1800.0, help="seconds for the whole run")
     p.add_argument("--stall", type=_at_least(1, float), default=60.0,
@@ -501,7 +516,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON file")
     args = p.parse_args(argv)
     if args.no_scaling:
-        args.scale_symbols = []
+        args.scale_symbols = args.scale_replicas = []
+    if max(args.scale_replicas, default=1) > args.symbols:
+        p.error(f"--scale-replicas: {max(args.scale_replicas)} strategy replicas cannot share {args.symbols} symbols")
     for flag, port in (("--nats-port", args.nats_port), ("--redis-port", args.redis_port)):
         if port > 65535:
             p.error(f"{flag}: {port} is not a port")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.errors import ConfigError
-from services.registry import SERVICES
+from services.registry import DURABLES, SERVICES
+from services.runtime.partition import Partition
 from services.supervisor import (
     ROOT,
     Proc,
@@ -49,6 +50,8 @@ class Stack:
     services: tuple[str, ...] = SERVICES
     env: dict[str, str] = field(default_factory=dict)
     per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)   # e.g. {"strategy": 2}: partitioned by symbol
+    symbols: tuple[str, ...] = ()   # what partitioned replicas share out (TRADEFLOW_SYMBOLS)
     tls_dir: Path | None = None   # ca.pem, server.pem, server-key.pem: NATS with TLS, services trusting ca.pem
     nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
     redis_port: int = 0
@@ -134,18 +137,36 @@ class Stack:
         path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items()) if k.startswith(TRADING_PREFIXES)))
         return path
 
-    def service_proc(self, name: str) -> Proc:
-        port = self.ports.get(name) or free_port()
-        self.ports[name] = port
+    def service_proc(self, name: str, replica: str | None = None) -> Proc:
+        """The process of service `name`, or of one of its partitioned replicas (`replica`: i/n)."""
+        label = name if replica is None else Partition.parse(replica, self.symbols).durable(name)
+        port = self.ports.get(label) or free_port()
+        self.ports[label] = port
         nats_url = self.nats_url_for(name) if self.nats_address and name in self.nats_passwords else self.nats_url
         redis_url = self.redis_url_for(name) if self.redis_address and name in self.redis_passwords else self.redis_url
+        partition = {} if replica is None else {"TRADEFLOW_PARTITION": replica, "TRADEFLOW_SYMBOLS": ",".join(self.symbols)}
         env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": redis_url or "",
                                          "TRADEFLOW_HTTP_PORT": str(port), "TRADEFLOW_DATA_DIR": str(self.home),
-                                         **self.env, **self.per_service_env.get(name, {})})
+                                         **self.env, **self.per_service_env.get(name, {}), **partition})
         argv = [sys.executable, "-m", "services.cli", "run", name]
-        proc = Proc(name, argv, env, self.logs / f"{name}.log")
+        proc = Proc(label, argv, env, self.logs / f"{label}.log")
         proc.http_port = port
         return proc
+
+    def processes(self) -> list[tuple[str, str | None]]:
+        """(service, replica) for every service process this stack runs, in start order."""
+        return [(name, None) if self.replicas.get(name, 1) == 1 else (name, f"{i}/{self.replicas[name]}")
+                for name in self.services for i in range(self.replicas.get(name, 1))]
+
+    def labels(self) -> list[str]:
+        """The supervisor's names for this stack's service processes."""
+        return [name if replica is None else Partition.parse(replica, self.symbols).durable(name)
+                for name, replica in self.processes()]
+
+    @property
+    def durables(self) -> list[str]:
+        """Every durable consumer on PIPELINE this stack's services use (one per partitioned replica)."""
+        return [label for (name, _), label in zip(self.processes(), self.labels()) if name in DURABLES]
 
     async def start_service(self, name: str, wait: bool = True) -> Proc:
         proc = await self.supervisor.start(self.service_proc(name))
@@ -161,7 +182,7 @@ class Stack:
             await self.start_nats()
         if not self.redis_url:
             await self.start_redis()
-        procs = [await self.supervisor.start(self.service_proc(name)) for name in self.services]
+        procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
         await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
 
     async def restart_service(self, name: str, sig: int = signal.SIGTERM, wait: bool = True) -> int | None:
@@ -172,7 +193,7 @@ class Stack:
 
     async def stop(self) -> dict[str, int | None]:
         """Stop every service (each drains and exits), then the servers they were using."""
-        services = [n for n in self.services if n in self.supervisor.procs]
+        services = [label for label in self.labels() if label in self.supervisor.procs]
         codes = await self.supervisor.stop_all(order=services)
         return codes
 

@@ -25,6 +25,7 @@ class QuantAgent:
     name = "quant"
     consumes = (f"{SIGNALS_READY}.>",)
     stateful = True
+    partitionable = True   # state per symbol only: replicas may share the symbols out
 
     def __init__(self, params: QuantParams) -> None:
         self.params = params

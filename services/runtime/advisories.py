@@ -99,13 +99,16 @@ class DeadLetterCapture:
     """Copies to the DLQ what the advisories of one service's consumer name, until `stopping` is set."""
 
     def __init__(self, service: str, js: JetStreamContext, jsm: JetStreamManager, publisher: Publisher,
-                 metrics: Metrics, settings: RuntimeSettings, *, terminated: bool = True) -> None:
+                 metrics: Metrics, settings: RuntimeSettings, *, terminated: bool = True,
+                 consumer: str | None = None) -> None:
         """`terminated`: also copy what was termed without a copy (not for an agent that terms bad input
-        on purpose, leaving its dead letter to the stage that consumes it)."""
+        on purpose, leaving its dead letter to the stage that consumes it). `consumer`: the PIPELINE
+        durable whose advisories these are, when it is not named after the service (a partitioned replica)."""
+        consumer = consumer or service
         self.service, self.js, self.jsm, self.publisher = service, js, jsm, publisher
         self.metrics, self.settings = metrics, settings
-        self.subjects = _subjects(service) if terminated else _subjects(service)[:1]
-        self.durable = f"{service}-advisories"
+        self.subjects = _subjects(consumer) if terminated else _subjects(consumer)[:1]
+        self.durable = f"{consumer}-advisories"
         self.stopping = asyncio.Event()
 
     async def bind(self):

@@ -23,6 +23,8 @@ Optional class attributes change what the runtime does for an agent:
   dead_letters = False   term undecodable input without copying it to the DLQ: another stage owns it;
   wait_for_dedup = True  (stateful) while Redis is away, process nothing; by default a stateful agent
                          goes on with first deliveries and waits only for redeliveries.
+  partitionable = True   its state is per symbol: replicas may share the symbols out
+                         (TRADEFLOW_PARTITION, services/runtime/partition.py).
 """
 
 from __future__ import annotations

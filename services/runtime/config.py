@@ -42,6 +42,9 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: Seconds = 120.0
     stream_replicas: PositiveInt = 1
     dedup_ttl: Seconds = 7 * 24 * 3600.0
+    # replicas of a per-symbol service (services/runtime/partition.py): replica i of n, and the symbols they share
+    partition: str | None = None
+    symbols: list[str] = msgspec.field(default_factory=list)
     # fault injection, for the fault tests: a handled body containing this text fails / ends the process
     fault_fail_on: str | None = None
     fault_exit_on: str | None = None

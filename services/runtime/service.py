@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from redis.exceptions import RedisError
 
 from contracts import envelope as ce
+from contracts.errors import ConfigError
 from contracts.events import Event
 from contracts.subjects import PIPELINE_STREAM
 from replay.recorder import store_location
@@ -27,6 +28,7 @@ from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
 from services.runtime.looplag import watch_loop_lag
 from services.runtime.metrics import Metrics
+from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
@@ -47,6 +49,14 @@ class Service:
         self.settings = settings
         self.producer = producer
         self.name = agent.name
+        self.consumer = self.name           # its durable; a partitioned replica has one of its own
+        if settings.partition is not None:
+            if not getattr(agent, "partitionable", False):
+                raise ConfigError(f"TRADEFLOW_PARTITION: {self.name} keeps state across symbols and runs as one "
+                                  "replica (only strategy and quant can be partitioned)")
+            partition = Partition.parse(settings.partition, settings.symbols)
+            self.consumer = partition.durable(self.name)
+            agent.consumes = partition.filters(agent.consumes)   # its consumer, its rebuild: its symbols only
         self.metrics = Metrics(self.name)
         self.stop = asyncio.Event()
         self._closing = asyncio.Event()   # set when the service shuts down: background loops end
@@ -116,18 +126,19 @@ class Service:
             main: list[asyncio.Task] = []
             worker = None
             if self.agent.consumes:
-                await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.name, list(self.agent.consumes), s))
+                await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s))
                 if self.agent.stateful:
-                    folded = await rebuild_state(self.agent, js, jsm, self.name, dedup, store=store_location())
+                    folded = await rebuild_state(self.agent, js, jsm, self.consumer, dedup, store=store_location())
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
                     await self._await_unacked(jsm)
-                sub = await js.pull_subscribe_bind(durable=self.name, stream=PIPELINE_STREAM)
+                sub = await js.pull_subscribe_bind(durable=self.consumer, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
                 background.append(asyncio.create_task(self._watch_lag(jsm), name="consumer-lag"))
-                worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s)
+                worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
+                                consumer=self.consumer)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
-                capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s,
+                capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer,
                                             terminated=getattr(self.agent, "dead_letters", True))
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
@@ -174,7 +185,7 @@ class Service:
         delivered at once: a stateful agent would then see a symbol's bars out of order.
         Redeliveries go out first once due, so waiting out ack_wait keeps the stream's order.
         """
-        info = await jsm.consumer_info(PIPELINE_STREAM, self.name)
+        info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
         if not info.num_ack_pending:
             return
         wait = self.settings.ack_wait + 0.5
@@ -186,7 +197,7 @@ class Service:
         """Keep tradeflow_consumer_pending (how far behind the stream this service is) up to date."""
         while not self._closing.is_set():
             try:
-                info = await jsm.consumer_info(PIPELINE_STREAM, self.name)
+                info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
                 self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
                 self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
             except asyncio.CancelledError:
@@ -196,7 +207,7 @@ class Service:
             await pause(every, self._closing)
 
     def _context(self, redis) -> AgentContext:
-        data_dir = Path(self.settings.data_dir) / self.name
+        data_dir = Path(self.settings.data_dir) / self.consumer
         data_dir.mkdir(parents=True, exist_ok=True)
         cache = Cache(redis, self.cache_settings, self.metrics)
         return AgentContext(cache=cache, data_dir=data_dir, metrics=self.metrics)

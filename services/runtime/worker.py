@@ -85,7 +85,7 @@ class Worker:
     """Runs one agent over one pull subscription."""
 
     def __init__(self, agent: Agent, sub: JetStreamContext.PullSubscription, *, publisher: Publisher,
-                 dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings) -> None:
+                 dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings, consumer: str | None = None) -> None:
         self.agent = agent
         self.sub = sub
         take_queued_first(sub)
@@ -99,7 +99,7 @@ class Worker:
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
         self.unmarked: list[str] = []                      # done while Redis was away, to mark when it is back
-        self.suspect_file = Path(settings.data_dir) / self.service / "suspect"
+        self.suspect_file = Path(settings.data_dir) / (consumer or self.service) / "suspect"   # one per replica
         self.suspect = self.suspect_file.read_text().strip() if self.suspect_file.is_file() else None
         if self.suspect:
             log.warning("the last run ended while handling a message: it is tried last, alone",

@@ -22,6 +22,7 @@ class StrategyAgent:
     name = "strategy"
     consumes = (f"{DATA_READY}.>",)
     stateful = True
+    partitionable = True   # state per symbol only: replicas may share the symbols out
 
     def __init__(self, step: Step, params: msgspec.Struct) -> None:
         self.step = step

@@ -39,9 +39,10 @@ async def make_stack(tmp_path):
     clients = []
 
     async def start(env: dict[str, str] | None = None, per_service: dict[str, dict[str, str]] | None = None,
-                    services: tuple[str, ...] | None = None) -> tuple[Stack, nats.NATS]:
+                    services: tuple[str, ...] | None = None, replicas: dict[str, int] | None = None,
+                    symbols: tuple[str, ...] = ()) -> tuple[Stack, nats.NATS]:
         stack = Stack(tmp_path / f"stack{len(stacks)}", env=env or {}, per_service_env=per_service or {},
-                      **({"services": services} if services else {}))
+                      replicas=replicas or {}, symbols=symbols, **({"services": services} if services else {}))
         stacks.append(stack)
         await stack.start()
         nc = await nats.connect(stack.nats_url)
