@@ -3,12 +3,17 @@
 Keys are `<namespace>:cache:<kind>:<key>`, values JSON. A cache is never the source of
 truth: when Redis cannot answer, `get_many` finds nothing and `set_many` stores nothing,
 and the `error` counter (and a log line, at most one per outage) say so.
+
+`get_or_compute` is single-flight: concurrent misses for one key in a service share one
+computation (and one store); an error in it reaches every waiter and nothing is cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -45,6 +50,8 @@ class Cache:
         self.settings = settings
         self._metrics = metrics
         self._down = False
+        self._flights: dict[tuple[str, str], asyncio.Task] = {}
+        self.counts: Counter[tuple[str, str]] = Counter()   # (kind, hit|miss|set|error|computed) -> keys
 
     def _key(self, kind: str, key: str) -> str:
         return f"{self.settings.namespace}:cache:{kind}:{key}"
@@ -52,6 +59,37 @@ class Cache:
     def _count(self, kind: str, result: str, n: int = 1) -> None:
         if n:
             self._metrics.cache_requests.labels(self._metrics.service, kind, result).inc(n)
+            self.counts[kind, result] += n
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per kind and result, whether Redis answered last, and the computations in flight."""
+        kinds: dict[str, dict[str, int]] = {}
+        for (kind, result), n in sorted(self.counts.items()):
+            kinds.setdefault(kind, {})[result] = n
+        return {"namespace": self.settings.namespace, "available": not self._down, "in_flight": len(self._flights),
+                "kinds": kinds}
+
+    async def get_or_compute(self, kind: str, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value of `key`, or `compute()`'s, stored with the kind's TTL. Concurrent misses
+        for one key share one computation; with Redis down every call computes (once per flight)."""
+        self.settings.ttl(kind)   # an unknown kind is an error before any work
+        flight = self._flights.get((kind, key))
+        if flight is None:
+            found = await self.get_many(kind, [key])
+            if key in found:
+                return found[key]
+            flight = self._flights.get((kind, key))   # another miss may have started it meanwhile
+            if flight is None:
+                flight = asyncio.create_task(self._compute(kind, key, compute), name=f"cache-{kind}-{key}"[:100])
+                self._flights[kind, key] = flight
+                flight.add_done_callback(lambda _, k=(kind, key): self._flights.pop(k, None))
+        return await asyncio.shield(flight)   # one waiter cancelled does not cancel the others' value
+
+    async def _compute(self, kind: str, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        value = await compute()
+        self._count(kind, "computed")
+        await self.set_many(kind, {key: value})
+        return value
 
     def _failed(self, exc: BaseException, kind: str, n: int) -> None:
         self._count(kind, "error", n)
