@@ -39,6 +39,7 @@ from contracts.codec import Incoming
 from contracts.events import Event
 from services.runtime.cache import Cache
 from services.runtime.metrics import Metrics
+from services.runtime.pool import ComputePool
 
 
 class Agent(Protocol):
@@ -66,11 +67,13 @@ class Agent(Protocol):
 
 @dataclass(frozen=True)
 class AgentContext:
-    """What `open()` is given: the cache, the service's data directory and its metrics."""
+    """What `open()` is given: the cache, the service's data directory, its metrics, and its pools for
+    off-loop work (CPU-heavy features in processes, blocking I/O in threads)."""
 
     cache: Cache
     data_dir: Path
     metrics: Metrics
+    pool: ComputePool | None = None
 
 
 class Publish(Protocol):

@@ -5,14 +5,19 @@ truth: when Redis cannot answer, `get_many` finds nothing and `set_many` stores 
 and the `error` counter (and a log line, at most one per outage) say so.
 
 `get_or_compute` is single-flight: concurrent misses for one key in a service share one
-computation (and one store); an error in it reaches every waiter and nothing is cached.
+computation (and one store); an error in it reaches every waiter and nothing is cached. It
+also keeps what it got in the process for `local_ttl` seconds (TRADEFLOW_CACHE_LOCAL_TTL,
+default 0.5 s, never longer than the kind's TTL; 0 turns it off; at most `local_size` keys):
+a hot key is then a dictionary lookup, not a round trip, at the price of reading a value
+up to that long after another service replaced it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any
 
@@ -33,6 +38,8 @@ class CacheSettings(msgspec.Struct, frozen=True, kw_only=True):
     ttl_market: Ttl = 5.0
     ttl_news: Ttl = 60.0
     ttl_regime: Ttl = 300.0
+    local_ttl: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    local_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
 
     def ttl(self, kind: str) -> float:
         """The TTL of `kind`; ValueError for a kind with none."""
@@ -51,6 +58,7 @@ class Cache:
         self._metrics = metrics
         self._down = False
         self._flights: dict[tuple[str, str], asyncio.Task] = {}
+        self._local: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()   # (kind, key) -> (until, value)
         self.counts: Counter[tuple[str, str]] = Counter()   # (kind, hit|miss|set|error|computed) -> keys
 
     def _key(self, kind: str, key: str) -> str:
@@ -72,11 +80,18 @@ class Cache:
     async def get_or_compute(self, kind: str, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         """The cached value of `key`, or `compute()`'s, stored with the kind's TTL. Concurrent misses
         for one key share one computation; with Redis down every call computes (once per flight)."""
-        self.settings.ttl(kind)   # an unknown kind is an error before any work
+        ttl = self.settings.ttl(kind)   # an unknown kind is an error before any work
+        near = self._local.get((kind, key))
+        if near is not None:
+            if near[0] > time.monotonic():
+                self._count(kind, "hit_local")
+                return near[1]
+            del self._local[kind, key]
         flight = self._flights.get((kind, key))
         if flight is None:
             found = await self.get_many(kind, [key])
             if key in found:
+                self._keep(kind, key, found[key], ttl)
                 return found[key]
             flight = self._flights.get((kind, key))   # another miss may have started it meanwhile
             if flight is None:
@@ -89,7 +104,17 @@ class Cache:
         value = await compute()
         self._count(kind, "computed")
         await self.set_many(kind, {key: value})
+        self._keep(kind, key, value, self.settings.ttl(kind))
         return value
+
+    def _keep(self, kind: str, key: str, value: Any, ttl: float) -> None:
+        keep = min(self.settings.local_ttl, ttl)
+        if keep <= 0 or self.settings.local_size == 0:
+            return
+        self._local[kind, key] = (time.monotonic() + keep, value)
+        self._local.move_to_end((kind, key))
+        while len(self._local) > self.settings.local_size:
+            self._local.popitem(last=False)
 
     def _failed(self, exc: BaseException, kind: str, n: int) -> None:
         self._count(kind, "error", n)

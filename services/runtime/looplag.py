@@ -1,25 +1,61 @@
-"""Continuous event-loop lag measurement: how late a periodic timer fires."""
+"""Continuous event-loop lag measurement: how late a periodic timer fires.
+
+Every `interval` the watcher sleeps and measures its overshoot. The last `window` seconds of
+samples give p50/p95/p99 and max (`LoopLag.snapshot()`, the health API, and the gauge
+`tradeflow_event_loop_lag_quantile_seconds{quantile}`); every sample also goes to the
+histogram `tradeflow_event_loop_lag_seconds`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from services.runtime.metrics import Metrics
 
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+class LoopLag:
+    """The recent lags of this process's event loop."""
+
+    def __init__(self, metrics: Metrics, interval: float = 0.1, window: float = 60.0) -> None:
+        self.metrics = metrics
+        self.interval = interval
+        self.samples: deque[float] = deque(maxlen=max(1, round(window / interval)))
+
+    def snapshot(self) -> dict[str, float | int]:
+        """p50/p95/p99/max of the window, in milliseconds, and how many samples it holds."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"samples": 0}
+        pick = {f"p{round(q * 100)}_ms": ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 for q in QUANTILES}
+        return pick | {"max_ms": ordered[-1] * 1000, "samples": len(ordered)}
+
+    def _publish(self) -> None:
+        ordered = sorted(self.samples)
+        gauge = self.metrics.loop_lag_quantile
+        for q in QUANTILES:
+            gauge.labels(self.metrics.service, str(q)).set(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+        self.metrics.loop_lag_max.labels(self.metrics.service).set(ordered[-1])
+
+    async def watch(self, stop: asyncio.Event | None = None) -> None:
+        """Sample until `stop` is set or cancelled; the gauges follow every second."""
+        loop = asyncio.get_running_loop()
+        hist = self.metrics.loop_lag.labels(self.metrics.service)
+        ticks = 0
+        while stop is None or not stop.is_set():
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, loop.time() - start - self.interval)
+            hist.observe(lag)
+            self.samples.append(lag)
+            ticks += 1
+            if ticks * self.interval >= 1.0:
+                self._publish()
+                ticks = 0
+
 
 async def watch_loop_lag(metrics: Metrics, interval: float = 0.1, stop: asyncio.Event | None = None) -> None:
-    """Sleep `interval` over and over; the overshoot is the loop's lag. Runs until `stop` is set or cancelled."""
-    loop = asyncio.get_running_loop()
-    hist = metrics.loop_lag.labels(metrics.service)
-    worst = metrics.loop_lag_max.labels(metrics.service)
-    window_max, ticks = 0.0, 0
-    while stop is None or not stop.is_set():
-        start = loop.time()
-        await asyncio.sleep(interval)
-        lag = max(0.0, loop.time() - start - interval)
-        hist.observe(lag)
-        window_max = max(window_max, lag)
-        ticks += 1
-        if ticks >= 50:  # publish the max of the last ~5 s
-            worst.set(window_max)
-            window_max, ticks = 0.0, 0
+    """Sample the loop's lag until `stop` is set or cancelled (LoopLag.watch, for callers without a LoopLag)."""
+    await LoopLag(metrics, interval).watch(stop)

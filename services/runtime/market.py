@@ -5,6 +5,10 @@ deployment with TRADEFLOW_CALENDAR: an ISO MIC (`XNYS`, `XLON`, `XBOM`), an alia
 `NASDAQ`, `LSE`, `BSE`), `NSE` (India's NSE keeps BSE's sessions and holidays: XBOM), or
 `24/7` and `24/5` for markets that never close or close only at weekends. The clock reads the
 time from `now` (a callable), so tests run it on a simulated market clock.
+
+The calendar (and pandas under it: about 0.7 s and 90 MB) is loaded on first use, or by
+`load()`, which the task manager runs in a thread at start when a task's interval depends on
+the phase: a service that schedules nothing by the market never pays for it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
-
-import exchange_calendars as xc
-import pandas as pd
 
 from contracts.errors import ConfigError
 
@@ -35,13 +36,15 @@ class MarketPhase:
 
 
 @functools.cache
-def _calendar(name: str) -> xc.ExchangeCalendar:
+def _calendar(name: str):
+    import exchange_calendars as xc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return xc.get_calendar(name)
 
 
 def calendar_names() -> list[str]:
+    import exchange_calendars as xc
     return sorted({*xc.get_calendar_names(include_aliases=True), *_ALIASES})
 
 
@@ -49,16 +52,26 @@ class MarketClock:
     """In session or not, per an exchange calendar, at `now()` (UTC)."""
 
     def __init__(self, name: str = "XNYS", now: Callable[[], datetime] | None = None) -> None:
-        key = _ALIASES.get(name.strip().upper(), name.strip())
+        self.name = name.strip()[:40]
+        self.now = now or (lambda: datetime.now(timezone.utc))
+        self.calendar = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.calendar is not None
+
+    def load(self) -> None:
+        """Load the calendar (blocking: call it in a thread from the event loop); ConfigError if unknown."""
+        if self.calendar is not None:
+            return
+        import exchange_calendars as xc
         try:
-            self.calendar = _calendar(key)
+            self.calendar = _calendar(_ALIASES.get(self.name.upper(), self.name))
         except (xc.errors.InvalidCalendarName, KeyError):
-            near = [n for n in calendar_names() if n[:2].upper() == name.strip()[:2].upper()][:8]
-            raise ConfigError(f"TRADEFLOW_CALENDAR: unknown calendar {name[:40]!r}"
+            near = [n for n in calendar_names() if self.name and n[:2].upper() == self.name[:2].upper()][:8]
+            raise ConfigError(f"TRADEFLOW_CALENDAR: unknown calendar {self.name!r}"
                               + (f" (did you mean one of {', '.join(near)}?)" if near else "")
                               + "; e.g. XNYS, NYSE, NASDAQ, LSE, NSE, 24/7") from None
-        self.name = name
-        self.now = now or (lambda: datetime.now(timezone.utc))
 
     def at(self, when: datetime | None = None) -> MarketPhase:
         """The phase at `when` (default: now)."""
@@ -67,6 +80,8 @@ class MarketClock:
             return self._at(when or self.now())
 
     def _at(self, when: datetime) -> MarketPhase:
+        import pandas as pd
+        self.load()
         ts = pd.Timestamp(when).tz_convert("UTC") if when.tzinfo else pd.Timestamp(when, tz="UTC")
         cal = self.calendar
         if not cal.first_minute <= ts <= cal.last_minute:
@@ -84,6 +99,6 @@ class MarketClock:
         return MarketPhase("out_of_session", reason, cal.next_open(ts).to_pydatetime())
 
 
-def _weekend(cal: xc.ExchangeCalendar) -> set[int]:
+def _weekend(cal) -> set[int]:
     """The weekdays (Monday 0) the calendar's weekmask closes."""
     return {i for i, flag in enumerate(cal.weekmask) if flag == "0"}

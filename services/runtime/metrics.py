@@ -52,6 +52,15 @@ class Metrics:
         self.loop_lag_max = Gauge(
             "tradeflow_event_loop_lag_max_seconds", "Largest event-loop lag in the last window", ["service"], registry=r
         )
+        self.offloop = Histogram(
+            "tradeflow_offloop_seconds", "Off-loop work (process or thread pool), queueing included, by operation",
+            ["service", "pool", "op"],
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10), registry=r,
+        )
+        self.loop_lag_quantile = Gauge(
+            "tradeflow_event_loop_lag_quantile_seconds", "Event-loop lag quantiles over the last minute",
+            ["service", "quantile"], registry=r
+        )
         self.ready = Gauge("tradeflow_ready", "1 when the service can do its work", ["service"], registry=r)
         self.cache_requests = Counter(
             "tradeflow_cache_requests", "Cache keys asked for or stored, by result (hit, miss, set, error)",

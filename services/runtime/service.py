@@ -7,10 +7,15 @@ import faulthandler
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
+import psutil
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from contracts import envelope as ce
@@ -26,13 +31,16 @@ from services.runtime.connect import PermissionWatch, TlsSettings, connect_nats,
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
-from services.runtime.looplag import watch_loop_lag
+from services.runtime.looplag import LoopLag
+from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
+from services.runtime.pool import ComputePool, PoolSettings
 from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
 from services.runtime.settings import load
+from services.runtime.tasks import Every, Priority, TaskManager
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
 from services.runtime.worker import Worker
 
@@ -64,6 +72,12 @@ class Service:
         self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
+        self.cache: Cache | None = None
+        self.loop_lag = LoopLag(self.metrics)
+        self.tasks = TaskManager(MarketClock(settings.calendar), backoff=settings.backoff)
+        self.pool = ComputePool(load(PoolSettings, "TRADEFLOW_POOL_"), self.metrics)   # workers start on first use
+        self.started = time.monotonic()
+        self.process = psutil.Process()
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
@@ -80,15 +94,13 @@ class Service:
         log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)})
         self.stop.set()
 
-    async def _watch_redis(self, redis) -> None:
-        # loops on client I/O end on `_closing`, not only on cancellation: a cancel that lands inside a
-        # client call can come back as that client's own error, and a loop that goes on would never end
-        while not self._closing.is_set():
-            try:
-                self._checks["redis"] = bool(await redis.ping())
-            except (RedisError, OSError):
-                self._checks["redis"] = False
-            await pause(1.0, self._closing)
+    async def _ping_redis(self, redis) -> None:
+        """One readiness check of Redis (a task of the task manager, every second)."""
+        try:
+            self._checks["redis"] = bool(await redis.ping())
+        except (RedisError, OSError):
+            self._checks["redis"] = False
+            raise
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then drain; the exit code."""
@@ -100,14 +112,18 @@ class Service:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
         self.nc = None
+        routes = [web.get("/v1/health", self._health_view)]
         runner, self.http_port = await start_http(
             s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
-            routes=self.agent.routes() if hasattr(self.agent, "routes") else None)
+            routes=routes + (self.agent.routes() if hasattr(self.agent, "routes") else []))
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
-        background: list[asyncio.Task] = [asyncio.create_task(watch_loop_lag(self.metrics, stop=self._closing),
-                                                                     name="loop-lag")]
+        background: list[asyncio.Task] = [asyncio.create_task(self.loop_lag.watch(stop=self._closing),
+                                                              name="loop-lag")]
         redis = connect_redis(s.redis_url)
-        background.append(asyncio.create_task(self._watch_redis(redis), name="redis-watch"))
+        self.cache = Cache(redis, self.cache_settings, self.metrics)
+        self.tasks.register("redis-ping", lambda: self._ping_redis(redis), priority=Priority.CRITICAL,
+                            every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0,))   # readiness follows within 1 s
+        await self.tasks.start()
         opened = False
         try:
             watch = PermissionWatch()
@@ -134,7 +150,8 @@ class Service:
                     await self._await_unacked(jsm)
                 sub = await js.pull_subscribe_bind(durable=self.consumer, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
-                background.append(asyncio.create_task(self._watch_lag(jsm), name="consumer-lag"))
+                self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
+                                    every=Every(1.0, 1.0), timeout=5.0)
                 worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
                                 consumer=self.consumer)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
@@ -162,6 +179,7 @@ class Service:
             return EXIT_FAILED if self.failure is not None else 0
         finally:
             self._closing.set()
+            await self.tasks.stop()
             _, still = await asyncio.wait(background, timeout=2.0) if background else (set(), set())
             for task in still:
                 task.cancel()
@@ -175,6 +193,7 @@ class Service:
             if opened and hasattr(self.agent, "close"):
                 await self.agent.close()
             await redis.aclose()
+            await self.pool.close()
             await runner.cleanup()
             log.info("service stopped")
 
@@ -193,24 +212,45 @@ class Service:
                     extra={"unacked": info.num_ack_pending, "seconds": wait})
         await pause(wait, self.stop)
 
-    async def _watch_lag(self, jsm, every: float = 1.0) -> None:
-        """Keep tradeflow_consumer_pending (how far behind the stream this service is) up to date."""
-        while not self._closing.is_set():
-            try:
-                info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
-                self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
-                self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - NATS away: the gauge keeps its last value, the log says why
-                log.debug("consumer info unavailable", extra={"error": repr(exc)})
-            await pause(every, self._closing)
+    async def _read_lag(self, jsm) -> None:
+        """Update tradeflow_consumer_pending (how far behind the stream this service is); a task of the
+        task manager: while NATS is away the gauges keep their last values and the task's health says why."""
+        info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
+        self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
+        self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
+
+    def health(self) -> dict:
+        """GET /v1/health: tasks, cache, event-loop lag, process, uptime, market phase."""
+        with self.process.oneshot():
+            cpu, memory = self.process.cpu_times(), self.process.memory_info()
+            process = {"pid": self.process.pid, "cpu_seconds": round(cpu.user + cpu.system, 3),
+                       "cpu_percent": self.process.cpu_percent(), "rss_mb": round(memory.rss / 2**20, 1),
+                       "threads": self.process.num_threads()}
+        clock = self.tasks.clock
+        market: dict = {"calendar": clock.name, "used": clock.loaded}
+        if clock.loaded:
+            at = clock.at()
+            market |= {"phase": at.phase, "reason": at.reason,
+                       "next_change": at.next_change.isoformat() if at.next_change else None}
+        return {
+            "service": self.name, "consumer": self.consumer if self.agent.consumes else None,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "time": datetime.now(timezone.utc).isoformat(),
+            "process": process,
+            "event_loop_lag": self.loop_lag.snapshot(),
+            "tasks": [msgspec.to_builtins(h) for h in self.tasks.health()],
+            "cache": self.cache.stats() if self.cache else None,
+            "pool": self.pool.stats(),
+            "market": market,
+        }
+
+    async def _health_view(self, _: web.Request) -> web.Response:
+        return web.json_response(self.health(), dumps=lambda v: msgspec.json.encode(v).decode())
 
     def _context(self, redis) -> AgentContext:
         data_dir = Path(self.settings.data_dir) / self.consumer
         data_dir.mkdir(parents=True, exist_ok=True)
-        cache = Cache(redis, self.cache_settings, self.metrics)
-        return AgentContext(cache=cache, data_dir=data_dir, metrics=self.metrics)
+        return AgentContext(cache=self.cache, data_dir=data_dir, metrics=self.metrics, pool=self.pool)
 
     async def _until_stopped(self, coro):
         """Await `coro` unless a stop signal comes first (then None)."""

@@ -48,6 +48,11 @@ class Every:
     in_session: float
     out_of_session: float | None
 
+    @property
+    def by_phase(self) -> bool:
+        """Whether the market phase changes this schedule (else the calendar is never consulted)."""
+        return self.in_session != self.out_of_session
+
     def __post_init__(self) -> None:
         for label, value in (("in_session", self.in_session), ("out_of_session", self.out_of_session)):
             if value is None and label == "out_of_session":
@@ -82,6 +87,7 @@ class _Periodic:
     every: Every
     timeout: float
     health: TaskHealth
+    backoff: tuple[float, ...]
     task: asyncio.Task | None = None
 
 
@@ -97,9 +103,10 @@ class TaskManager:
     _started: bool = False
 
     def register(self, name: str, run: Callable[[], Awaitable[object]], *, priority: Priority, every: Every,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, backoff: Sequence[float] | None = None) -> None:
         """Add a periodic task (before or after start). `timeout`: a run longer than this is a failure
-        (default: the in-session interval, at least 1 s, at most 5 minutes)."""
+        (default: the in-session interval, at least 1 s, at most 5 minutes). `backoff`: the waits after
+        1, 2, ... failures in a row (default: the manager's)."""
         if not name or len(name) > 100:
             raise ConfigError(f"task name {name[:40]!r}: give 1 to 100 characters")
         if name in self._periodic:
@@ -111,12 +118,19 @@ class TaskManager:
         timeout = timeout if timeout is not None else min(300.0, max(1.0, every.in_session))
         if not math.isfinite(timeout) or timeout <= 0:
             raise ConfigError(f"task {name!r}: timeout must be a positive number of seconds, not {timeout!r}")
-        entry = _Periodic(name, run, priority, every, timeout, TaskHealth(name, priority.name.lower()))
+        backoff = tuple(backoff if backoff is not None else self.backoff)
+        if not backoff or any(not math.isfinite(b) or b < 0 for b in backoff):
+            raise ConfigError(f"task {name!r}: backoff must be one or more non-negative seconds, not {backoff!r}")
+        entry = _Periodic(name, run, priority, every, timeout, TaskHealth(name, priority.name.lower()), backoff)
         self._periodic[name] = entry
         if self._started:
             entry.task = asyncio.create_task(self._loop(entry), name=f"task-{name}")
 
     async def start(self) -> None:
+        """Start every registered task; ConfigError (an unknown calendar) before any, if one schedules by
+        the market (the calendar is loaded in a thread: it takes most of a second)."""
+        if any(e.every.by_phase for e in self._periodic.values()) and not self.clock.loaded:
+            await asyncio.to_thread(self.clock.load)
         self._started = True
         for entry in self._periodic.values():
             if entry.task is None:
@@ -148,8 +162,10 @@ class TaskManager:
     def _delay(self, entry: _Periodic) -> tuple[float, str]:
         """Seconds until the next run and the state meanwhile, per the market phase now."""
         if entry.health.failures:
-            step = self.backoff[min(entry.health.failures, len(self.backoff)) - 1]
+            step = entry.backoff[min(entry.health.failures, len(entry.backoff)) - 1]
             return step, "backoff"
+        if not entry.every.by_phase:
+            return entry.every.in_session, "idle"
         phase = self.clock.at()
         if phase.phase == "in_session":
             return entry.every.in_session, "idle"
@@ -160,6 +176,8 @@ class TaskManager:
 
     async def _loop(self, entry: _Periodic) -> None:
         health = entry.health
+        if entry.every.by_phase and not self.clock.loaded:   # registered after start
+            await asyncio.to_thread(self.clock.load)
         while not self._stopping.is_set():
             await self._run_once(entry)
             delay, health.state = self._delay(entry)

@@ -88,3 +88,14 @@ def test_a_run_past_its_time_limit_stops_with_one_line_and_kills_what_it_started
     assert last.startswith(f"bench/run: stopped at the time limit ({limit}s, --time-limit)"), run.stderr[-2000:]
     assert not list(tmp_path.glob("*.json"))
     assert not leftovers()
+
+
+def test_the_runtime_bench_runs_small_and_prints_its_figures():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "runtime_bench.py"), "--features", "20", "--size", "500",
+                          "--gets", "640"], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "through the pool" in run.stdout and "event-loop lag meanwhile" in run.stdout
+    assert re.search(r"near cache \(LOCAL_TTL=0\.5\)\s+[\d,]+ gets/s", run.stdout), run.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "runtime_bench.py"), "--features", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr

@@ -34,7 +34,7 @@ def counting(value, delay: float = 0.0):
 
 
 async def test_values_expire_after_their_kinds_ttl_and_are_namespaced(redis):
-    cache = Cache(redis, CacheSettings(namespace="desk1", ttl_market=0.3, ttl_regime=30), Metrics("quant"))
+    cache = Cache(redis, CacheSettings(namespace="desk1", ttl_market=0.3, ttl_regime=30, local_ttl=0), Metrics("quant"))
     compute, calls = counting({"bid": 10.5})
     assert await cache.get_or_compute("market", "AAPL", compute) == {"bid": 10.5}
     assert await cache.get_or_compute("market", "AAPL", compute) == {"bid": 10.5}
@@ -73,7 +73,7 @@ async def test_an_error_in_the_computation_reaches_every_waiter_and_nothing_is_c
 
 async def test_with_redis_away_the_cache_passes_through_and_counts_errors():
     away = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
-    cache = Cache(away, CacheSettings(), Metrics("data"))
+    cache = Cache(away, CacheSettings(local_ttl=0), Metrics("data"))
     compute, calls = counting(42)
     assert await cache.get_or_compute("market", "AAPL", compute) == 42
     assert await cache.get_or_compute("market", "AAPL", compute) == 42
@@ -89,3 +89,17 @@ async def test_an_unknown_kind_is_an_error_before_any_work(redis):
     with pytest.raises(ValueError, match="no TTL for cache kind 'quotes'"):
         await cache.get_or_compute("quotes", "AAPL", compute)
     assert not calls
+
+
+async def test_a_hot_key_is_served_from_the_process_for_local_ttl_then_from_redis(redis):
+    cache = Cache(redis, CacheSettings(local_ttl=0.2, local_size=2), Metrics("quant"))
+    compute, calls = counting({"regime": "calm"})
+    for _ in range(100):
+        assert await cache.get_or_compute("regime", "AAPL", compute) == {"regime": "calm"}
+    assert cache.counts["regime", "hit_local"] == 99 and cache.counts["regime", "hit"] == 0
+    await asyncio.sleep(0.25)
+    assert await cache.get_or_compute("regime", "AAPL", compute) == {"regime": "calm"}
+    assert cache.counts["regime", "hit"] == 1 and len(calls) == 1
+    for key in ("MSFT", "TSLA", "NVDA"):   # the near cache keeps at most local_size keys
+        await cache.get_or_compute("regime", key, compute)
+    assert len(cache._local) == 2

@@ -112,7 +112,19 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
         assert (await http_json(port, "/healthz"))[0] == 200, f"{name} hurt by hostile requests"
         families = {f.name for f in text_string_to_metric_families(text)}
         assert {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_processing_seconds",
-                "tradeflow_event_loop_lag_seconds", "tradeflow_dead_letters"} <= families, name
+                "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_quantile_seconds",
+                "tradeflow_dead_letters"} <= families, name
+        status, health = await http_json(port, "/v1/health")
+        assert status == 200 and health["service"] == name and health["uptime_s"] > 0
+        assert health["process"]["rss_mb"] > 10 and health["process"]["cpu_seconds"] > 0
+        lag = health["event_loop_lag"]
+        assert lag["samples"] > 0 and 0 <= lag["p50_ms"] <= lag["p95_ms"] <= lag["p99_ms"] <= lag["max_ms"]
+        tasks = {t["name"]: t for t in health["tasks"]}
+        assert tasks["redis-ping"]["runs"] > 0 and tasks["redis-ping"]["failures"] == 0
+        assert ("consumer-lag" in tasks) == (name != "data")
+        assert health["market"] == {"calendar": "XNYS", "used": False}
+        assert set(health["cache"]) == {"namespace", "available", "in_flight", "kinds"}
+        assert health["pool"]["kind"] == "process" and health["pool"]["in_flight"] == 0
     # readiness follows Redis: stop it and strategy (which needs its dedup registry) says not ready
     await stack.supervisor.stop("redis-server")
 
@@ -121,6 +133,12 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
         return status == 503 and body["checks"]["redis"] is False
 
     await wait_for(not_ready, what="/readyz to report Redis down")
+
+    async def ping_failing() -> bool:
+        tasks = {t["name"]: t for t in (await http_json(stack.http_port("strategy"), "/v1/health"))[1]["tasks"]}
+        return tasks["redis-ping"]["failures"] > 0 and tasks["redis-ping"]["last_error"] is not None
+
+    await wait_for(ping_failing, what="/v1/health to show the Redis check failing")
 
 
 async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):

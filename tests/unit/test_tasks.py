@@ -53,7 +53,18 @@ def test_nse_keeps_indias_holidays_and_24_7_never_closes():
 @pytest.mark.parametrize("name", ["XNYZ", "", "nyse; rm -rf /", "X" * 5000])
 def test_an_unknown_calendar_is_a_clear_error(name):
     with pytest.raises(ConfigError, match="TRADEFLOW_CALENDAR: unknown calendar"):
-        MarketClock(name)
+        MarketClock(name).load()
+
+
+async def test_an_unknown_calendar_stops_the_task_manager_at_start_when_a_task_schedules_by_the_market():
+    tasks = TaskManager(MarketClock("XNYZ"))
+    tasks.register("flat", noop, priority=Priority.CRITICAL, every=Every(1, 1))
+    await tasks.start()   # nothing consults the calendar yet
+    await tasks.stop()
+    tasks = TaskManager(MarketClock("XNYZ"))
+    tasks.register("poll", noop, priority=Priority.CRITICAL, every=Every(1, 30))
+    with pytest.raises(ConfigError, match="did you mean one of XNAS, XNYS"):
+        await tasks.start()
 
 
 @pytest.mark.parametrize("every", [
