@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 _PORTS = random.Random()
+_GIVEN: deque[int] = deque(maxlen=2_000)   # the ports this process handed out lately, not to be handed out twice
 
 
 def free_port() -> int:
@@ -36,11 +38,14 @@ def free_port() -> int:
     moment it is chosen and the moment the service binds it."""
     for _ in range(100):
         port = _PORTS.randrange(20_000, 32_000)
+        if port in _GIVEN:   # handed out already: its service may not have bound it yet
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # a crowded range: any port
         s.bind(("127.0.0.1", 0))
