@@ -23,8 +23,8 @@ from typing import Annotated, Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from services.runtime.connect import REDIS_UNAVAILABLE
 from services.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Cache:
             return {}
         try:
             values = await self._redis.mget([self._key(kind, k) for k in keys])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._failed(exc, kind, len(keys))
             return {}
         self._down = False
@@ -155,7 +155,7 @@ class Cache:
                 for key, value in values.items():
                     pipe.set(self._key(kind, key), msgspec.json.encode(value), px=ttl)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._failed(exc, kind, len(values))
             return False
         self._down = False

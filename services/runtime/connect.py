@@ -9,11 +9,16 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from contracts.errors import ConfigError
 from services.runtime.settings import redact
 
 log = logging.getLogger(__name__)
+
+# what a Redis call raises while the server is away or restarting: redis-py's errors, the socket's,
+# and uvloop's RuntimeError for a transport that closed under a call in progress
+REDIS_UNAVAILABLE = (RedisError, OSError, RuntimeError)
 
 
 class TlsSettings(msgspec.Struct, frozen=True, kw_only=True):

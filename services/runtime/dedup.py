@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from contracts.errors import RedisUnavailable
+from services.runtime.connect import REDIS_UNAVAILABLE
 
 _DAY = 86_400
 
@@ -79,7 +79,7 @@ class DedupRegistry:
         today = now or datetime.now(timezone.utc)
         try:
             found = await self._seen(keys=self._keys(today), args=ids)
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             raise RedisUnavailable(f"dedup registry: {exc}") from exc
         return {ids[index - 1] for index in found}
 
@@ -92,5 +92,5 @@ class DedupRegistry:
         end_of_day = (_DAY - (today.hour * 3600 + today.minute * 60 + today.second))
         try:
             await self._mark(keys=[key], args=[self._ttl + end_of_day, *ids])
-        except (RedisError, OSError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             raise RedisUnavailable(f"dedup registry: {exc}") from exc

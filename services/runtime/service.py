@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import msgspec
 import psutil
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from contracts import envelope as ce
 from contracts.errors import ConfigError
@@ -27,7 +26,7 @@ from services.runtime.advisories import DeadLetterCapture
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
-from services.runtime.connect import PermissionWatch, TlsSettings, connect_nats, connect_redis
+from services.runtime.connect import REDIS_UNAVAILABLE, PermissionWatch, TlsSettings, connect_nats, connect_redis
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
@@ -91,14 +90,15 @@ class Service:
         if task.cancelled() or task.exception() is None or self.stop.is_set():
             return
         self.failure = task.exception()
-        log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)})
+        log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)},
+                     exc_info=self.failure)
         self.stop.set()
 
     async def _ping_redis(self, redis) -> None:
         """One readiness check of Redis (a task of the task manager, every second)."""
         try:
             self._checks["redis"] = bool(await redis.ping())
-        except (RedisError, OSError):
+        except REDIS_UNAVAILABLE:
             self._checks["redis"] = False
             raise
 

@@ -1,0 +1,34 @@
+"""The dedup registry says "Redis is unavailable" for every way a call fails while Redis restarts."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from contracts.errors import RedisUnavailable
+from services.runtime.dedup import DedupRegistry
+
+
+class Failing:
+    """A client whose every script call fails as a restarting server's connection does."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def register_script(self, _source: str):
+        async def call(**_kwargs):
+            raise self.error
+        return call
+
+
+@pytest.mark.parametrize("error", [
+    RedisConnectionError("Connection closed by server."),
+    ConnectionResetError(104, "Connection reset by peer"),
+    RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed"),
+])
+async def test_a_call_cut_off_by_a_restart_is_redis_unavailable(error):
+    registry = DedupRegistry(Failing(error), "strategy", 86_400)
+    with pytest.raises(RedisUnavailable):
+        await registry.seen(["e1"])
+    with pytest.raises(RedisUnavailable):
+        await registry.mark(["e1"])
