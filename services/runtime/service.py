@@ -151,7 +151,7 @@ class Service:
                 sub = await js.pull_subscribe_bind(durable=self.consumer, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
-                                    every=Every(1.0, 1.0), timeout=5.0)
+                                    every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
                 worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
                                 consumer=self.consumer)
                 main.append(asyncio.create_task(worker.run(), name="worker"))

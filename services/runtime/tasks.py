@@ -198,9 +198,11 @@ class TaskManager:
             health.failures += 1
             health.last_error = (f"timed out after {entry.timeout:g}s" if isinstance(exc, TimeoutError)
                                  else f"{type(exc).__name__}: {exc}")[:500]
-            log.warning("task failed", extra={"task": entry.name, "error": health.last_error,
-                                              "failures": health.failures})
+            if health.failures == 1:   # once per run of failures, not once per retry: health has the count
+                log.warning("task failed; retrying with backoff", extra={"task": entry.name, "error": health.last_error})
         else:
+            if health.failures:
+                log.info("task recovered", extra={"task": entry.name, "failures": health.failures})
             health.failures, health.last_ok = 0, self.clock.now()
         finally:
             health.runs += 1
