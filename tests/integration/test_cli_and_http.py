@@ -114,6 +114,11 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
         assert {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_processing_seconds",
                 "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_quantile_seconds",
                 "tradeflow_dead_letters"} <= families, name
+
+        async def sampled(port: int = port) -> bool:   # the first lag sample comes 100 ms after the start
+            return (await http_json(port, "/v1/health"))[1]["event_loop_lag"]["samples"] > 0
+
+        await wait_for(sampled, timeout=10, what=f"{name}'s first event-loop lag sample")
         status, health = await http_json(port, "/v1/health")
         assert status == 200 and health["service"] == name and health["uptime_s"] > 0
         assert health["process"]["rss_mb"] > 10 and health["process"]["cpu_seconds"] > 0
