@@ -139,7 +139,7 @@ class Stack:
 
     def service_proc(self, name: str, replica: str | None = None) -> Proc:
         """The process of service `name`, or of one of its partitioned replicas (`replica`: i/n)."""
-        label = name if replica is None else Partition.parse(replica, self.symbols).durable(name)
+        label = self._label(name, replica)
         port = self.ports.get(label) or free_port()
         self.ports[label] = port
         nats_url = self.nats_url_for(name) if self.nats_address and name in self.nats_passwords else self.nats_url
@@ -158,15 +158,18 @@ class Stack:
         return [(name, None) if self.replicas.get(name, 1) == 1 else (name, f"{i}/{self.replicas[name]}")
                 for name in self.services for i in range(self.replicas.get(name, 1))]
 
+    def _label(self, name: str, replica: str | None) -> str:
+        """The supervisor's name for a service process: the service, or its replica's durable."""
+        return name if replica is None else Partition.parse(replica, self.symbols).durable(name)
+
     def labels(self) -> list[str]:
         """The supervisor's names for this stack's service processes."""
-        return [name if replica is None else Partition.parse(replica, self.symbols).durable(name)
-                for name, replica in self.processes()]
+        return [self._label(name, replica) for name, replica in self.processes()]
 
     @property
     def durables(self) -> list[str]:
         """Every durable consumer on PIPELINE this stack's services use (one per partitioned replica)."""
-        return [label for (name, _), label in zip(self.processes(), self.labels()) if name in DURABLES]
+        return [self._label(name, replica) for name, replica in self.processes() if name in DURABLES]
 
     async def start_service(self, name: str, wait: bool = True) -> Proc:
         proc = await self.supervisor.start(self.service_proc(name))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from services.runtime.metrics import Metrics
+from services.runtime.metrics import Metrics, quantile
 
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -29,14 +29,14 @@ class LoopLag:
         ordered = sorted(self.samples)
         if not ordered:
             return {"samples": 0}
-        pick = {f"p{round(q * 100)}_ms": ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 for q in QUANTILES}
+        pick = {f"p{round(q * 100)}_ms": quantile(ordered, q) * 1000 for q in QUANTILES}
         return pick | {"max_ms": ordered[-1] * 1000, "samples": len(ordered)}
 
     def _publish(self) -> None:
         ordered = sorted(self.samples)
         gauge = self.metrics.loop_lag_quantile
         for q in QUANTILES:
-            gauge.labels(self.metrics.service, str(q)).set(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+            gauge.labels(self.metrics.service, str(q)).set(quantile(ordered, q))
         self.metrics.loop_lag_max.labels(self.metrics.service).set(ordered[-1])
 
     async def watch(self, stop: asyncio.Event | None = None) -> None:

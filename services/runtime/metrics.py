@@ -6,7 +6,14 @@ subject: a subject per symbol would make one time series per instrument.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """The `q` quantile (0 to 1) of sorted, non-empty samples: the value at rank floor(q * n), the last at most."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Metrics:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from services.runtime.metrics import Metrics
+from services.runtime.metrics import Metrics, quantile
 
 
 class PoolSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,9 +48,11 @@ class _Op:
 
     def stats(self) -> dict[str, Any]:
         ordered = sorted(self.recent)
-        pick = (lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)) if ordered else None
-        return {"done": self.done, "failed": self.failed,
-                **({"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 3)} if pick else {})}
+        out: dict[str, Any] = {"done": self.done, "failed": self.failed}
+        if ordered:
+            out |= {f"p{round(q * 100)}_ms": round(quantile(ordered, q) * 1000, 3) for q in (0.5, 0.99)}
+            out["max_ms"] = round(ordered[-1] * 1000, 3)
+        return out
 
 
 class ComputePool:

@@ -148,6 +148,11 @@ class Worker:
             return []
         return ahead.result()
 
+    async def _still_working(self, batch: list[tuple[Msg, Incoming]]) -> None:
+        """Tell JetStream that the batch, and the batch fetched ahead, are in hand: not to redeliver them yet."""
+        for msg in [msg for msg, _ in batch] + self._fetched_ahead():
+            await self._quietly(msg.in_progress())
+
     async def _give_back_ahead(self) -> None:
         """Nak the batch fetched ahead: let its fetch end (within fetch_timeout), unless this task is
         being cancelled, in which case JetStream redelivers it after ack_wait."""
@@ -255,8 +260,7 @@ class Worker:
                     for msg, _ in good:
                         await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, 1)))
                     return
-                for msg in [msg for msg, _ in good] + self._fetched_ahead():
-                    await self._quietly(msg.in_progress())
+                await self._still_working(good)
                 # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
                 await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
 
@@ -362,8 +366,7 @@ class Worker:
         A timer, not a task, until the first beat is due: most batches are done long before."""
         async def beat() -> None:
             while True:
-                for msg in [msg for msg, _ in batch] + self._fetched_ahead():
-                    await self._quietly(msg.in_progress())
+                await self._still_working(batch)
                 await asyncio.sleep(self.settings.ack_wait / 3)
 
         heart: list[asyncio.Task] = []
