@@ -1,4 +1,9 @@
-"""Data service wiring: read the configured sources and publish bars to data_ready.<SYM>.
+"""Data service wiring: bars from the configured source to data_ready.<SYM>.
+
+Two modes. `batch` (the default for synthetic and csv) publishes every bar the source holds,
+in chunks, as fast as allowed. `poll` (the only mode for http) asks a provider for each symbol's
+new bars on the task manager, at the interval of the symbol's priority tier and the market's
+phase (services/data/polling.py); synthetic and csv sources then play as a live feed.
 
 On a restart it resumes after the last bar each symbol has in the stream, and
 bar ids are derived from (symbol, time), so nothing is published twice.
@@ -20,36 +25,62 @@ from contracts.envelope import derive_id
 from contracts.errors import ConfigError, Transient
 from contracts.events import BarReceived
 from contracts.subjects import DATA_READY, PIPELINE_STREAM, SYMBOL_RE
-from services.data import datasets, sources
 from aiohttp import web
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
+from services.data import datasets, sources
+from services.data.polling import TIERS, Poller, parse_every, parse_priorities
+from services.data.providers import HttpProvider, Provider, SimulatedFeed, check_url
 from services.runtime.agent import ProducerContext
-from services.runtime.settings import load
+from services.runtime.settings import Redacted, load
 
 log = logging.getLogger(__name__)
 
 
-class DataSettings(msgspec.Struct, frozen=True, kw_only=True):
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class DataSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     """TRADEFLOW_DATA_*: where bars come from and how fast they go out."""
 
-    source: str = "none"           # none | synthetic | csv
+    SECRET_FIELDS = ("token",)
+
+    source: str = "none"           # none | synthetic | csv | http
+    mode: str | None = None        # batch | poll; default: batch, poll for http
     files: list[str] = []          # csv: SYMBOL=path or a bundled name (GOOG, EURUSD, BTCUSD)
     symbols: list[str] = msgspec.field(default_factory=lambda: ["AAPL", "MSFT"])
     bars: Annotated[int, msgspec.Meta(ge=0)] = 500
     seed: int = 7
-    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0   # bars per second; 0 = as fast as possible
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0   # batch: bars per second; 0 = as fast as possible
     chunk: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # poll mode
+    url: str = ""                  # http: a URL template with {symbol} and {after}
+    token: str = ""                # http: sent as a bearer token
+    priorities: list[str] = []     # SYMBOL=critical|important|nice; the rest are important
+    poll_critical: list[str] = msgspec.field(default_factory=lambda: ["1", "30"])
+    poll_important: list[str] = msgspec.field(default_factory=lambda: ["5", "300"])
+    poll_nice: list[str] = msgspec.field(default_factory=lambda: ["30", "off"])
+    poll_timeout: Seconds = 10.0   # one provider call
+    poll_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    per_poll: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1   # synthetic/csv feed: bars per symbol per poll
+    latency: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0     # synthetic/csv feed: seconds per answer
+
+    @property
+    def polled(self) -> bool:
+        mode = self.mode or ("poll" if self.source == "http" else "batch")
+        if mode not in ("batch", "poll"):
+            raise ConfigError(f"TRADEFLOW_DATA_MODE: unknown mode {mode!r} (batch, poll)")
+        if mode == "batch" and self.source == "http":
+            raise ConfigError("TRADEFLOW_DATA_MODE: an http source is polled (TRADEFLOW_DATA_MODE=poll)")
+        return mode == "poll"
 
 
 def load_bars(cfg: DataSettings) -> list[BarReceived]:
     """Every bar the configured sources hold, in time order; ConfigError if a source is invalid."""
-    if cfg.source == "none":
+    if cfg.source in ("none", "http"):
         return []
     if cfg.source == "synthetic":
-        for symbol in cfg.symbols:
-            if not SYMBOL_RE.fullmatch(symbol):
-                raise ConfigError(f"TRADEFLOW_DATA_SYMBOLS: {symbol!r} is not a valid symbol")
+        check_symbols(cfg.symbols)
         return sources.synthetic(cfg.symbols, cfg.bars, cfg.seed)
     if cfg.source == "csv":
         if not cfg.files:
@@ -68,7 +99,13 @@ def load_bars(cfg: DataSettings) -> list[BarReceived]:
                 raise ConfigError(f"TRADEFLOW_DATA_FILES: {symbol!r} is not a valid symbol")
             series.append(sources.read_csv(resolved, symbol))
         return sources.merge(series)
-    raise ConfigError(f"TRADEFLOW_DATA_SOURCE: unknown source {cfg.source!r} (none, synthetic, csv)")
+    raise ConfigError(f"TRADEFLOW_DATA_SOURCE: unknown source {cfg.source!r} (none, synthetic, csv, http)")
+
+
+def check_symbols(symbols: Sequence[str]) -> None:
+    for symbol in symbols:
+        if not SYMBOL_RE.fullmatch(symbol):
+            raise ConfigError(f"TRADEFLOW_DATA_SYMBOLS: {symbol[:40]!r} is not a valid symbol")
 
 
 def bar_id(bar: BarReceived) -> str:
@@ -88,6 +125,19 @@ class DataAgent:
         self.bars = load_bars(settings)  # fail at start-up, not mid-stream
         self.published = 0
         self.done = asyncio.Event()
+        self.poller: Poller | None = None
+        self.polled = settings.polled
+        if self.polled:   # every poll setting is checked now, not at the first poll
+            self.symbols = sorted({b.symbol for b in self.bars}) if settings.source != "http" else \
+                sorted({s.upper() for s in settings.symbols})
+            if settings.source == "http":
+                check_symbols(self.symbols)
+                check_url(settings.url)
+            if not self.symbols:
+                raise ConfigError("TRADEFLOW_DATA_MODE=poll: no symbols to poll (TRADEFLOW_DATA_SOURCE, _SYMBOLS)")
+            self.tiers = parse_priorities(settings.priorities, self.symbols)
+            self.schedules = {tier: parse_every(f"TRADEFLOW_DATA_POLL_{tier.upper()}",
+                                                getattr(settings, f"poll_{tier}")) for tier in TIERS}
 
     def handle(self, incoming, now):  # pragma: no cover - never called: consumes nothing
         return []
@@ -98,9 +148,10 @@ class DataAgent:
     def restore(self, snapshot: Any) -> None:
         pass
 
-    async def _resume_points(self, jsm) -> dict[str, Any]:
+    async def _resume_points(self, jsm, symbols: Sequence[str] | None = None) -> dict[str, Any]:
+        """The time of the last bar each symbol has in the stream."""
         points = {}
-        for symbol in {b.symbol for b in self.bars}:
+        for symbol in symbols if symbols is not None else {b.symbol for b in self.bars}:
             try:
                 raw = await jsm.get_last_msg(PIPELINE_STREAM, f"{DATA_READY}.{symbol}")
             except NotFoundError:
@@ -115,12 +166,61 @@ class DataAgent:
         """GET /v1/progress: how many bars are published of how many."""
 
         async def progress(_: web.Request) -> web.Response:
-            return web.json_response({"bars": len(self.bars), "published": self.published,
-                                      "done": self.done.is_set()})
+            if self.poller is None:
+                return web.json_response({"mode": "poll" if self.polled else "batch", "bars": len(self.bars),
+                                          "published": self.published, "done": self.done.is_set()})
+            feeds = self.poller.progress()
+            return web.json_response({"mode": "poll", "source": self.settings.source, "bars": len(self.bars),
+                                      "published": sum(f["published"] for f in feeds), "done": self._exhausted(),
+                                      "symbols": feeds})
 
         return [web.get("/v1/progress", progress)]
 
     async def produce(self, ctx: ProducerContext) -> None:
+        """Batch mode: publish every bar not yet in the stream. Poll mode: poll until the service stops."""
+        if self.polled:
+            await self._poll(ctx)
+        else:
+            await self._batch(ctx)
+
+    def provider(self) -> Provider:
+        """The provider the settings name: http, or the synthetic/csv series as a live feed."""
+        cfg = self.settings
+        if cfg.source == "http":
+            return HttpProvider(cfg.url, token=cfg.token, timeout=cfg.poll_timeout)
+        series: dict[str, list[BarReceived]] = {}
+        for bar in self.bars:
+            series.setdefault(bar.symbol, []).append(bar)
+        return SimulatedFeed(series, per_poll=cfg.per_poll, latency=cfg.latency)
+
+    def _exhausted(self) -> bool:
+        """Whether a synthetic/csv feed has published all it has (an http source never is)."""
+        if self.poller is None or not isinstance(self.poller.provider, SimulatedFeed):
+            return False
+        return all(self.poller.provider.exhausted(f.symbol, f.last_ts) for f in self.poller.feeds.values())
+
+    async def _poll(self, ctx: ProducerContext) -> None:
+        """Register a polling task per tier on the task manager; unregister them when the service stops."""
+        cfg = self.settings
+
+        async def publish(bars: list[BarReceived]) -> None:
+            await ctx.publish([(bar_id(b), b) for b in bars])
+
+        provider = self.provider()
+        poller = Poller(provider, publish, self.tiers, concurrency=cfg.poll_concurrency, timeout=cfg.poll_timeout,
+                        metrics=ctx.metrics, resync=lambda symbols: self._resume_points(ctx.jsm, symbols))
+        poller.resume_from(await self._resume_points(ctx.jsm, self.symbols))
+        self.poller = poller
+        names = poller.register(ctx.tasks, self.schedules)
+        log.info("polling", extra={"provider": provider.name, "symbols": len(self.symbols), "tasks": names})
+        try:
+            await ctx.stopping.wait()
+        finally:
+            for name in names:
+                await ctx.tasks.unregister(name)
+            await provider.close()
+
+    async def _batch(self, ctx: ProducerContext) -> None:
         """Publish every bar not yet in the stream, in chunks, retrying through outages."""
         publish = ctx.publish
         resume = await self._resume_points(ctx.jsm)

@@ -29,6 +29,7 @@ Optional class attributes change what the runtime does for an agent:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,7 @@ from contracts.events import Event
 from services.runtime.cache import Cache
 from services.runtime.metrics import Metrics
 from services.runtime.pool import ComputePool
+from services.runtime.tasks import TaskManager
 
 
 class Agent(Protocol):
@@ -83,11 +85,16 @@ class Publish(Protocol):
 
 
 class ProducerContext(Protocol):
-    """What a producing agent (data) is given: a publish function and the JetStream context."""
+    """What a producing agent (data) is given: a publish function, the JetStream context, the service's
+    task manager and metrics, and the event set when the service stops (a producer that runs until
+    then returns once it is set)."""
 
     publish: Publish
     js: Any
     jsm: Any
+    tasks: TaskManager
+    metrics: Metrics
+    stopping: asyncio.Event
 
 
 Producer = Callable[[ProducerContext], Awaitable[None]]

@@ -81,6 +81,14 @@ class Metrics:
             "tradeflow_consumer_ack_pending", "Messages delivered to this service and not yet acknowledged",
             ["service"], registry=r
         )
+        self.data_polls = Counter(
+            "tradeflow_data_polls", "Symbols polled from the data provider, by tier and outcome (ok, error)",
+            ["service", "tier", "outcome"], registry=r
+        )
+        self.data_poll_seconds = Histogram(
+            "tradeflow_data_poll_seconds", "One polling round over a tier's symbols, publishing included",
+            ["service", "tier"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )
         self.rebuilt_events = Counter(
             "tradeflow_state_rebuild_events", "Events folded into state at start-up", ["service"], registry=r
         )

@@ -159,7 +159,8 @@ class Service:
                                             terminated=getattr(self.agent, "dead_letters", True))
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
-                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm)
+                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, tasks=self.tasks,
+                                          metrics=self.metrics, stopping=self.stop)
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
             for task in main:
                 task.add_done_callback(self._on_main_done)

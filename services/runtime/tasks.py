@@ -126,6 +126,13 @@ class TaskManager:
         if self._started:
             entry.task = asyncio.create_task(self._loop(entry), name=f"task-{name}")
 
+    async def unregister(self, name: str) -> None:
+        """Cancel a periodic task, wait for it to end and forget it (KeyError if there is none)."""
+        entry = self._periodic.pop(name)
+        if entry.task is not None:
+            entry.task.cancel()
+            await asyncio.gather(entry.task, return_exceptions=True)
+
     async def start(self) -> None:
         """Start every registered task; ConfigError (an unknown calendar) before any, if one schedules by
         the market (the calendar is loaded in a thread: it takes most of a second)."""
