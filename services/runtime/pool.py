@@ -17,6 +17,7 @@ or where forking is not wanted).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections import defaultdict, deque
@@ -62,7 +63,10 @@ class ComputePool:
         self.settings = settings
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.queue)
-        self._cpu: Executor = (ProcessPoolExecutor(settings.workers) if settings.kind == "process"
+        # forkserver, not fork: a service has threads (its I/O pool, the loop's default executor), and a
+        # child forked while one of them held a lock would wait on it forever
+        self._cpu: Executor = (ProcessPoolExecutor(settings.workers, mp_context=multiprocessing.get_context("forkserver"))
+                               if settings.kind == "process"
                                else ThreadPoolExecutor(settings.workers, thread_name_prefix="cpu"))
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="io")
         self._ops: dict[tuple[str, str], _Op] = defaultdict(_Op)

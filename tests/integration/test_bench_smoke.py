@@ -92,14 +92,16 @@ def test_a_run_past_its_time_limit_stops_with_one_line_and_kills_what_it_started
 
 def test_the_runtime_bench_runs_small_and_prints_its_figures():
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "runtime_bench.py"), "--features", "20", "--size", "500",
-                          "--gets", "640", "--rounds", "3", "--latency", "0.02"], capture_output=True, text=True, timeout=180)
+                          "--gets", "640", "--rounds", "3", "--latency", "0.02", "--bars", "600"], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "through the pool" in run.stdout and "event-loop lag meanwhile" in run.stdout
     assert re.search(r"near cache \(LOCAL_TTL=0\.5\)\s+[\d,]+ gets/s", run.stdout), run.stdout
     assert re.search(r"every symbol at once\s+[\d.]+ ms a poll\s+[\d.]+x", run.stdout), run.stdout
+    assert re.search(r"features in the pool\s+[\d,]+ bars/s\s+loop lag p95", run.stdout), run.stdout
     for args, message in ((["--features", "0"], "must be at least 1"), (["--symbols", "0"], "must be at least 1"),
                           (["--latency", "-1"], "--latency must be"), (["--latency", "nan"], "--latency must be"),
-                          (["--rounds", "x"], "invalid int value")):
+                          (["--rounds", "x"], "invalid int value"),
+                          (["--bars", "4"], "--bars at least 5")):
         bad = subprocess.run([sys.executable, str(ROOT / "bench" / "runtime_bench.py"), *args],
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)

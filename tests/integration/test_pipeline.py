@@ -133,3 +133,14 @@ async def test_risk_killed_mid_run_rebuilds_the_book_it_had(make_stack):
     # and once more at rest: killed and restarted, it comes back with exactly the book it had
     await stack.restart_service("risk", signal.SIGKILL)
     assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == book
+
+
+async def test_strategy_features_folded_in_the_process_pool_match_the_pure_logic(make_stack):
+    env = LOGIC_ENV | {"TRADEFLOW_STRATEGY_NAME": "macd_cross", "TRADEFLOW_STRATEGY_OFFLOAD": "on"}
+    _, sim, _ = predicted(env)
+    assert sim.counts["executed_ready"] > 5
+    stack, nc = await make_stack(env=env, per_service={"data": DATA_ENV})
+    await assert_matches_prediction(stack, nc, sim)
+    _, health = await http_json(stack.http_port("strategy"), "/v1/health")
+    assert health["pool"]["kind"] == "process" and health["pool"]["ops"]["cpu:strategy"]["done"] > 0
+    assert health["pool"]["ops"]["cpu:strategy"]["failed"] == 0
