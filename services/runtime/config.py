@@ -26,7 +26,6 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "var"
     # consuming
     batch_size: PositiveInt = 256
-    concurrency: PositiveInt = 64        # lanes (symbols) processed at once
     fetch_timeout: Seconds = 1.0
     max_ack_pending: PositiveInt = 4096
     max_deliver: PositiveInt = 8
