@@ -314,6 +314,54 @@ def tail(subject: str, count: int | None) -> None:
     _run_async(main())
 
 
+def _status_table(state: dict) -> list[str]:
+    """`tradeflow status` as text: services, consumers, streams, dead letters."""
+
+    def table(headers: list[str], rows: list[list[object]]) -> list[str]:
+        cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in cells]
+
+    services = state["services"]
+    lines = [f"services ({len(services)} answering $SRV.INFO)"]
+    lines += table(["SERVICE", "ID", "VERSION", "PID", "HTTP", "CONSUMER", "IN", "OUT", "DEAD LETTERS"],
+                   [[s["name"], s["id"], s["version"], s["pid"], s["http_port"], s["consumer"], s["messages_in"],
+                     s["messages_out"], s["dead_letters"]] for s in services]) if services else ["  none"]
+    lines += ["", "consumers on PIPELINE"]
+    lines += table(["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "PAUSED", "FILTER"],
+                   [[c["name"], c["pending"], c["ack_pending"], c["redelivered"], "yes" if c["paused"] else "no",
+                     c["filter"]] for c in state["consumers"]]) if state["consumers"] else ["  none"]
+    lines += ["", "streams"]
+    lines += table(["STREAM", "MESSAGES", "BYTES", "FIRST SEQ", "LAST SEQ", "CONSUMERS"],
+                   [[t["name"], t["messages"], t["bytes"], t["first_seq"], t["last_seq"], t["consumers"]]
+                    for t in state["streams"]]) if state["streams"] else ["  none"]
+    dead = state["dead_letters"]
+    lines += ["", "dead letters: " + (", ".join(f"{k} {v}" for k, v in dead.items()) if dead else "none")]
+    return lines
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--wait", type=click.FloatRange(0.05, 30), default=0.5, show_default=True,
+              help="Seconds to wait for services to answer.")
+def status(as_json: bool, wait: float) -> None:
+    """Services (found by the NATS micro protocol), consumers and their pending counts, streams, DLQ depth."""
+    from services.observe import status as read_status
+
+    async def main():
+        nc = await _connect()
+        try:
+            return await read_status(nc, wait)
+        finally:
+            await nc.close()
+
+    state = _run_async(main())
+    if state is None:
+        return
+    click.echo(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() if as_json else "\n".join(_status_table(state)))
+
+
 def _add_commands() -> None:
     from replay.cli import COMMANDS
     from services.dlq_cli import dlq

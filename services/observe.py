@@ -95,3 +95,64 @@ async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout:
         last_seq = seq
         await asyncio.sleep(settle)
     raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
+
+
+async def micro_services(nc, timeout: float = 0.5, verb: str = "INFO", name: str | None = None) -> list[dict]:
+    """Every answer to `$SRV.<verb>[.<name>]` within `timeout`: one per running service (and replica)."""
+    inbox = nc.new_inbox()
+    answers: list[dict] = []
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(f"$SRV.{verb}" + (f".{name}" if name else ""), b"", reply=inbox)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except TimeoutError:
+                break
+            try:
+                answers.append(orjson.loads(msg.data))
+            except orjson.JSONDecodeError:
+                continue
+    finally:
+        await sub.unsubscribe()
+    return sorted(answers, key=lambda a: (str(a.get("name")), str(a.get("id"))))
+
+
+async def status(nc, timeout: float = 0.5) -> dict:
+    """What `tradeflow status` shows: services (micro INFO and STATS), consumers, streams, DLQ depth by service."""
+    jsm = nc.jsm()
+    infos = await micro_services(nc, timeout, "INFO")
+    stats = {s.get("id"): s for s in await micro_services(nc, timeout, "STATS")}
+    services = []
+    for info in infos:
+        meta = info.get("metadata") or {}
+        data = next((e.get("data") for e in (stats.get(info.get("id")) or {}).get("endpoints") or []
+                     if e.get("data")), None) or {}
+        services.append({"name": info.get("name"), "id": info.get("id"), "version": info.get("version"),
+                         "consumer": meta.get("consumer") or None, "http_port": meta.get("http_port"),
+                         "pid": meta.get("pid"), "partition": meta.get("partition") or None,
+                         "messages_in": data.get("messages_in"), "messages_out": data.get("messages_out"),
+                         "dead_letters": data.get("dead_letters")})
+    consumers = []
+    try:
+        for c in await jsm.consumers_info(PIPELINE_STREAM):
+            consumers.append({"name": c.name, "pending": c.num_pending or 0, "ack_pending": c.num_ack_pending or 0,
+                              "redelivered": c.num_redelivered or 0, "paused": bool(getattr(c, "paused", False)),
+                              "filter": c.config.filter_subject or ",".join(c.config.filter_subjects or [])})
+    except NotFoundError:
+        pass
+    streams = []
+    for name in (PIPELINE_STREAM, DLQ_STREAM):
+        try:
+            info = await jsm.stream_info(name)
+        except NotFoundError:
+            continue
+        streams.append({"name": name, "messages": info.state.messages, "bytes": info.state.bytes,
+                        "first_seq": info.state.first_seq, "last_seq": info.state.last_seq,
+                        "consumers": info.state.consumer_count})
+    dlq = Counter()
+    for subject, n in (await subject_counts(jsm, DLQ_STREAM)).items():
+        dlq[subject.split(".")[1] if subject.count(".") >= 1 else subject] += n
+    return {"services": services, "consumers": sorted(consumers, key=lambda c: c["name"]), "streams": streams,
+            "dead_letters": dict(sorted(dlq.items()))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from services.runtime.logs import setup_logging
 from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
+from services.runtime.micro import start_micro
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.pool import ComputePool, PoolSettings
@@ -112,6 +114,7 @@ class Service:
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
         self.nc = None
+        self.micro = None
         routes = [web.get("/v1/health", self._health_view)]
         runner, self.http_port = await start_http(
             s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
@@ -134,6 +137,11 @@ class Service:
             js = self.nc.jetstream(timeout=s.publish_timeout)
             jsm = self.nc.jsm()
             await ensure_streams(jsm, s)
+            self.micro = await start_micro(
+                self.nc, self.name, description=(type(self.agent).__doc__ or self.name).strip().splitlines()[0],
+                meta={"consumer": self.consumer if self.agent.consumes else "", "http_port": self.http_port,
+                      "partition": s.partition or "", "pid": os.getpid()},
+                metrics=self.metrics, health=self.health, ready=self.ready)
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
             if hasattr(self.agent, "open"):
@@ -185,6 +193,11 @@ class Service:
             for task in still:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self.micro is not None and self.nc is not None and not self.nc.is_closed:
+                try:
+                    await asyncio.wait_for(self.micro.stop(), timeout=2.0)
+                except Exception as exc:  # noqa: BLE001 - closing anyway
+                    log.warning("micro service did not stop cleanly", extra={"error": repr(exc)})
             if self.nc is not None and not self.nc.is_closed:
                 try:  # acks and naks are plain publishes: flush them out before closing
                     await asyncio.wait_for(self.nc.flush(), timeout=s.drain_timeout)

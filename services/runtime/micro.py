@@ -1,0 +1,70 @@
+"""Every service as a NATS micro service, so the tools NATS users already have find it:
+
+    nats micro ls                       every tradeflow service (and replica) with its version
+    nats micro info strategy            its endpoints and metadata (consumer, HTTP port, ...)
+    nats micro stats strategy           requests, errors and time per endpoint, plus what it processed
+    nats req tradeflow.strategy.health ''      the same JSON as GET /v1/health
+    nats req tradeflow.strategy.ready ''       the readiness checks
+
+Endpoints live under `tradeflow.<service>.` in the queue group `q`: with replicas, one answers
+each request; `$SRV.INFO.<service>.<id>` reaches one replica in particular.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import msgspec
+from nats.micro import Request, add_service
+from nats.micro.service import EndpointStats, Service
+
+from services.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    """tradeflow's version, as the package says (0.0.0 when run from a tree that is not installed)."""
+    try:
+        return metadata.version("tradeflow")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _total(counter) -> float:
+    return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
+
+
+def processed(metrics: Metrics) -> dict[str, int]:
+    """What the service has done since it started: the data of every endpoint in `nats micro stats`."""
+    return {"messages_in": int(_total(metrics.messages_in)), "messages_out": int(_total(metrics.messages_out)),
+            "messages_failed": int(_total(metrics.messages_failed)), "dead_letters": int(_total(metrics.dead_letters)),
+            "duplicates": int(_total(metrics.duplicates))}
+
+
+async def start_micro(nc, name: str, *, description: str, meta: dict[str, str], metrics: Metrics,
+                      health: Callable[[], Any], ready: Callable[[], dict[str, bool]]) -> Service:
+    """Register `name` with the micro protocol and its health and ready endpoints."""
+
+    def stats(_: EndpointStats) -> dict[str, int]:
+        return processed(metrics)
+
+    service = await add_service(nc, name=name, version=version(), description=description,
+                                metadata={k: str(v) for k, v in meta.items()}, stats_handler=stats)
+    group = service.add_group(name=f"tradeflow.{name}")
+
+    async def on_health(request: Request) -> None:
+        await request.respond(msgspec.json.encode(health()))
+
+    async def on_ready(request: Request) -> None:
+        checks = ready()
+        await request.respond(msgspec.json.encode({"ready": all(checks.values()), "checks": checks}))
+
+    await group.add_endpoint(name="health", handler=on_health,
+                             metadata={"description": "the service's state, as GET /v1/health"})
+    await group.add_endpoint(name="ready", handler=on_ready,
+                             metadata={"description": "readiness checks, as GET /readyz"})
+    return service
