@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from contracts.errors import ConfigError
 from services.registry import DURABLES, SERVICES
 from services.runtime.partition import Partition
@@ -187,6 +189,18 @@ class Stack:
             await self.start_redis()
         procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
         await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
+        self.write_scrape_targets()
+
+    def write_scrape_targets(self) -> Path:
+        """<home>/prometheus-targets.json: every service's metrics endpoint, for Prometheus' file_sd_configs
+        (deploy/prometheus/prometheus.yml); rewritten at each start, as the ports change."""
+        targets = [{"targets": [f"127.0.0.1:{self.ports[label]}"], "labels": {"process": label}}
+                   for label in self.labels() if label in self.ports]
+        path = self.home / "prometheus-targets.json"
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(orjson.dumps(targets, option=orjson.OPT_INDENT_2))
+        os.replace(partial, path)
+        return path
 
     async def restart_service(self, name: str, sig: int = signal.SIGTERM, wait: bool = True) -> int | None:
         """Stop one service with `sig`, start it again; the exit code it stopped with."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -23,6 +23,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.service = service
+        # tradeflow_process_cpu_seconds_total, _resident_memory_bytes, _open_fds, _start_time_seconds, ...
+        ProcessCollector(namespace="tradeflow", registry=r)
         self.messages_in = Counter(
             "tradeflow_messages_in", "Messages received", ["service", "stage"], registry=r
         )
