@@ -18,7 +18,7 @@ import orjson
 from nats.errors import Error as NatsError
 
 from contracts.errors import TradeflowError
-from services.registry import SERVICES
+from services.registry import DASHBOARD, RUNNABLE, SERVICES
 
 
 class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,7 +80,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("service", type=click.Choice(SERVICES))
+@click.argument("service", type=click.Choice(RUNNABLE))
 def run(service: str) -> None:
     """Run one SERVICE in this process (settings from the environment)."""
     from services.registry import build
@@ -171,6 +171,7 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
 
     async def main():
         stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
+                      services=(*SERVICES, DASHBOARD),
                       per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
                       tls_dir=Path(tls_dir) if tls_dir else None)
         try:
@@ -184,6 +185,7 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
             click.echo(f"  Redis  {stack.redis_url}")
             click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
                        "tradeflow events --last)")
+            click.echo(f"  Dashboard  {stack.dashboard_url()}")
             for name in stack.services:
                 click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
             click.echo("Ctrl-C to stop.")

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 
 from contracts import envelope as ce
-from contracts.subjects import dlq_subject, subject_matches
+from contracts.subjects import DLQ_STREAM, dlq_subject, subject_matches
 from services.runtime.publish import Outgoing
 
 DLQ_REASON = "tradeflow-dlq-reason"
@@ -161,3 +161,12 @@ def redriven(letter: DeadLetter, max_redrives: int = MAX_REDRIVES) -> Outgoing:
     if ce.CE_ID in headers:   # an enveloped message keeps its envelope under the new id
         headers[ce.CE_ID] = new_id
     return Outgoing(letter.subject, letter.body, headers)
+
+
+async def redrive(publisher, jsm, letter: DeadLetter, max_redrives: int = MAX_REDRIVES):
+    """Send `letter` back to its subject and, once that is stored, take it out of the DLQ; (PubAck, subject).
+    RedriveRefused past `max_redrives`. Redriving one dead letter twice has one effect (a derived id)."""
+    out = redriven(letter, max_redrives)
+    [ack] = await publisher.publish([out])
+    await jsm.delete_msg(DLQ_STREAM, letter.seq)
+    return ack, out.subject

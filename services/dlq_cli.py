@@ -21,7 +21,8 @@ from nats.js.errors import NotFoundError
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import DLQ_STREAM
-from services.deadletters import MAX_REDRIVES, DeadLetter, RedriveRefused, Selection, redriven, select
+from services.deadletters import MAX_REDRIVES, DeadLetter, RedriveRefused, Selection, select
+from services.deadletters import redrive as redrive_one
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -166,16 +167,14 @@ def redrive(seqs, service, subject, reason, older_than, newer_than, everything, 
         sent = again = refused = 0
         for letter in letters:
             try:
-                out = redriven(letter, max_redrives)
+                ack, subject = await redrive_one(publisher, jsm, letter, max_redrives)
             except RedriveRefused as exc:
                 refused += 1
                 click.echo(f"refused {letter.seq}: {exc}", err=True)
                 continue
-            [ack] = await publisher.publish([out])
-            await jsm.delete_msg(DLQ_STREAM, letter.seq)
             duplicate = bool(ack.duplicate)
             sent, again = sent + (not duplicate), again + duplicate
-            click.echo(f"redrove {letter.seq} -> {out.subject} (stream seq {ack.seq}"
+            click.echo(f"redrove {letter.seq} -> {subject} (stream seq {ack.seq}"
                        f"{', already there' if duplicate else ''})")
         click.echo(f"{sent} redriven, {again} already redriven, {refused} refused", err=True)
         if refused:

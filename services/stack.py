@@ -66,7 +66,13 @@ class Stack:
         self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
         self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
         self.redis_address: str | None = None  # host:port of the redis-server this stack runs, if it runs one
-        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "cli")}
+        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
+        self.dashboard_token = self.per_service_env.get("dashboard", {}).get("TRADEFLOW_DASHBOARD_TOKEN") \
+            or secrets.token_urlsafe(18)
+
+    def dashboard_url(self) -> str:
+        """The dashboard's page with its token (in the fragment: it never reaches a server or a log)."""
+        return f"http://127.0.0.1:{self.http_port('dashboard')}/#token={self.dashboard_token}"
 
     @property
     def logs(self) -> Path:
@@ -149,7 +155,9 @@ class Stack:
         partition = {} if replica is None else {"TRADEFLOW_PARTITION": replica, "TRADEFLOW_SYMBOLS": ",".join(self.symbols)}
         env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": redis_url or "",
                                          "TRADEFLOW_HTTP_PORT": str(port), "TRADEFLOW_DATA_DIR": str(self.home),
-                                         **self.env, **self.per_service_env.get(name, {}), **partition})
+                                         **self.env, **self.per_service_env.get(name, {}), **partition,
+                                         **({"TRADEFLOW_DASHBOARD_TOKEN": self.dashboard_token}
+                                            if name == "dashboard" else {})})
         argv = [sys.executable, "-m", "services.cli", "run", name]
         proc = Proc(label, argv, env, self.logs / f"{label}.log")
         proc.http_port = port

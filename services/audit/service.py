@@ -84,13 +84,20 @@ class AuditAgent:
         """The portfolio in event time (see `in_event_time`)."""
         return in_event_time(self.cash, self.log)
 
+    async def portfolio(self) -> dict:
+        """Positions, cash, PnL and closed trades in event time (GET /v1/portfolio, tradeflow.audit.portfolio)."""
+        events = list(self.log)  # a copy: the handler appends while the executor sorts
+        pf = await asyncio.get_running_loop().run_in_executor(None, in_event_time, self.cash, events)
+        return report(pf)
+
     def routes(self) -> list[web.RouteDef]:
         async def portfolio(_: web.Request) -> web.Response:
-            events = list(self.log)  # a copy: the handler appends while the executor sorts
-            pf = await asyncio.get_running_loop().run_in_executor(None, in_event_time, self.cash, events)
-            return web.json_response(report(pf))
+            return web.json_response(await self.portfolio())
 
         return [web.get("/v1/portfolio", portfolio)]
+
+    def micro_endpoints(self) -> dict:
+        return {"portfolio": self.portfolio}
 
 
 def build(environ=None) -> AuditAgent:

@@ -85,13 +85,14 @@ class Publish(Protocol):
 
 
 class ProducerContext(Protocol):
-    """What a producing agent (data) is given: a publish function, the JetStream context, the service's
+    """What a producing agent (data, dashboard) is given: a publish function, the JetStream context, the connection, the service's
     task manager and metrics, and the event set when the service stops (a producer that runs until
     then returns once it is set)."""
 
     publish: Publish
     js: Any
     jsm: Any
+    nc: Any
     tasks: TaskManager
     metrics: Metrics
     stopping: asyncio.Event

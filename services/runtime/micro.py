@@ -5,6 +5,8 @@
     nats micro stats strategy           requests, errors and time per endpoint, plus what it processed
     nats req tradeflow.strategy.health ''      the same JSON as GET /v1/health
     nats req tradeflow.strategy.ready ''       the readiness checks
+    nats req tradeflow.strategy.restart ''     exit (code 75) so its supervisor starts it again
+    nats req tradeflow.audit.portfolio ''      an agent's own endpoints (audit: positions, PnL, trades)
 
 Endpoints live under `tradeflow.<service>.` in the queue group `q`: with replicas, one answers
 each request; `$SRV.INFO.<service>.<id>` reaches one replica in particular.
@@ -13,7 +15,7 @@ each request; `$SRV.INFO.<service>.<id>` reaches one replica in particular.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -46,8 +48,9 @@ def processed(metrics: Metrics) -> dict[str, int]:
 
 
 async def start_micro(nc, name: str, *, description: str, meta: dict[str, str], metrics: Metrics,
-                      health: Callable[[], Any], ready: Callable[[], dict[str, bool]]) -> Service:
-    """Register `name` with the micro protocol and its health and ready endpoints."""
+                      health: Callable[[], Any], ready: Callable[[], dict[str, bool]], restart: Callable[[], None],
+                      extra: Mapping[str, Callable[[], Awaitable[Any]]] | None = None) -> Service:
+    """Register `name` with the micro protocol: its health, ready and restart endpoints and the agent's own."""
 
     def stats(_: EndpointStats) -> dict[str, int]:
         return processed(metrics)
@@ -65,6 +68,27 @@ async def start_micro(nc, name: str, *, description: str, meta: dict[str, str], 
 
     await group.add_endpoint(name="health", handler=on_health,
                              metadata={"description": "the service's state, as GET /v1/health"})
+    async def on_restart(request: Request) -> None:
+        log.warning("restart requested over NATS: draining, then exiting for the supervisor to start it again")
+        restart()
+        await request.respond(msgspec.json.encode({"restarting": name, "id": service.id}))
+
     await group.add_endpoint(name="ready", handler=on_ready,
                              metadata={"description": "readiness checks, as GET /readyz"})
+    await group.add_endpoint(name="restart", handler=on_restart,
+                             metadata={"description": "exit with code 75 for the supervisor to start it again"})
+    for endpoint, produce in (extra or {}).items():
+        async def on_extra(request: Request, produce=produce) -> None:
+            await request.respond(msgspec.json.encode(await produce()))
+
+        await group.add_endpoint(name=endpoint, handler=on_extra)
     return service
+
+
+async def ask(nc, subject: str, timeout: float = 2.0) -> Any:
+    """A micro endpoint's JSON answer; a micro error reply (Nats-Service-Error) raises RuntimeError."""
+    reply = await nc.request(subject, b"", timeout=timeout)
+    if reply.headers and reply.headers.get("Nats-Service-Error-Code"):
+        raise RuntimeError(f"{subject}: {reply.headers.get('Nats-Service-Error', 'error')}")
+    return msgspec.json.decode(reply.data)
+

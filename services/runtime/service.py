@@ -48,6 +48,7 @@ from services.runtime.worker import Worker
 log = logging.getLogger(__name__)
 
 EXIT_FAILED = 70   # a task failed for good (EX_SOFTWARE): the supervisor or the container restarts it
+EXIT_RESTART = 75  # asked to restart (EX_TEMPFAIL): the supervisor or the container starts it again
 
 
 class Service:
@@ -70,6 +71,7 @@ class Service:
         self.stop = asyncio.Event()
         self._closing = asyncio.Event()   # set when the service shuts down: background loops end
         self.failure: BaseException | None = None
+        self.restart_requested = False
         self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
@@ -94,6 +96,11 @@ class Service:
         self.failure = task.exception()
         log.critical("stopping: a task failed", extra={"task": task.get_name(), "error": repr(self.failure)},
                      exc_info=self.failure)
+        self.stop.set()
+
+    def _restart(self) -> None:
+        """Asked to restart (tradeflow.<service>.restart): drain and exit with EXIT_RESTART."""
+        self.restart_requested = True
         self.stop.set()
 
     async def _ping_redis(self, redis) -> None:
@@ -141,7 +148,8 @@ class Service:
                 self.nc, self.name, description=(type(self.agent).__doc__ or self.name).strip().splitlines()[0],
                 meta={"consumer": self.consumer if self.agent.consumes else "", "http_port": self.http_port,
                       "partition": s.partition or "", "pid": os.getpid()},
-                metrics=self.metrics, health=self.health, ready=self.ready)
+                metrics=self.metrics, health=self.health, ready=self.ready, restart=self._restart,
+                extra=self.agent.micro_endpoints() if hasattr(self.agent, "micro_endpoints") else None)
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
             if hasattr(self.agent, "open"):
@@ -167,7 +175,7 @@ class Service:
                                             terminated=getattr(self.agent, "dead_letters", True))
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
-                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, tasks=self.tasks,
+                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, nc=self.nc, tasks=self.tasks,
                                           metrics=self.metrics, stopping=self.stop)
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
             for task in main:
@@ -185,7 +193,7 @@ class Service:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("task ended with error", extra={"task": task.get_name(), "error": repr(task.exception())})
-            return EXIT_FAILED if self.failure is not None else 0
+            return EXIT_FAILED if self.failure is not None else EXIT_RESTART if self.restart_requested else 0
         finally:
             self._closing.set()
             await self.tasks.stop()

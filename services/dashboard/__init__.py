@@ -1,0 +1,1 @@
+"""The dashboard service: a live web page over the pipeline, with controls."""
