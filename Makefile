@@ -5,5 +5,6 @@ setup:
 	@scripts/bootstrap
 demo: setup
 	.venv/bin/tradeflow demo
-test: setup
+test:
+	@scripts/bootstrap --browser
 	.venv/bin/python -m pytest -q
