@@ -64,9 +64,14 @@ def trace_id_for(event_id: str) -> str:
     return _hash("trace", event_id, size=16)
 
 
+def span_id(event_id: str) -> str:
+    """The span (16 hex) named after an event id: the one its traceparent carries."""
+    return _hash("span", event_id, size=8)
+
+
 def traceparent(trace_id: str, span_of: str) -> str:
     """A W3C traceparent for a span named after an event id."""
-    return f"00-{trace_id}-{_hash('span', span_of, size=8)}-01"
+    return f"00-{trace_id}-{span_id(span_of)}-01"
 
 
 def parse_traceparent(value: str | None) -> str | None:

@@ -34,7 +34,8 @@ from services.runtime.logs import setup_logging
 from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
-from services.runtime.micro import start_micro
+from services.runtime.micro import start_micro, version
+from services.runtime.tracing import Tracing
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.pool import ComputePool, PoolSettings
@@ -81,6 +82,7 @@ class Service:
         self.pool = ComputePool(load(PoolSettings, "TRADEFLOW_POOL_"), self.metrics)   # workers start on first use
         self.started = time.monotonic()
         self.process = psutil.Process()
+        self.tracing = Tracing.from_env(self.name, version())   # None unless an OTLP endpoint is configured
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
@@ -169,7 +171,7 @@ class Service:
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
                 worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
-                                consumer=self.consumer)
+                                consumer=self.consumer, tracing=self.tracing)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
                 capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer,
                                             terminated=getattr(self.agent, "dead_letters", True))
@@ -216,6 +218,8 @@ class Service:
                 await self.agent.close()
             await redis.aclose()
             await self.pool.close()
+            if self.tracing is not None:
+                await asyncio.to_thread(self.tracing.shutdown)   # export what is queued
             await runner.cleanup()
             log.info("service stopped")
 
@@ -290,13 +294,23 @@ class Service:
         service = self.name
         metrics = self.metrics
 
+        tracing = self.tracing
+
         async def publish(events: Sequence[tuple[str, Event]]) -> None:
+            started_ns = time.time_ns()
             batch = [envelope_out(event, service=service, event_id=event_id,
                                   trace_id=ce.trace_id_for(event_id), causation_id=None)
                      for event_id, event in events]
             await publisher.publish(batch)
             for out in batch:
                 metrics.messages_out.labels(service, out.subject.partition(".")[0]).inc()
+            if tracing is not None:   # a journey starts here: a root span per event
+                end_ns = time.time_ns()
+                for (event_id, _), out in zip(events, batch):
+                    tracing.hop(f"{service} {out.subject.partition('.')[0]}", trace_id=ce.trace_id_for(event_id),
+                                span_id=ce.span_id(event_id), parent_span_id=None, start_ns=started_ns, end_ns=end_ns,
+                                attributes={"messaging.system": "nats", "tradeflow.service": service,
+                                            "messaging.destination.name": out.subject, "messaging.message.id": event_id})
 
         return publish
 

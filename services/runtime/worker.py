@@ -39,6 +39,7 @@ from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
 from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
+from services.runtime.tracing import Tracing, span_id_of
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class Worker:
     """Runs one agent over one pull subscription."""
 
     def __init__(self, agent: Agent, sub: JetStreamContext.PullSubscription, *, publisher: Publisher,
-                 dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings, consumer: str | None = None) -> None:
+                 dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings, consumer: str | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.agent = agent
+        self.tracing = tracing
         self.sub = sub
         take_queued_first(sub)
         self.publisher = publisher
@@ -266,6 +269,8 @@ class Worker:
 
     async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
+        traced: list[tuple[Incoming, int, int, str | None]] = []   # input, its outputs' slice, why it failed
         seen = await self._seen(batch)
         snapshot = self.agent.snapshot()
         prepare = getattr(self.agent, "prepare", None)
@@ -288,11 +293,15 @@ class Worker:
                 events = self.agent.handle(inc, now)
             except BadInput as err:
                 await self.dead_letter(msg, err.reason, str(err))
+                if self.tracing is not None:
+                    traced.append((inc, 0, 0, f"{err.reason}: {err}"))
                 continue
             except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
                 failed.append((msg, inc, exc))
                 continue
             replay_run = inc.headers.get(ce.REPLAY_RUN)
+            if self.tracing is not None:
+                traced.append((inc, len(outgoing), len(outgoing) + len(events), None))
             for index, event in enumerate(events):
                 trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
                 out = envelope_out(event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
@@ -314,12 +323,36 @@ class Worker:
             await self._quietly(msg.ack())
         for msg, inc, exc in failed:
             await self._retry_or_dead_letter(msg, inc, exc)
+        if traced:
+            self._spans(traced, outgoing, started_ns)
         elapsed = time.perf_counter() - started
         per_message = elapsed / max(1, len(batch))
         for stage, count in Counter(inc.envelope.subject.partition(".")[0] for _, inc in done).items():
             histogram = self.metrics.processing.labels(self.service, stage)
             for _ in range(count):
                 histogram.observe(per_message)
+
+    def _spans(self, traced: list[tuple[Incoming, int, int, str | None]], outgoing: list[Outgoing],
+               started_ns: int) -> None:
+        """One span per output, named after it, child of its input's span; a leaf for an input with none."""
+        end_ns = time.time_ns()
+        for inc, first, last, error in traced:
+            parent = span_id_of(inc.headers.get(ce.TRACEPARENT))
+            common = {"messaging.system": "nats", "tradeflow.service": self.service,
+                      "tradeflow.input.subject": inc.envelope.subject, "tradeflow.input.id": inc.id}
+            if first == last:
+                self.tracing.hop(f"{self.service} {inc.envelope.subject.partition('.')[0]}", trace_id=inc.envelope.trace_id,
+                                 span_id=ce.span_id(f"{self.service}:{inc.id}"), parent_span_id=parent,
+                                 start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
+            for out in outgoing[first:last]:
+                event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
+                # an output may belong to an earlier input's journey (cause_of): its own trace, its own cause
+                trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
+                self.tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
+                                 span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
+                                 parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),
+                                 attributes={**common, "messaging.destination.name": out.subject,
+                                             "messaging.message.id": event_id})
 
     async def _seen(self, batch: list[tuple[Msg, Incoming]]) -> set[str]:
         """The batch's inputs the dedup registry says are done.
