@@ -7,6 +7,7 @@ import json
 import aiohttp
 import orjson
 import pytest
+from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
 from services import observe
@@ -85,7 +86,7 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     seq = next(x["seq"] for x in state["dead_letters"]["latest"] if x["service"] == "strategy")
     status, answer = await call(stack, "POST", "/v1/control", {"action": "redrive", "seq": seq})
     assert status == 200 and answer["message"].startswith(f"redrove {seq} to data_ready.AAPL (stream seq ")
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):   # out of the DLQ once its redrive is stored
         await jsm.get_msg(DLQ_STREAM, seq)
 
     async def back_in_dlq() -> bool:
