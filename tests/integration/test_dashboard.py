@@ -42,7 +42,7 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     await wait_for(state_has_it, what="the dashboard to see every service and the dead letter")
     _, state = await call(stack, "GET", "/v1/state")
     assert [s["name"] for s in state["stages"]] == ["data", "strategy", "quant", "risk", "execution", "audit"]
-    assert {s["name"] for s in state["services"]} == set(SERVICES) and all(s["ready"] for s in state["services"])
+    assert {s["name"] for s in state["services"]} == {*SERVICES, DASHBOARD} and all(s["ready"] for s in state["services"])
     assert {(d["service"], d["reason"]) for d in state["dead_letters"]["by"]} >= {("strategy", "undecodable")}
     assert state["portfolio"]["equity"] == 100000
 
