@@ -32,6 +32,7 @@ from services.data import datasets, sources
 from services.data.polling import TIERS, Poller, parse_every, parse_priorities
 from services.data.providers import HttpProvider, Provider, SimulatedFeed, check_url
 from services.runtime.agent import ProducerContext
+from services.runtime.pause import pause
 from services.runtime.settings import Redacted, load
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,10 @@ class DataAgent:
             if self.settings.rate:
                 delay = started + start / self.settings.rate - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await pause(delay, ctx.stopping)
+            if ctx.stopping.is_set():   # a restart resumes after the last bar in the stream
+                log.info("stopping: bars left unpublished", extra={"bars": len(todo) - start})
+                return
             # same ids on every attempt: the stream's duplicate window drops what already landed
             async for attempt in AsyncRetrying(retry=retry_if_exception_type(Transient),
                                                wait=wait_exponential(multiplier=0.2, max=5),
