@@ -166,12 +166,22 @@ async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
             return (await http_json(audit_port, "/v1/portfolio"))[1]["bars"] == 1
 
         await wait_for(audited, what="the bar to reach audit")
+        # the dashboard is up, its URL printed with the run's token
+        url = next(w for line in lines if line.strip().startswith("Dashboard") for w in line.split() if "#token=" in w)
+        base, token = url.split("/#token=")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base + "/") as r:
+                assert r.status == 200 and "/static/app.js" in await r.text()
+            async with s.get(base + "/v1/state") as r:
+                assert r.status == 401
+            async with s.get(base + "/v1/state", headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200 and (await r.json())["ready"] in (True, False)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 60)
     assert code == 0
     for log in (tmp_path / "up" / "logs").glob("*.log"):  # every service said it stopped
-        if log.stem in SERVICES:
+        if log.stem in (*SERVICES, "dashboard"):
             assert "service stopped" in log.read_text(), log.name
 
 
