@@ -430,9 +430,11 @@ class Dashboard:
                 return refuse(401, "missing or wrong token (Authorization: Bearer ...)")
             if (request.content_length or 0) > MAX_CONTROL_BYTES:
                 return refuse(413, f"a control request is at most {MAX_CONTROL_BYTES} bytes")
-            raw = await request.content.read(MAX_CONTROL_BYTES + 1)
-            if len(raw) > MAX_CONTROL_BYTES:
-                return refuse(413, f"a control request is at most {MAX_CONTROL_BYTES} bytes")
+            raw = bytearray()
+            async for chunk in request.content.iter_any():   # a chunked body has no length to check first
+                raw += chunk
+                if len(raw) > MAX_CONTROL_BYTES:
+                    return refuse(413, f"a control request is at most {MAX_CONTROL_BYTES} bytes")
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -461,8 +463,8 @@ class Dashboard:
         if action in ("pause", "resume"):
             target = body.get("target")
             names = [c.name for c in await self.jsm.consumers_info(PIPELINE_STREAM)]
-            if target == "all":
-                chosen = [n for n in names if n.split("-p")[0] in AGENTS]
+            if target == "all" and (stages := [n for n in names if n.split("-p")[0] in AGENTS]):
+                chosen = stages
             elif isinstance(target, str) and target in names:
                 chosen = [target]
             elif isinstance(target, str) and (group := [n for n in names if n.split("-p")[0] == target]):

@@ -65,6 +65,17 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     for raw, status, message in bad:
         got, answer = await call(stack, "POST", "/v1/control", raw=raw)
         assert (got, answer["ok"]) == (status, False) and message in answer["error"], (raw[:60], got, answer)
+    async def chunks(*parts: bytes):   # a chunked body: no Content-Length to refuse it by
+        for part in parts:
+            yield part
+
+    headers = {"Authorization": f"Bearer {stack.dashboard_token}"}
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{stack.http_port(DASHBOARD)}/v1/control"
+        async with s.post(url, data=chunks(*[b" " * 1000] * 10), headers=headers) as r:
+            assert r.status == 413
+        async with s.post(url, data=chunks(b'{"action": "pause",', b' "target": "nosuch"}'), headers=headers) as r:
+            assert r.status == 404 and "no consumer 'nosuch'" in (await r.json())["error"]
     for query in ("symbol=not%20a%20symbol", "subject=a..b", "subject=%3E.a", "subject=" + "a" * 300, "symbol=" + "A" * 40):
         assert (await call(stack, "GET", f"/v1/stream?{query}"))[0] == 400, query
     assert not any(c.paused for c in await jsm.consumers_info(PIPELINE_STREAM)), "a refused request paused something"
