@@ -160,7 +160,10 @@ def _home(home: str | None, prefix: str) -> Path:
               help="Port for the Redis server it starts (taken only if free; 0 = any free port).")
 @click.option("--tls-dir", type=click.Path(file_okay=False, exists=True),
               help="Require TLS on NATS with ca.pem, server.pem and server-key.pem from this folder.")
-def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int, tls_dir: str | None) -> None:
+@click.option("--nats-cluster", type=click.IntRange(1, 7), default=1, show_default=True,
+              help="Run this many nats-server nodes clustered on loopback, streams replicated on up to 3 of them.")
+def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int, tls_dir: str | None,
+       nats_cluster: int) -> None:
     """Start NATS, Redis, the six services and the recorder on this machine; Ctrl-C stops them all.
 
     NATS_URL / REDIS_URL use existing servers instead of starting them.
@@ -171,7 +174,8 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
 
     async def main():
         stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
-                      services=(*SERVICES, DASHBOARD),
+                      services=(*SERVICES, DASHBOARD), nats_cluster=nats_cluster,
+                      env={"TRADEFLOW_STREAM_REPLICAS": str(min(3, nats_cluster))} if nats_cluster > 1 else {},
                       per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
                       tls_dir=Path(tls_dir) if tls_dir else None)
         try:
@@ -227,13 +231,13 @@ async def _connect():
     async def quiet(_: Exception) -> None:
         pass
 
-    from services.runtime.connect import TlsSettings
+    from services.runtime.connect import TlsSettings, servers
     from services.runtime.settings import load, redact
 
     url = _settings().nats
     tls = load(TlsSettings, "TRADEFLOW_").context(url)
     try:
-        return await nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
+        return await nats.connect(servers(url), connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
                                   reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         _fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import orjson
 
 from contracts.errors import ConfigError
@@ -24,6 +25,7 @@ from services.supervisor import (
     Proc,
     Supervisor,
     free_port,
+    http_json,
     nats_server_binary,
     port_open,
     redis_server_binary,
@@ -42,6 +44,14 @@ def _preferred(port: int) -> int:
     return port if port and not port_open("127.0.0.1", port) else free_port()
 
 
+async def _js_healthy(monitor_port: int) -> bool:
+    """Whether a nats-server node says its JetStream is healthy (its monitoring /healthz)."""
+    try:
+        return (await http_json(monitor_port, "/healthz?js-enabled-only=true"))[0] == 200
+    except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+
+
 @dataclass
 class Stack:
     """Servers and services under one home directory."""
@@ -58,12 +68,14 @@ class Stack:
     nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
     redis_port: int = 0
     ready_timeout: float = 60.0
+    nats_cluster: int = 1         # >1: that many nats-server nodes clustered on loopback (streams: set TRADEFLOW_STREAM_REPLICAS)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
         self.supervisor = Supervisor()
         self.ports: dict[str, int] = {}
         self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
+        self.nats_addresses: list[str] = []    # every node's, when it runs a cluster
         self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
         self.redis_address: str | None = None  # host:port of the redis-server this stack runs, if it runs one
         self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
@@ -78,8 +90,40 @@ class Stack:
     def logs(self) -> Path:
         return self.home / "logs"
 
+    async def start_nats_cluster(self) -> None:
+        """`nats_cluster` nats-server nodes (nats-1, nats-2, ...) with nats.conf, JetStream on each, routes on
+        loopback; ready once every node says JetStream is healthy. URLs list every node: clients fail over."""
+        ports = [free_port() for _ in range(self.nats_cluster)]
+        monitors = [free_port() for _ in range(self.nats_cluster)]
+        routes = [free_port() for _ in range(self.nats_cluster)]
+        env = os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
+                            for user, pw in self.nats_passwords.items()}
+        for i, (port, monitor, route) in enumerate(zip(ports, monitors, routes), start=1):
+            store = self.home / f"nats-{i}"
+            store.mkdir(parents=True, exist_ok=True)
+            argv = [nats_server_binary(), "-c", str(self._nats_conf()), "-a", "127.0.0.1", "-p", str(port),
+                    "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{i}", "--cluster_name", "tradeflow",
+                    "--cluster", f"nats://127.0.0.1:{route}",
+                    "--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)]
+            proc = await self.supervisor.start(Proc(f"nats-{i}", argv, env, self.logs / f"nats-{i}.log"))
+            await wait_port("127.0.0.1", port, 20, proc.process)
+            self.ports[f"nats-{i}"], self.ports[f"nats-{i}-monitor"] = port, monitor
+        deadline = asyncio.get_running_loop().time() + 60
+        for monitor in monitors:
+            while not await _js_healthy(monitor):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConfigError(f"the NATS cluster did not become healthy (logs in {self.logs})")
+                await asyncio.sleep(0.2)
+        self.ports["nats-monitor"] = monitors[0]
+        self.nats_addresses = [f"127.0.0.1:{p}" for p in ports]
+        self.nats_address = self.nats_addresses[0]
+        self.nats_url = self.nats_url_for("cli")
+
     async def start_nats(self) -> None:
         """nats-server with nats.conf: one user per service (new passwords each run), `cli` for people."""
+        if self.nats_cluster > 1:
+            await self.start_nats_cluster()
+            return
         port, monitor = _preferred(self.nats_port), _preferred(self.nats_port and 8222)
         store = self.home / "nats"
         store.mkdir(parents=True, exist_ok=True)
@@ -110,7 +154,8 @@ class Stack:
 
     def nats_url_for(self, user: str) -> str:
         """The URL a NATS user of this deployment connects with (its own server only)."""
-        return f"nats://{user}:{self.nats_passwords[user]}@{self.nats_address}"
+        return ",".join(f"nats://{user}:{self.nats_passwords[user]}@{address}"
+                        for address in self.nats_addresses or [self.nats_address])
 
     async def start_redis(self) -> None:
         """redis-server with ACL users: each service may touch only its own dedup keys and the shared

@@ -59,6 +59,11 @@ class PermissionWatch:
         return next((m for m in reversed(self.violations) if quoted in m.lower() and "publish" in m.lower()), None)
 
 
+def servers(url: str) -> list[str]:
+    """NATS_URL as a server list: one URL, or several comma-separated (a cluster's nodes; clients fail over)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None,
                        tls: ssl.SSLContext | None = None) -> NATS:
     """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default)."""
@@ -80,7 +85,7 @@ async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None
 
     # with max_reconnect_attempts=-1 nats-py also retries the first connect until it succeeds
     return await nats.connect(
-        servers=[url],
+        servers=servers(url),
         name=name,
         connect_timeout=2,
         allow_reconnect=True,
