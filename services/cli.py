@@ -368,6 +368,45 @@ def status(as_json: bool, wait: float) -> None:
     click.echo(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() if as_json else "\n".join(_status_table(state)))
 
 
+@cli.group()
+def deploy() -> None:
+    """Run a deployment file's services on this machine."""
+
+
+@deploy.command("local")
+@click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A Compose file; repeat to merge overrides (default: deploy/compose/compose.yaml).")
+@click.option("--profile", "profiles", multiple=True, help="Activate a Compose profile (scaled, cluster, ...).")
+@click.option("--env-file", type=click.Path(dir_okay=False, exists=True),
+              help="Variables for the files (default: .env beside the first file, if any).")
+@click.option("--home", type=click.Path(file_okay=False), help="Where logs and volumes go (default: var/deploy-<time>).")
+def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: str | None, home: str | None) -> None:
+    """Run a Compose file's services as local processes (nats-server, redis-server, tradeflow), each with
+    the environment the file gives it, until Ctrl-C: the file exercised without a container engine."""
+    from services.deploy_local import DEFAULT_FILE, LocalDeployment
+
+    deployment = LocalDeployment(files=[Path(f) for f in files] or [DEFAULT_FILE], home=_home(home, "deploy"),
+                                 profiles=profiles, env_file=Path(env_file) if env_file else None)
+
+    async def main():
+        try:
+            await deployment.start()
+            click.echo(f"deployed {', '.join(deployment.services)} (home {deployment.home})")
+            if deployment.made_up:
+                click.echo(f"  made up for this run: {', '.join(deployment.made_up)} (set them to choose)")
+            for name, port in deployment.http_ports.items():
+                click.echo(f"  {name:<12} http://127.0.0.1:{port}/healthz")
+            for (name, container), local in sorted(deployment.ports.items()):
+                click.echo(f"  {name:<12} {container} -> 127.0.0.1:{local}")
+            click.echo("Ctrl-C to stop.")
+            await asyncio.Event().wait()
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(deployment.stop())
+
+    _run_async(main())
+
+
 def _add_commands() -> None:
     from replay.cli import COMMANDS
     from services.dlq_cli import dlq
