@@ -14,7 +14,7 @@ from contracts.subjects import PIPELINE_STREAM
 from services.runtime.connect import servers
 from services.stack import Stack
 from services.supervisor import http_json
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_matches_prediction, predicted
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,11 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
         _, progress = await http_json(stack.http_port("data"), "/v1/progress")
         assert not progress["done"], "the kill did not land mid-stream; slow the feed down"
         await assert_matches_prediction(stack, nc, sim)   # every bar once, each stage as predicted, no fill twice
-        print(f"\nleader {leader} killed: new leader after {elected:.2f} s, events stored again after {flowing:.2f} s")
+        stored = [m.metadata.timestamp for m in await stream_messages(nc, PIPELINE_STREAM, "data_ready.>")]
+        gap = max((b - a).total_seconds() for a, b in zip(stored, stored[1:]))
+        print(f"\nleader {leader} killed: new leader after {elected:.2f} s, events stored again after {flowing:.2f} s; "
+              f"longest gap between two bars stored {gap:.2f} s (the feed sends one every {1 / 150:.3f} s)")
+        assert gap < 30
     finally:
         await nc.close()
         codes = await stack.stop()
