@@ -172,33 +172,27 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
 
     settings = _settings()
 
-    async def main():
-        stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
-                      services=(*SERVICES, DASHBOARD), nats_cluster=nats_cluster,
-                      env={"TRADEFLOW_STREAM_REPLICAS": str(min(3, nats_cluster))} if nats_cluster > 1 else {},
-                      per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
-                      tls_dir=Path(tls_dir) if tls_dir else None)
-        try:
-            await stack.start()
-            click.echo(f"tradeflow is up (home {stack.home})")
-            click.echo(f"  NATS   {stack.nats_url}    (the cli user; each service has its own)")
-            click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow publish/tail/dlq/replay and "
-                       "nats --server \"$NATS_URL\"")
-            if tls_dir:
-                click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
-            click.echo(f"  Redis  {stack.redis_url}")
-            click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
-                       "tradeflow events --last)")
-            click.echo(f"  Dashboard  {stack.dashboard_url()}")
-            for name in stack.services:
-                click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
-            click.echo("Ctrl-C to stop.")
-            await asyncio.Event().wait()
-        finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(stack.stop())
+    stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
+                  services=(*SERVICES, DASHBOARD), nats_cluster=nats_cluster,
+                  env={"TRADEFLOW_STREAM_REPLICAS": str(min(3, nats_cluster))} if nats_cluster > 1 else {},
+                  per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
+                  tls_dir=Path(tls_dir) if tls_dir else None)
 
-    _run_async(main())
+    def announce() -> None:
+        click.echo(f"tradeflow is up (home {stack.home})")
+        click.echo(f"  NATS   {stack.nats_url}    (the cli user; each service has its own)")
+        click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow publish/tail/dlq/replay and "
+                   "nats --server \"$NATS_URL\"")
+        if tls_dir:
+            click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
+        click.echo(f"  Redis  {stack.redis_url}")
+        click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
+                   "tradeflow events --last)")
+        click.echo(f"  Dashboard  {stack.dashboard_url()}")
+        for name in stack.services:
+            click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
+
+    _run_until_stopped(stack.start, stack.stop, announce)
 
 
 @cli.command()
@@ -231,13 +225,13 @@ async def _connect():
     async def quiet(_: Exception) -> None:
         pass
 
-    from services.runtime.connect import TlsSettings, servers
+    from services.runtime.connect import TlsSettings, nats_options
     from services.runtime.settings import load, redact
 
     url = _settings().nats
     tls = load(TlsSettings, "TRADEFLOW_").context(url)
     try:
-        return await nats.connect(servers(url), connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
+        return await nats.connect(**nats_options(url), connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
                                   reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         _fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")
@@ -388,21 +382,30 @@ def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: st
     deployment = LocalDeployment(files=[Path(f) for f in files] or [DEFAULT_FILE], home=_home(home, "deploy"),
                                  profiles=profiles, env_file=Path(env_file) if env_file else None)
 
+    def announce() -> None:
+        click.echo(f"deployed {', '.join(deployment.services)} (home {deployment.home})")
+        if deployment.made_up:
+            click.echo(f"  made up for this run: {', '.join(deployment.made_up)} (set them to choose)")
+        for name, port in deployment.http_ports.items():
+            click.echo(f"  {name:<12} http://127.0.0.1:{port}/healthz")
+        for (name, container), local in sorted(deployment.ports.items()):
+            click.echo(f"  {name:<12} {container} -> 127.0.0.1:{local}")
+
+    _run_until_stopped(deployment.start, deployment.stop, announce)
+
+
+def _run_until_stopped(start, stop, announce) -> None:
+    """Start, say what is up, wait for Ctrl-C or SIGTERM, then stop everything (even when the start failed)."""
+
     async def main():
         try:
-            await deployment.start()
-            click.echo(f"deployed {', '.join(deployment.services)} (home {deployment.home})")
-            if deployment.made_up:
-                click.echo(f"  made up for this run: {', '.join(deployment.made_up)} (set them to choose)")
-            for name, port in deployment.http_ports.items():
-                click.echo(f"  {name:<12} http://127.0.0.1:{port}/healthz")
-            for (name, container), local in sorted(deployment.ports.items()):
-                click.echo(f"  {name:<12} {container} -> 127.0.0.1:{local}")
+            await start()
+            announce()
             click.echo("Ctrl-C to stop.")
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(deployment.stop())
+                await asyncio.shield(stop())
 
     _run_async(main())
 

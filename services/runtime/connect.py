@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import nats
@@ -64,6 +65,20 @@ def servers(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
+def nats_options(url: str) -> dict:
+    """nats.connect's servers, user and password for NATS_URL. Credentials shared by every URL are given
+    once, as options: nats-py then uses them for the nodes the cluster tells it about too (it compares
+    addresses with the credentials in, so it would otherwise try those nodes without them and be refused)."""
+    urls = servers(url)
+    parsed = [urlsplit(u) for u in urls]
+    users = {(p.username, p.password) for p in parsed}
+    user, password = next(iter(users))
+    if len(users) != 1 or user is None or password is None:   # none, a token, or one per server: as given
+        return {"servers": urls}
+    bare = [p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() for p in parsed]
+    return {"servers": bare, "user": unquote(user), "password": unquote(password)}
+
+
 async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None,
                        tls: ssl.SSLContext | None = None) -> NATS:
     """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default)."""
@@ -85,7 +100,7 @@ async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None
 
     # with max_reconnect_attempts=-1 nats-py also retries the first connect until it succeeds
     return await nats.connect(
-        servers=servers(url),
+        **nats_options(url),
         name=name,
         connect_timeout=2,
         allow_reconnect=True,

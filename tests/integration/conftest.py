@@ -14,7 +14,7 @@ import pytest_asyncio
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
 from services import observe
 from services.registry import CONSUMERS
-from services.runtime.connect import servers
+from services.runtime.connect import nats_options
 from services.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ async def make_stack(tmp_path):
                       replicas=replicas or {}, symbols=symbols, **({"services": services} if services else {}))
         stacks.append(stack)
         await stack.start()
-        nc = await nats.connect(servers(stack.nats_url))
+        nc = await nats.connect(**nats_options(stack.nats_url))
         clients.append(nc)
         return stack, nc
 

@@ -11,7 +11,7 @@ import nats
 import pytest
 
 from contracts.subjects import PIPELINE_STREAM
-from services.runtime.connect import servers
+from services.runtime.connect import nats_options
 from services.stack import Stack
 from services.supervisor import http_json
 from tests.integration.conftest import stream_messages, wait_for
@@ -26,7 +26,7 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
     paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "150"}      # 1,200 bars over 8 s: the kill lands mid-stream
     stack = Stack(tmp_path / "cluster", env=env, per_service_env={"data": paced}, nats_cluster=3)
     await stack.start()
-    nc = await nats.connect(servers(stack.nats_url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await nats.connect(**nats_options(stack.nats_url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         jsm = nc.jsm()
         info = await jsm.stream_info(PIPELINE_STREAM)
@@ -36,6 +36,8 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
             return (await jsm.consumer_info(PIPELINE_STREAM, "audit")).ack_floor.stream_seq > 300
 
         await wait_for(some_processed, what="audit to process some events")
+        _, progress = await http_json(stack.http_port("data"), "/v1/progress")
+        assert not progress["done"], "the kill would not land mid-stream; slow the feed down"
         leader = (await jsm.stream_info(PIPELINE_STREAM)).cluster.leader
         node = f"nats-{leader.rsplit('-', 1)[1]}"
         before = (await jsm.stream_info(PIPELINE_STREAM)).state.last_seq
@@ -60,8 +62,6 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
 
         await wait_for(storing_again, timeout=30, what="new events stored after the election")
         flowing = time.monotonic() - killed_at
-        _, progress = await http_json(stack.http_port("data"), "/v1/progress")
-        assert not progress["done"], "the kill did not land mid-stream; slow the feed down"
         await assert_matches_prediction(stack, nc, sim)   # every bar once, each stage as predicted, no fill twice
         stored = [m.metadata.timestamp for m in await stream_messages(nc, PIPELINE_STREAM, "data_ready.>")]
         gap = max((b - a).total_seconds() for a, b in zip(stored, stored[1:]))

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 
 from contracts.errors import ConfigError
 from services.backtest import run_backtest
 from services.deploy_local import LocalDeployment, interpolate, load_files
 from services.observe import wait_drained
+from services.runtime.connect import nats_options
 from services.supervisor import http_json
 from tests.integration.conftest import wait_for
 
@@ -36,14 +38,10 @@ async def run_and_check(tmp_path: Path, files: list[Path], profiles: tuple[str, 
             return (await http_json(data, "/v1/progress"))[1]["done"]
 
         await wait_for(published, timeout=120, what="the data service to publish GOOG")
-        import nats
-
-        from services.runtime.connect import servers
-
         cli = deployment.variables["TRADEFLOW_NATS_PASSWORD_CLI"]
         urls = [f"nats://cli:{cli}@127.0.0.1:{port}" for (name, container), port in deployment.ports.items()
                 if name.startswith("nats") and container == 4222]
-        nc = await nats.connect(servers(",".join(urls)))
+        nc = await nats.connect(**nats_options(",".join(urls)))
         try:
             durables = [c.name for c in await nc.jsm().consumers_info("PIPELINE")]
             await wait_drained(nc.jsm(), durables, timeout=120)

@@ -14,6 +14,7 @@ from contracts.subjects import PIPELINE_STREAM
 from services.supervisor import http_json
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_matches_prediction, predicted
+from tests.local_http import serving
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +63,9 @@ async def test_an_http_provider_is_polled_and_a_failing_symbol_does_not_stop_the
                 "close": 10.5 + i, "volume": 100} for i in range(served[symbol])]
         return web.json_response([b for b in out if not after or b["ts"] > after])
 
-    app = web.Application()
-    app.add_routes([web.get("/v1/bars/{symbol}", bars)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with serving(web.get("/v1/bars/{symbol}", bars)) as base:
         env = {"TRADEFLOW_DATA_SOURCE": "http", "TRADEFLOW_DATA_SYMBOLS": "AAA,BBB,BAD",
-               "TRADEFLOW_DATA_URL": f"http://127.0.0.1:{port}/v1/bars/{{symbol}}?after={{after}}",
+               "TRADEFLOW_DATA_URL": f"{base}/v1/bars/{{symbol}}?after={{after}}",
                "TRADEFLOW_DATA_TOKEN": "feed-token", "TRADEFLOW_DATA_POLL_IMPORTANT": "0.1,0.1",
                "TRADEFLOW_CALENDAR": "24/7"}
         stack, nc = await make_stack(per_service={"data": env}, services=("data",))
@@ -94,5 +88,3 @@ async def test_an_http_provider_is_polled_and_a_failing_symbol_does_not_stop_the
         assert feeds["BAD"]["last_error"].startswith("BAD: HTTP 500 from http://127.0.0.1")
         assert feeds["AAA"]["published"] == 7 and feeds["AAA"]["last_error"] is None
         assert "feed-token" not in (stack.logs / "data.log").read_text()
-    finally:
-        await runner.cleanup()

@@ -16,6 +16,7 @@ from services import observe
 from services.registry import CONSUMERS
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import LOGIC_ENV
+from tests.local_http import serving
 
 pytestmark = pytest.mark.integration
 DATA = {"TRADEFLOW_DATA_SOURCE": "synthetic", "TRADEFLOW_DATA_SYMBOLS": "AAPL", "TRADEFLOW_DATA_BARS": "120",
@@ -42,15 +43,8 @@ async def test_a_fills_journey_is_one_trace_of_parent_and_child_spans(make_stack
                                   "error": span.status.code == 2})
         return web.Response(body=b"", content_type="application/x-protobuf")
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/traces", receive)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        env = LOGIC_ENV | {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    async with serving(web.post("/v1/traces", receive)) as base:
+        env = LOGIC_ENV | {"OTEL_EXPORTER_OTLP_ENDPOINT": base, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         stack, nc = await make_stack(env=env, per_service={"data": DATA})
         await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=60)
         fills = [decode(m.subject, m.data, m.headers) for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
@@ -65,8 +59,6 @@ async def test_a_fills_journey_is_one_trace_of_parent_and_child_spans(make_stack
                 s["service"] == "audit" and s["trace"] == fill.envelope.trace_id for s in spans)
 
         await wait_for(all_exported, what="a span for every event, and audit's")
-    finally:
-        await runner.cleanup()
     assert not bad_requests
     trace = [s for s in spans if s["trace"] == fill.envelope.trace_id]
     by_span = {s["span"]: s for s in trace}

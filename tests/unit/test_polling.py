@@ -18,6 +18,7 @@ from services.data.sources import synthetic
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
 from services.runtime.tasks import Every, Priority, TaskManager
+from tests.local_http import serving
 from tests.unit.test_tasks import EVENING, OPEN, SimClock
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
@@ -275,18 +276,10 @@ async def feed_server():
     async def redirect(_):
         raise web.HTTPFound("http://169.254.169.254/latest")
 
-    app = web.Application()
-    app.add_routes([web.get("/bars/{symbol}", good), web.get("/error/{symbol}", error),
-                    web.get("/huge/{symbol}", huge), web.get("/endless/{symbol}", endless),
-                    web.get("/slow/{symbol}", slow),
-                    web.get("/redirect/{symbol}", redirect)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with serving(web.get("/bars/{symbol}", good), web.get("/error/{symbol}", error),
+                       web.get("/huge/{symbol}", huge), web.get("/endless/{symbol}", endless),
+                       web.get("/slow/{symbol}", slow), web.get("/redirect/{symbol}", redirect)) as base:
+        yield base, seen
 
 
 async def test_the_http_provider_pages_by_time_and_sends_its_token(feed_server):

@@ -95,3 +95,14 @@ def test_backoff_delay_walks_the_schedule(attempt, delay):
 
 def test_empty_backoff_schedule_means_no_delay():
     assert backoff_delay([], 3) == 0.0
+
+
+def test_nats_url_lists_servers_and_gives_shared_credentials_once():
+    from services.runtime.connect import nats_options
+
+    assert nats_options("nats://127.0.0.1:4222") == {"servers": ["nats://127.0.0.1:4222"]}
+    assert nats_options("nats://a:p%40ss@h1:1, nats://a:p%40ss@h2:2") == {
+        "servers": ["nats://h1:1", "nats://h2:2"], "user": "a", "password": "p@ss"}
+    assert nats_options("nats://tok@h1:1")["servers"] == ["nats://tok@h1:1"]            # a token stays in the URL
+    assert nats_options("nats://a:x@h1:1,nats://b:y@h2:2")["servers"] == ["nats://a:x@h1:1", "nats://b:y@h2:2"]
+    assert nats_options("tls://a:b@h:1")["servers"] == ["tls://h:1"]
