@@ -35,7 +35,6 @@ from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
 from services.runtime.micro import start_micro, version
-from services.runtime.tracing import Tracing
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.pool import ComputePool, PoolSettings
@@ -44,6 +43,7 @@ from services.runtime.rebuild import rebuild_state
 from services.runtime.settings import load
 from services.runtime.tasks import Every, Priority, TaskManager
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.tracing import Tracing
 from services.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,6 @@ class Service:
     def _publish_fn(self, publisher: Publisher):
         service = self.name
         metrics = self.metrics
-
         tracing = self.tracing
 
         async def publish(events: Sequence[tuple[str, Event]]) -> None:
