@@ -298,8 +298,11 @@ class LocalDeployment:
             environ = os.environ | env
         else:
             image_env = {k: self._paths(v, mounts) for k, v in IMAGE_DEFAULTS.items()}
-            environ = service_env(os.environ, **{**image_env, **env, "TRADEFLOW_HTTP_HOST": "127.0.0.1",
-                                                 "TRADEFLOW_HTTP_PORT": str(self.http_ports[name])})
+            # as in a container, none of this shell's settings: only what the file (and the image) give
+            host = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("TRADEFLOW_", "OTEL_")) and k not in ("NATS_URL", "REDIS_URL")}
+            environ = service_env(host, **{**image_env, **env, "TRADEFLOW_HTTP_HOST": "127.0.0.1",
+                                           "TRADEFLOW_HTTP_PORT": str(self.http_ports[name])})
             argv = [sys.executable, "-m", "services.cli", *args]
         restart = str(svc.get("restart", "no")) in ("always", "unless-stopped", "on-failure")
         proc = Proc(name, argv, environ, self.home / "logs" / f"{name}.log", restart=restart)
