@@ -47,7 +47,7 @@ from services.strategy.service import build as build_strategy  # noqa: E402
 from tests.unit.test_strategy import incoming  # noqa: E402
 from services.runtime.cache import Cache, CacheSettings  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
-from services.runtime.metrics import Metrics  # noqa: E402
+from services.runtime.metrics import Metrics, quantile  # noqa: E402
 from services.runtime.pool import ComputePool, PoolSettings  # noqa: E402
 from services.runtime.publish import Publisher, envelope_out  # noqa: E402
 from services.runtime.topology import ensure_streams  # noqa: E402
@@ -88,8 +88,7 @@ async def sample_lag(samples: list[float], stop: asyncio.Event, interval: float 
 
 
 def p95_ms(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000 if ordered else 0.0
+    return quantile(sorted(samples), 0.95) * 1000 if samples else 0.0
 
 
 async def offloop(args) -> None:

@@ -47,8 +47,9 @@ from contracts import envelope as ce
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, SYMBOL_RE, subject_matches
 from services.deadletters import DeadLetter, RedriveRefused, redrive
 from services.observe import micro_services
-from services.registry import AGENTS
+from services.registry import AGENTS, SERVICES
 from services.runtime.agent import ProducerContext
+from services.runtime.metrics import quantile
 from services.runtime.micro import ask
 from services.runtime.publish import Publisher
 from services.runtime.settings import Redacted, load
@@ -112,13 +113,6 @@ class Client:
             self.queue.put_nowait((kind, payload))
         except asyncio.QueueFull:   # a page that does not read: it misses updates, the dashboard goes on
             self.dropped += 1
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Dashboard:
@@ -222,31 +216,22 @@ class Dashboard:
             if before is not None and now_ids - before:
                 self._restarts[name] += len(now_ids - before)
         self._ids.update(ids)
-        names = sorted(set(self._ids) | {"data", "strategy", "quant", "risk", "execution", "audit", "recorder"},
-                       key=lambda n: (AGENTS.index(n) if n in AGENTS else 90, n))
-        healths = await asyncio.gather(*(self._health(n) for n in names if n in ids))
-        by_name = dict(zip([n for n in names if n in ids], healths))
+        names = sorted(set(self._ids) | set(SERVICES), key=lambda n: (AGENTS.index(n) if n in AGENTS else 90, n))
+        up = [n for n in names if n in ids]
+        by_name = dict(zip(up, await asyncio.gather(*(self._health(n) for n in up))))
         out = []
         for name in names:
             health = by_name.get(name) or {}
             lag = health.get("event_loop_lag") or {}
             process = health.get("process") or {}
+            checks = health.get("checks")
             out.append({"name": name, "up": name in ids, "instances": len(ids.get(name, ())),
-                        "ready": None, "restarts": self._restarts[name], "loop_lag_p99_ms": lag.get("p99_ms"),
-                        "loop_lag_max_ms": lag.get("max_ms"), "cpu_percent": process.get("cpu_percent"),
-                        "rss_mb": process.get("rss_mb"), "uptime_s": health.get("uptime_s"),
-                        "tasks": health.get("tasks") or [], "cache": health.get("cache"),
-                        "market": health.get("market")})
-        readies = await asyncio.gather(*(self._ready(s["name"]) for s in out if s["up"]))
-        for service, ready in zip([s for s in out if s["up"]], readies):
-            service["ready"] = ready
+                        "ready": all(checks.values()) if checks else None, "restarts": self._restarts[name],
+                        "loop_lag_p99_ms": lag.get("p99_ms"), "loop_lag_max_ms": lag.get("max_ms"),
+                        "cpu_percent": process.get("cpu_percent"), "rss_mb": process.get("rss_mb"),
+                        "uptime_s": health.get("uptime_s"), "tasks": health.get("tasks") or [],
+                        "cache": health.get("cache"), "market": health.get("market")})
         return out
-
-    async def _ready(self, name: str) -> bool | None:
-        try:
-            return bool((await ask(self.nc, f"tradeflow.{name}.ready", 1.0)).get("ready"))
-        except (NatsError, TimeoutError, RuntimeError, msgspec.DecodeError, AttributeError):
-            return None
 
     async def _scan_dlq(self) -> None:
         """Dead letters by service and reason (over the newest DLQ_SCAN) and the latest 20; read when the DLQ changed."""
@@ -290,7 +275,7 @@ class Dashboard:
             recent = self._events[stage]
             while recent and recent[0] < now - 10:
                 recent.popleft()
-            hops = [latency for t, latency in self._hops[stage] if t >= now - 60]
+            hops = sorted(latency for t, latency in self._hops[stage] if t >= now - 60)
             mine = [c for c in consumers if c["service"] == stage]
             rates = [c["processed_per_s"] for c in mine if c["processed_per_s"] is not None]
             out.append({"name": stage, "published_per_s": round(len(recent) / 10, 1),
@@ -299,8 +284,8 @@ class Dashboard:
                         "in_flight": sum(c["in_flight"] for c in mine) if mine else None,
                         "paused": bool(mine) and all(c["paused"] for c in mine),
                         "consumers": [c["name"] for c in mine],
-                        "latency_p50_ms": None if not hops else round(_percentile(hops, 0.5) * 1000, 2),
-                        "latency_p99_ms": None if not hops else round(_percentile(hops, 0.99) * 1000, 2)})
+                        "latency_p50_ms": None if not hops else round(quantile(hops, 0.5) * 1000, 2),
+                        "latency_p99_ms": None if not hops else round(quantile(hops, 0.99) * 1000, 2)})
         return out
 
     async def collect(self) -> dict:
