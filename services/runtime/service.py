@@ -246,7 +246,7 @@ class Service:
         self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
 
     def health(self) -> dict:
-        """GET /v1/health: tasks, cache, event-loop lag, process, uptime, market phase."""
+        """GET /v1/health: readiness checks, tasks, cache, event-loop lag, process, uptime, market phase."""
         with self.process.oneshot():
             cpu, memory = self.process.cpu_times(), self.process.memory_info()
             process = {"pid": self.process.pid, "cpu_seconds": round(cpu.user + cpu.system, 3),
@@ -261,6 +261,7 @@ class Service:
         return {
             "service": self.name, "consumer": self.consumer if self.agent.consumes else None,
             "uptime_s": round(time.monotonic() - self.started, 1),
+            "checks": self.ready(),
             "time": datetime.now(timezone.utc).isoformat(),
             "process": process,
             "event_loop_lag": self.loop_lag.snapshot(),
