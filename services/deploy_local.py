@@ -38,10 +38,10 @@ from services.supervisor import (
     Proc,
     Supervisor,
     free_port,
-    http_json,
     nats_server_binary,
     redis_server_binary,
     service_env,
+    wait_nats_healthy,
     wait_port,
     wait_ready,
 )
@@ -320,25 +320,12 @@ class LocalDeployment:
         for name in servers:
             if self.kinds[name] == "nats":
                 await wait_port("127.0.0.1", self.ports[name, 4222], 20, procs[name].process)
-                await self._nats_healthy(name)
+                await wait_nats_healthy([self.ports[name, 8222]], 60, f"{name} (log: {procs[name].log_path})")
             else:
                 await wait_port("127.0.0.1", self.ports[name, self._container_ports(name, self.services[name])[0]], 20,
                                 procs[name].process)
         services = [await self.supervisor.start(self.proc(n)) for n in self.services if self.kinds[n] == "tradeflow"]
         await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in services))
-
-    async def _nats_healthy(self, name: str) -> None:
-        monitor = self.ports.get((name, 8222))
-        deadline = asyncio.get_running_loop().time() + 60
-        while monitor is not None:
-            try:
-                if (await http_json(monitor, "/healthz?js-enabled-only=true"))[0] == 200:
-                    return
-            except Exception:  # noqa: BLE001 - not up yet: connection refused, reset, not JSON
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise ConfigError(f"{name} did not become healthy (log: {self.home / 'logs' / (name + '.log')})")
-            await asyncio.sleep(0.2)
 
     async def stop(self) -> dict[str, int | None]:
         """Stop the services, then the servers."""

@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 from contracts.errors import ConfigError
@@ -25,11 +24,11 @@ from services.supervisor import (
     Proc,
     Supervisor,
     free_port,
-    http_json,
     nats_server_binary,
     port_open,
     redis_server_binary,
     service_env,
+    wait_nats_healthy,
     wait_port,
     wait_ready,
 )
@@ -42,14 +41,6 @@ TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT"
 def _preferred(port: int) -> int:
     """`port` if it is given and free, else any free port."""
     return port if port and not port_open("127.0.0.1", port) else free_port()
-
-
-async def _js_healthy(monitor_port: int) -> bool:
-    """Whether a nats-server node says its JetStream is healthy (its monitoring /healthz)."""
-    try:
-        return (await http_json(monitor_port, "/healthz?js-enabled-only=true"))[0] == 200
-    except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
-        return False
 
 
 @dataclass
@@ -96,8 +87,7 @@ class Stack:
         ports = [free_port() for _ in range(self.nats_cluster)]
         monitors = [free_port() for _ in range(self.nats_cluster)]
         routes = [free_port() for _ in range(self.nats_cluster)]
-        env = os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
-                            for user, pw in self.nats_passwords.items()}
+        env = self._nats_env()
         for i, (port, monitor, route) in enumerate(zip(ports, monitors, routes), start=1):
             store = self.home / f"nats-{i}"
             store.mkdir(parents=True, exist_ok=True)
@@ -108,12 +98,7 @@ class Stack:
             proc = await self.supervisor.start(Proc(f"nats-{i}", argv, env, self.logs / f"nats-{i}.log"))
             await wait_port("127.0.0.1", port, 20, proc.process)
             self.ports[f"nats-{i}"], self.ports[f"nats-{i}-monitor"] = port, monitor
-        deadline = asyncio.get_running_loop().time() + 60
-        for monitor in monitors:
-            while not await _js_healthy(monitor):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise ConfigError(f"the NATS cluster did not become healthy (logs in {self.logs})")
-                await asyncio.sleep(0.2)
+        await wait_nats_healthy(monitors, 60, f"the NATS cluster (logs in {self.logs})")
         self.ports["nats-monitor"] = monitors[0]
         self.nats_addresses = [f"127.0.0.1:{p}" for p in ports]
         self.nats_address = self.nats_addresses[0]
@@ -129,14 +114,16 @@ class Stack:
         store.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-c", str(self._nats_conf()), "-a", "127.0.0.1", "-p", str(port),
                 "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{port}"]
-        # nats.conf reads a variable as a value: quoted, a password is always a string
-        env = os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
-                            for user, pw in self.nats_passwords.items()}
-        proc = await self.supervisor.start(Proc("nats-server", argv, env, self.logs / "nats.log"))
+        proc = await self.supervisor.start(Proc("nats-server", argv, self._nats_env(), self.logs / "nats.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)
         self.ports["nats-monitor"] = monitor
         self.nats_address = f"127.0.0.1:{port}"
         self.nats_url = self.nats_url_for("cli")
+
+    def _nats_env(self) -> dict[str, str]:
+        """nats-server's environment: the users' passwords for nats.conf, which reads a variable as a value
+        (quoted, a password is always a string)."""
+        return os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"' for user, pw in self.nats_passwords.items()}
 
     def _nats_conf(self) -> Path:
         """nats.conf, or with TLS a copy of it that requires TLS with the certificate in `tls_dir`."""

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +188,22 @@ async def http_json(port: int, path: str, timeout: float = 2.0) -> tuple[int, di
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
             return resp.status, await resp.json(content_type=None)
+
+
+async def wait_nats_healthy(monitor_ports: Iterable[int], timeout: float, what: str) -> None:
+    """Wait until every nats-server (by its monitoring port) says its JetStream is healthy; ConfigError
+    saying `what` (where its log is) if one has not after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for port in monitor_ports:
+        while True:
+            try:
+                if (await http_json(port, "/healthz?js-enabled-only=true"))[0] == 200:
+                    break
+            except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
+                pass   # not up yet: refused, reset, not JSON
+            if time.monotonic() > deadline:
+                raise ConfigError(f"{what} did not become healthy")
+            await asyncio.sleep(0.2)
 
 
 async def wait_ready(port: int, timeout: float, proc: Proc | None = None) -> None:
