@@ -130,6 +130,9 @@ class Worker:
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                     continue
+                if failures and self.agent.stateful and await self._deliveries_in_limbo(msgs):
+                    failures = 0
+                    continue
                 failures = 0
                 self.metrics.batch_size.labels(self.service).observe(len(msgs))
                 if not self.stopping.is_set():
@@ -139,6 +142,29 @@ class Worker:
             await self._give_back_ahead()
         await self._release_prefetched()
         await self._quietly(self.sub.unsubscribe())
+
+    async def _deliveries_in_limbo(self, msgs: Sequence[Msg]) -> bool:
+        """After fetches failed (NATS away, or the consumer's leader lost in a cluster): whether JetStream holds
+        deliveries this worker never got. They come back only after ack_wait, behind anything newer, and a
+        stateful agent would then see a symbol's bars out of order. If so, give this batch back and wait them
+        out, as at start-up (Service._await_unacked), so the redeliveries come first, in stream order."""
+        try:
+            info = await self.sub.consumer_info()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - cannot tell: go on as before
+            log.warning("consumer info unavailable after the outage", extra={"error": repr(exc)})
+            return False
+        unaccounted = (info.num_ack_pending or 0) - len(msgs)
+        if unaccounted <= 0:
+            return False
+        wait = self.settings.ack_wait + 0.5
+        log.warning("after the outage JetStream holds deliveries this worker never got: waiting for them first",
+                    extra={"unaccounted": unaccounted, "seconds": wait})
+        for msg in msgs:
+            await self._quietly(msg.nak())
+        await pause(wait, self.stopping)
+        return True
 
     def _fetch(self) -> asyncio.Task:
         return asyncio.create_task(self.sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout),

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_nothing_twice(tmp_path):
     _, sim, _ = predicted(LOGIC_ENV)
-    env = LOGIC_ENV | {"TRADEFLOW_STREAM_REPLICAS": "3"}
+    # deliveries in flight when the consumer's leader dies come back after ack_wait: keep it short
+    env = LOGIC_ENV | {"TRADEFLOW_STREAM_REPLICAS": "3", "TRADEFLOW_ACK_WAIT": "5"}
     paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "150"}      # 1,200 bars over 8 s: the kill lands mid-stream
     stack = Stack(tmp_path / "cluster", env=env, per_service_env={"data": paced}, nats_cluster=3)
     await stack.start()
@@ -62,6 +63,16 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
 
         await wait_for(storing_again, timeout=30, what="new events stored after the election")
         flowing = time.monotonic() - killed_at
+
+        async def api_answers() -> bool:   # the meta leader may have been on the killed node too
+            try:
+                for durable in stack.durables:
+                    await asyncio.wait_for(jsm.consumer_info(PIPELINE_STREAM, durable), 2)
+                return True
+            except (nats.errors.Error, asyncio.TimeoutError):
+                return False
+
+        await wait_for(api_answers, timeout=30, what="the JetStream API to answer for every consumer")
         await assert_matches_prediction(stack, nc, sim)   # every bar once, each stage as predicted, no fill twice
         stored = [m.metadata.timestamp for m in await stream_messages(nc, PIPELINE_STREAM, "data_ready.>")]
         gap = max((b - a).total_seconds() for a, b in zip(stored, stored[1:]))
