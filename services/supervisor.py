@@ -166,6 +166,17 @@ class Supervisor:
             await asyncio.gather(proc.watcher, return_exceptions=True)
         return code
 
+    def crash(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Send `sig` to a running process without stopping it: the watcher restarts it as after any crash
+        (with its backoff). False if it was not running (between a crash and its restart)."""
+        proc = self.procs[name]
+        if proc.stopping or proc.process is None or proc.process.returncode is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            proc.process.send_signal(sig)
+            return True
+        return False
+
     async def restart(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         """Stop one process with `sig` and start it again; the exit code it stopped with."""
         code = await self.stop(name, sig)

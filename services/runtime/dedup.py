@@ -1,12 +1,17 @@
 """The consume-side dedup registry in Redis: which inputs a service has finished.
 
 Ids are fields of one hash per service and day, `tradeflow:done:<service>:<YYYYMMDD>` (the
-day they were marked, UTC), each hash expiring `ttl` after its day ends. Marking a batch
-and checking one are one command each, a server-side script over the day hashes (an HSET and
-an EXPIRE; an HEXISTS per id and day the ttl spans, stopping at the first day that has it), so
-a batch's ids are sent once, whatever the ttl (a SET per id, then an HMGET per day, were the
-largest costs of a service under load). Marks are written only after the outputs of the input
-are durable.
+day they were marked, UTC), each hash expiring `ttl` after its day ends. Checking a batch is
+one command, a server-side script over the day hashes (an HEXISTS per id and day the ttl
+spans, stopping at the first day that has it); marking one is one round trip, an HSET and an
+EXPIRE pipelined. A batch's ids are sent once, whatever the ttl (a SET per id, then an HMGET
+per day, were the largest costs of a service under load). Marks are written only after the
+outputs of the input are durable.
+
+Marks are never written in a transaction or by a script that writes twice: Redis before 8.0
+wraps those in MULTI/EXEC in its append-only file and, with the default user off (as tradeflow
+runs it), refuses that EXEC when it reloads the file after a restart, so every such mark would
+be gone (redis/redis#14541, fixed by #14545). Plain commands reload.
 """
 
 from __future__ import annotations
@@ -35,19 +40,7 @@ for i, id in ipairs(ARGV) do
 end
 return found
 """
-# KEYS[1]: today's hash; ARGV[1]: its ttl in seconds, ARGV[2..]: the ids.
-_MARK = """
-local args = {}
-for i = 2, #ARGV do
-  args[#args + 1] = ARGV[i]
-  args[#args + 1] = '1'
-end
-for i = 1, #args, 7998 do
-  redis.call('HSET', KEYS[1], unpack(args, i, math.min(i + 7997, #args)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return #ARGV - 1
-"""
+_FIELDS_PER_HSET = 4_000   # ids per HSET command, so a huge batch does not make one huge command
 
 
 class DedupRegistry:
@@ -60,7 +53,6 @@ class DedupRegistry:
         self._days = math.ceil(self._ttl / _DAY) + 1   # the days whose hashes may still hold a live mark
         self._keys_of: tuple[date, list[str]] | None = None
         self._seen = redis.register_script(_SEEN)
-        self._mark = redis.register_script(_MARK)
 
     def _key(self, day: datetime) -> str:
         return f"{self._prefix}{day:%Y%m%d}"
@@ -90,7 +82,12 @@ class DedupRegistry:
         today = now or datetime.now(timezone.utc)
         key = self._keys(today)[0]
         end_of_day = (_DAY - (today.hour * 3600 + today.minute * 60 + today.second))
+        fields = [(id_, 1) for id_ in ids]
         try:
-            await self._mark(keys=[key], args=[self._ttl + end_of_day, *ids])
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(fields), _FIELDS_PER_HSET):
+                    pipe.hset(key, mapping=dict(fields[start:start + _FIELDS_PER_HSET]))
+                pipe.expire(key, self._ttl + end_of_day)
+                await pipe.execute()
         except REDIS_UNAVAILABLE as exc:
             raise RedisUnavailable(f"dedup registry: {exc}") from exc

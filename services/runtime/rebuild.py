@@ -11,6 +11,10 @@ everything. When processed history has aged out of the stream, the part that is 
 is folded from the store first (TRADEFLOW_STORE, or the recorder's file under
 TRADEFLOW_DATA_DIR), then the rest from the stream. Without a store the state is rebuilt
 from what the stream still holds, and the log says what is missing.
+
+What was folded is also the state's tracking record (services/runtime/tracking.py): the ack floor,
+and the sequences above it folded in or given up on. Live, the worker takes anything it holds as
+done, and handles anything else.
 """
 
 from __future__ import annotations
@@ -20,34 +24,59 @@ from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, JetStreamManager
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.codec import decode
 from contracts.envelope import derive_id
-from contracts.errors import BadInput
+from contracts.errors import BadInput, Transient
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
 from services.runtime.advisories import given_up
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
+from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
 
 async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManager,
-                        durable: str, dedup: DedupRegistry, batch: int = 1000, store: Path | None = None) -> int:
-    """Replay processed history into `agent`; returns how many events were folded in."""
-    info = await jsm.consumer_info(PIPELINE_STREAM, durable)
+                        durable: str, dedup: DedupRegistry, batch: int = 1000, store: Path | None = None
+                        ) -> tuple[int, Tracking]:
+    """Replay processed history into `agent`; how many events were folded in, and the state's tracking record.
+    NATS or Redis away meanwhile is waited out (up to _OUTAGE); the fold goes on where it was."""
+    async for attempt in _through_outages("reading the consumer"):
+        with attempt:
+            info = await jsm.consumer_info(PIPELINE_STREAM, durable)
+            first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
+            dead = await given_up(js, jsm, durable)
     floor = info.ack_floor.stream_seq
     last = info.delivered.stream_seq
+    tracking = Tracking(floor, dead)
     if last == 0:
-        return 0
-    first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
-    dead = await given_up(js, jsm, durable)
+        return 0, tracking
     aged = await fold_from_store(agent, store, below=min(first, floor + 1), dead=dead) if first > 1 and floor else 0
-    return aged + await _fold_from_stream(agent, js, jsm, durable, dedup, batch, floor, last, dead)
+    fold = _StreamFold(agent, js, jsm, durable, dedup, batch, floor, last, dead, tracking)
+    async for attempt in _through_outages("folding the stream"):
+        with attempt:
+            await fold.run()
+    log.info("state rebuilt", extra={"events": fold.folded, "ack_floor": floor, "delivered": last,
+                                     "held_above_floor": len(tracking)})
+    return aged + fold.folded, tracking
+
+
+_OUTAGE = 120.0   # seconds of NATS or Redis away a rebuild waits out before the service gives up (and is restarted)
+
+
+def _through_outages(what: str) -> AsyncRetrying:
+    return AsyncRetrying(retry=retry_if_exception_type((NatsError, Transient, OSError)), reraise=True,
+                         wait=wait_exponential(multiplier=0.2, max=2), stop=stop_after_delay(_OUTAGE),
+                         before_sleep=lambda state: log.warning(
+                             "state rebuild waits for NATS or Redis", extra={"step": what,
+                                                                             "error": repr(state.outcome.exception())}))
 
 
 async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: AbstractSet[int] = frozenset()) -> int:
@@ -71,57 +100,73 @@ async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: Abs
     return folded
 
 
-async def _fold_from_stream(agent: Agent, js: JetStreamContext, jsm: JetStreamManager, durable: str,
-                            dedup: DedupRegistry, batch: int, floor: int, last: int, dead: AbstractSet[int]) -> int:
-    """Fold what the stream still holds of the processed history."""
-    name = "rebuild-" + derive_id(durable, datetime.now(timezone.utc).isoformat(), 0)[:12]
-    config = ConsumerConfig(
-        name=name,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subjects=list(agent.consumes) if len(agent.consumes) > 1 else None,
-        filter_subject=agent.consumes[0] if len(agent.consumes) == 1 else None,
-        inactive_threshold=30.0,
-        mem_storage=True,
-    )
-    await jsm.add_consumer(PIPELINE_STREAM, config)
-    sub = await js.pull_subscribe_bind(consumer=name, stream=PIPELINE_STREAM)
-    folded = 0
-    now = datetime.now(timezone.utc)
-    try:
-        reached = 0
-        while reached < last:
-            try:
-                msgs = await sub.fetch(batch, timeout=2.0)
-            except NatsTimeout:
-                break
-            decoded = []
-            for msg in msgs:
-                md = msg.metadata
-                reached = md.sequence.stream
-                if reached > last:
-                    break
-                try:
-                    decoded.append((md.sequence.stream, decode(msg.subject, msg.data, msg.headers,
-                                                               stream_time=md.timestamp, sequence=reached)))
-                except BadInput:
-                    continue  # was dead-lettered when it first came
-            above = [inc.id for seq, inc in decoded if seq > floor]
-            done_above = await dedup.seen(above)
-            for seq, inc in decoded:
-                if seq in dead:
-                    continue
-                if seq <= floor or inc.id in done_above:
-                    try:
-                        agent.handle(inc, now)
-                        folded += 1
-                    except Exception:  # it failed live too, and was dead-lettered
-                        continue
-    finally:
-        await sub.unsubscribe()
+class _StreamFold:
+    """Folds what the stream still holds of the processed history, in stream order, on a consumer of its
+    own. `run` may be called again after it failed (NATS or Redis away): it goes on after the last
+    sequence it judged, so nothing is folded twice or skipped. What it folds above the floor goes into
+    `tracking`."""
+
+    def __init__(self, agent: Agent, js: JetStreamContext, jsm: JetStreamManager, durable: str, dedup: DedupRegistry,
+                 batch: int, floor: int, last: int, dead: AbstractSet[int], tracking: Tracking) -> None:
+        self.agent, self.js, self.jsm, self.durable, self.dedup = agent, js, jsm, durable, dedup
+        self.batch, self.floor, self.last, self.dead, self.tracking = batch, floor, last, dead, tracking
+        self.reached = 0    # every sequence up to here has been judged: folded, or left to be handled live
+        self.folded = 0
+        self.now = datetime.now(timezone.utc)
+
+    async def run(self) -> None:
+        agent = self.agent
+        name = "rebuild-" + derive_id(self.durable, datetime.now(timezone.utc).isoformat(), 0)[:12]
+        config = ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.reached + 1,
+            ack_policy=AckPolicy.NONE,
+            filter_subjects=list(agent.consumes) if len(agent.consumes) > 1 else None,
+            filter_subject=agent.consumes[0] if len(agent.consumes) == 1 else None,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        await self.jsm.add_consumer(PIPELINE_STREAM, config)
+        sub = await self.js.pull_subscribe_bind(consumer=name, stream=PIPELINE_STREAM)
         try:
-            await jsm.delete_consumer(PIPELINE_STREAM, name)
-        except Exception:  # noqa: BLE001 - it expires by itself after inactive_threshold
-            pass
-    log.info("state rebuilt", extra={"events": folded, "ack_floor": floor, "delivered": last})
-    return folded
+            while self.reached < self.last:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=2.0)
+                except NatsTimeout:
+                    if (await sub.consumer_info()).num_pending:
+                        continue   # there is more: it was slow to come
+                    break          # the rest of the processed history is gone from the stream
+                await self._fold(msgs)
+        finally:
+            try:
+                await sub.unsubscribe()
+                await self.jsm.delete_consumer(PIPELINE_STREAM, name)
+            except Exception:  # noqa: BLE001 - it expires by itself after inactive_threshold
+                pass
+
+    async def _fold(self, msgs) -> None:
+        """Fold one fetched batch: what is at or below the floor, and what above it is marked done."""
+        decoded = []
+        for msg in msgs:
+            md = msg.metadata
+            seq = md.sequence.stream
+            if seq > self.last:
+                break
+            try:
+                decoded.append((seq, decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp, sequence=seq)))
+            except BadInput:
+                continue  # was dead-lettered when it first came
+        done_above = await self.dedup.seen([inc.id for seq, inc in decoded if seq > self.floor])
+        for seq, inc in decoded:   # nothing above may fail now: the batch is judged whole or not at all
+            if seq in self.dead:
+                continue
+            if seq <= self.floor or inc.id in done_above:
+                self.tracking.add((seq,))   # done live, whether or not it folds now
+                try:
+                    self.agent.handle(inc, self.now)
+                    self.folded += 1
+                except Exception:  # it failed live too, and was dead-lettered
+                    continue
+        if msgs:
+            self.reached = max(self.reached, min(msgs[-1].metadata.sequence.stream, self.last))

@@ -124,6 +124,7 @@ class Service:
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
         self.nc = None
         self.micro = None
+        self.worker: Worker | None = None
         routes = [web.get("/v1/health", self._health_view)]
         runner, self.http_port = await start_http(
             s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
@@ -161,8 +162,10 @@ class Service:
             worker = None
             if self.agent.consumes:
                 await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s))
+                tracking = None
                 if self.agent.stateful:
-                    folded = await rebuild_state(self.agent, js, jsm, self.consumer, dedup, store=store_location())
+                    folded, tracking = await rebuild_state(self.agent, js, jsm, self.consumer, dedup,
+                                                           store=store_location())
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
                     await self._await_unacked(jsm)
@@ -170,8 +173,9 @@ class Service:
                 self._checks["consumer"] = True
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
-                worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
-                                consumer=self.consumer, tracing=self.tracing)
+                worker = self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics,
+                                              settings=s, consumer=self.consumer, tracing=self.tracing,
+                                              tracking=tracking)
                 main.append(asyncio.create_task(worker.run(), name="worker"))
                 capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer,
                                             terminated=getattr(self.agent, "dead_letters", True))
@@ -239,11 +243,14 @@ class Service:
         await pause(wait, self.stop)
 
     async def _read_lag(self, jsm) -> None:
-        """Update tradeflow_consumer_pending (how far behind the stream this service is); a task of the
-        task manager: while NATS is away the gauges keep their last values and the task's health says why."""
+        """Update tradeflow_consumer_pending (how far behind the stream this service is) and move the
+        tracking record's floor up to the ack floor; a task of the task manager: while NATS is away the
+        gauges keep their last values and the task's health says why."""
         info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
         self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
         self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
+        if self.worker is not None and self.worker.tracking is not None:   # all below it was applied and acked
+            self.worker.tracking.advance(info.ack_floor.stream_seq)
 
     def health(self) -> dict:
         """GET /v1/health: readiness checks, tasks, cache, event-loop lag, process, uptime, market phase."""

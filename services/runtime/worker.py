@@ -1,12 +1,14 @@
 """The processing contract, in one place: decode -> handle -> publish, await PubAcks -> ack.
 
 Per fetched batch:
-  1. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
-  2. skip inputs the dedup registry says are done (ack them);
+  1. skip (ack) inputs already done: for a stateful agent, those its state's tracking record holds
+     (services/runtime/tracking.py); for a stateless one, those the Redis dedup registry marks;
+  2. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
   3. call the agent's handler on each remaining input, in stream order (between the agent's
      optional `prepare` and `record` hooks);
   4. publish all outputs and await every PubAck;
-  5. mark the inputs done in Redis, then ack them.
+  5. mark the inputs done in Redis (what the next start's rebuild folds), record them in the
+     tracking record, then ack them.
 A handler error naks with backoff and, at the last delivery, dead-letters the
 message with the error. A Transient failure (NATS or Redis unreachable) rolls a
 stateful agent back and retries the whole batch in place, keeping the messages
@@ -40,6 +42,7 @@ from services.runtime.metrics import Metrics
 from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
 from services.runtime.tracing import Tracing, span_id_of
+from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,10 @@ class Worker:
 
     def __init__(self, agent: Agent, sub: JetStreamContext.PullSubscription, *, publisher: Publisher,
                  dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings, consumer: str | None = None,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, tracking: Tracking | None = None) -> None:
+        """`tracking`: what the rebuilt state of a stateful agent holds (an empty record if not given)."""
         self.agent = agent
+        self.tracking = (tracking or Tracking()) if agent.stateful else None
         self.tracing = tracing
         self.sub = sub
         take_queued_first(sub)
@@ -225,6 +230,8 @@ class Worker:
         good: list[tuple[Msg, Incoming]] = []
         for stage, count in Counter(msg.subject.partition(".")[0] for msg in msgs).items():
             self.metrics.messages_in.labels(self.service, stage).inc(count)
+        if self.tracking is not None:
+            msgs = await self._not_held(msgs)
         for msg in msgs:
             md = msg.metadata
             try:
@@ -237,6 +244,19 @@ class Worker:
             good.append((msg, incoming))
         for segment in self._segments(good):
             await self._process_with_retries(segment)
+
+    async def _not_held(self, msgs: Sequence[Msg]) -> list[Msg]:
+        """The messages the state does not hold yet; those it holds are done (delivered again after a
+        consumer went back to an older position, or an ack that was lost): acked again, not handled."""
+        tracking = self.tracking
+        fresh = []
+        for msg in msgs:
+            if tracking.holds(msg.metadata.sequence.stream):
+                self.metrics.duplicates.labels(self.service).inc()
+                await self._quietly(msg.ack())
+            else:
+                fresh.append(msg)
+        return fresh
 
     def _segments(self, good: list[tuple[Msg, Incoming]]) -> list[list[tuple[Msg, Incoming]]]:
         """The batch cut for crash safety, in stream order: runs of first deliveries together, each
@@ -345,6 +365,8 @@ class Worker:
             raise
         for stage, count in Counter(out.subject.partition(".")[0] for out in outgoing).items():
             self.metrics.messages_out.labels(self.service, stage).inc(count)
+        if self.tracking is not None:
+            self.tracking.add(inc.envelope.sequence for _, inc in done)
         for msg, _ in done:
             await self._quietly(msg.ack())
         for msg, inc, exc in failed:
@@ -381,42 +403,32 @@ class Worker:
                                              "messaging.message.id": event_id})
 
     async def _seen(self, batch: list[tuple[Msg, Incoming]]) -> set[str]:
-        """The batch's inputs the dedup registry says are done.
-
-        While Redis is away, a stateless agent goes on (a repeat only re-publishes ids the stream
-        drops), and so does a stateful one on first deliveries, which this consumer never had
-        before; a redelivery waits for Redis, as does everything for an agent that must never
-        guess (`wait_for_dedup`, execution).
-        """
-        if not self.uses_dedup:
+        """The batch's inputs the dedup registry says are done, for a stateless agent: while Redis is
+        away, none (a repeat only re-publishes ids the stream drops). A stateful agent's tracking record
+        has already said which of its inputs are done (`_not_held`): Redis is not asked."""
+        if not self.uses_dedup or self.tracking is not None:
             return set()
         try:
-            if self.unmarked:   # what was done during an outage, before any redelivery is judged
-                await self.dedup.mark(self.unmarked)
-                self.unmarked = []
             return await self.dedup.seen([inc.id for _, inc in batch])
         except RedisUnavailable:
-            if self._must_wait(batch):
-                raise
             self.metrics.messages_failed.labels(self.service, "batch", "dedup_unavailable").inc(len(batch))
             return set()
 
     async def _mark(self, ids: list[str]) -> None:
-        """Mark inputs done; during an outage keep them to mark later (or wait, as `_seen` says)."""
+        """Mark inputs done in Redis, with any left from an outage: what the next start's rebuild folds.
+        While Redis is away keep them to mark later, unless the agent waits for Redis (`wait_for_dedup`,
+        execution) or too many are waiting: then the batch is rolled back and retried until it is back."""
         if not self.uses_dedup:
             return
+        pending = self.unmarked + ids if self.unmarked else ids
         try:
-            await self.dedup.mark(ids)
+            await self.dedup.mark(pending)
         except RedisUnavailable:
-            if self.agent.stateful and (self.waits_for_dedup or len(self.unmarked) > _MAX_UNMARKED):
+            if self.agent.stateful and (self.waits_for_dedup or len(pending) > _MAX_UNMARKED):
                 raise
-            self.unmarked += ids
-
-    def _must_wait(self, batch: list[tuple[Msg, Incoming]]) -> bool:
-        if not self.agent.stateful:
-            return False
-        redelivered = any(inc.envelope.attempt > 1 for _, inc in batch)
-        return self.waits_for_dedup or redelivered or len(self.unmarked) > _MAX_UNMARKED
+            self.unmarked = pending
+            return
+        self.unmarked = []
 
     @contextlib.asynccontextmanager
     async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]):
@@ -467,6 +479,8 @@ class Worker:
             return
         self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
         log.info("bad input skipped", extra={"subject": msg.subject, "reason": err.reason, "error": str(err)[:200]})
+        if self.tracking is not None:
+            self.tracking.add((msg.metadata.sequence.stream,))
         await self._quietly(msg.term())
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
@@ -500,4 +514,6 @@ class Worker:
                 await pause(backoff_delay(self.settings.backoff, attempt), self.stopping)
         self.metrics.dead_letters.labels(self.service, reason).inc()
         log.warning("dead-lettered", extra={"subject": msg.subject, "reason": reason, "error": error[:200]})
+        if self.tracking is not None:   # given up on: done, should it be delivered again
+            self.tracking.add((md.sequence.stream,))
         await self._quietly(msg.term())

@@ -4,19 +4,26 @@ stream holds, the event store recorded and the DLQ caught."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, subject_for
 from replay.store import SqliteEventStore
+from replay.whatif import load_recorded, whatif
 from services import observe, registry
+from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
 from services.demo import wait_published
+from services.execution.ledger import FillLedger
 from services.runtime.settings import load
 from services.simulate import simulate
-from services.supervisor import wait_ready
+from services.supervisor import http_json, wait_ready
 from tests.chaos.conftest import RESULTS, Figures
 from tests.integration.conftest import stream_messages
 from tests.integration.test_pipeline import LOGIC_ENV
@@ -29,10 +36,20 @@ DATA = {"TRADEFLOW_DATA_SOURCE": "synthetic", "TRADEFLOW_DATA_SYMBOLS": "AAPL,MS
 Fault = Callable[[object, object], Awaitable[str | None]]
 
 
-def predicted():
-    """Every (id, event) the pipeline must produce for DATA with ENV."""
-    bars = load_bars(load(DataSettings, "TRADEFLOW_DATA_", DATA))
+def predicted(data: dict[str, str] = DATA):
+    """Every (id, event) the pipeline must produce for `data` with ENV."""
+    bars = load_bars(load(DataSettings, "TRADEFLOW_DATA_", data))
     return simulate(bars, **{name: registry.build(name, ENV) for name in registry.CONSUMERS})
+
+
+def kill_plan(seed: int, kills: int, over: float, targets: Sequence[str],
+              always: Sequence[str] = ("nats-server", "redis-server")) -> list[tuple[float, str]]:
+    """`kills` (seconds after the start, process) pairs spread at random over `over` seconds, in time order:
+    the same seed, the same plan. Each of `always` is among them at least once, so every plan compounds."""
+    rng = random.Random(seed)
+    names = [*always, *(rng.choice(targets) for _ in range(kills - len(always)))]
+    rng.shuffle(names)
+    return list(zip(sorted(round(rng.uniform(0.3, over), 2) for _ in names), names))
 
 
 def _key(event_id: str | None, subject: str, body: bytes | None, event=None) -> str | None:
@@ -44,13 +61,13 @@ def _key(event_id: str | None, subject: str, body: bytes | None, event=None) -> 
 
 
 async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] | None = None,
-                    per_service: dict[str, dict[str, str]] | None = None, expected_dead: int = 0,
-                    after: Callable[[object, object], Awaitable[None]] | None = None) -> Figures:
+                    data: dict[str, str] = DATA, per_service: dict[str, dict[str, str]] | None = None,
+                    expected_dead: int = 0, after: Callable[[object, object], Awaitable[None]] | None = None) -> Figures:
     """Start a deployment, inject `fault` (it returns when the fault is over, with a note), wait until
     everything has drained, account for every event (and run `after` for checks of its own), record
     and return the figures."""
-    sim = predicted()
-    stack, nc = await make_stack(env=ENV | (env or {}), per_service={"data": DATA, **(per_service or {})})
+    sim = predicted(data)
+    stack, nc = await make_stack(env=ENV | (env or {}), per_service={"data": data, **(per_service or {})})
     note = await fault(stack, nc) or ""
     healed = time.monotonic()
     for service in stack.services:   # every process back and ready
@@ -82,7 +99,29 @@ async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] 
     assert in_stream - expected == set(), f"{name}: events nobody predicted"
     stored_keys = {_key(m.headers["ce-id"], m.subject, m.data) for m in enveloped if m.headers["ce-id"] in recorded}
     assert stored_keys == in_stream, f"{name}: events in the stream but not in the store"
-    assert dead == expected_dead, f"{name}: {dead} dead letters, expected {expected_dead}"
+    assert dead == expected_dead, f"{name}: {dead} dead letters, expected {expected_dead}: {letters[:5]}"
+    await _settle_effects(stack, nc, sim, name, fills)
     if after is not None:
         await after(stack, nc)
     return figures
+
+
+async def _settle_effects(stack, nc, sim, name: str, fills: Counter) -> None:
+    """The accounts outside the stream: execution's fill ledger holds exactly the fills in the stream, audit's
+    portfolio is the one the logic predicts, and the logic re-run over the recorded bars reproduces every
+    recorded output (what `tradeflow whatif --check` checks)."""
+    ledger = await FillLedger.open(stack.home / "execution" / "fills.sqlite")
+    try:
+        booked = {fill.order_id for fill in await ledger.recent(limit=1_000_000)}
+    finally:
+        await ledger.close()
+    assert booked == set(fills), f"{name}: the fill ledger and the stream differ: {len(booked ^ set(fills))} orders"
+    _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
+    expected = msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
+    differ = {k: (portfolio.get(k), v) for k, v in expected.items() if portfolio.get(k) != v}
+    assert not differ, f"{name}: audit's portfolio differs from the logic's (audit, logic): {str(differ)[:1500]}"
+    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+        recorded = await load_recorded(store)
+    diff = await asyncio.to_thread(whatif, recorded, ENV)
+    assert diff.identical, f"{name}: the recorded history differs from the logic in {len(diff.differences)} places: " \
+                           f"{[(d.stage, d.kind, d.key) for d in diff.differences[:5]]}"

@@ -17,7 +17,8 @@ from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
 from services import registry
 from services.deadletters import DLQ_REASON, DLQ_SUBJECT
 from services.supervisor import http_json, wait_port
-from tests.chaos.harness import ENV, run_fault
+from tests.chaos.conftest import Compound
+from tests.chaos.harness import DATA, ENV, kill_plan, run_fault
 from tests.integration.conftest import stream_messages, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -156,3 +157,28 @@ async def test_poison_of_every_kind_mixed_into_the_stream(make_stack):
 
     await run_fault(make_stack, "poison of every kind, ~2 % of the stream", fault, expected_dead=expected_dead,
                     after=right_reasons)
+
+
+COMPOUND_TARGETS = (*IN_TURN, "nats-server", "redis-server")
+
+
+async def test_compound_faults_services_nats_and_redis_killed_in_one_run(make_stack, compound: Compound):
+    """SIGKILLs at random among the services, nats-server and redis-server in one run, each restarted by
+    the supervisor (as under `tradeflow up`), while a paced feed runs; then every account settled."""
+    data = DATA | {"TRADEFLOW_DATA_SYMBOLS": "AAPL,MSFT,BRK.B,NVDA,SPY", "TRADEFLOW_DATA_BARS": str(compound.bars),
+                   "TRADEFLOW_DATA_SEED": str(compound.seed), "TRADEFLOW_DATA_RATE": "200"}
+    feed = 5 * compound.bars / 200
+    plan = kill_plan(compound.seed, compound.kills, over=0.8 * feed, targets=COMPOUND_TARGETS)
+
+    async def fault(stack, nc) -> str:
+        started = time.monotonic()
+        done = []
+        for at, name in plan:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            if stack.supervisor.crash(name):   # not if it is between a crash and its restart
+                done.append(f"{name.removesuffix('-server')} {time.monotonic() - started:.1f}")
+        assert await still_feeding(stack), "the kills did not land while the feed ran"
+        return f"seed {compound.seed}: {', '.join(done)}"
+
+    await run_fault(make_stack, f"{len(plan)} kill -9 at random: services, nats-server, Redis ({compound.label})",
+                    fault, data=data)

@@ -18,6 +18,7 @@ from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
 from services.runtime.publish import Publisher
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.tracking import Tracking
 from services.runtime.worker import Worker
 from tests.integration.conftest import DLQ_STREAM, stream_messages, wait_for
 
@@ -65,7 +66,7 @@ class FlakyAgent:
 
 
 @contextlib.asynccontextmanager
-async def running(stack, nc, agent, settings: RuntimeSettings):
+async def running(stack, nc, agent, settings: RuntimeSettings, tracking: Tracking | None = None):
     """A Worker for `agent` on its own durable (signals_ready.>), in this process, stopped at the end."""
     jsm, js = nc.jsm(), nc.jetstream()
     await ensure_streams(jsm, settings)
@@ -73,7 +74,8 @@ async def running(stack, nc, agent, settings: RuntimeSettings):
     sub = await js.pull_subscribe_bind(durable=agent.name, stream=PIPELINE_STREAM)
     redis = Redis.from_url(stack.redis_url)
     worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
-                    dedup=DedupRegistry(redis, agent.name, 60), metrics=Metrics(agent.name), settings=settings)
+                    dedup=DedupRegistry(redis, agent.name, 60), metrics=Metrics(agent.name), settings=settings,
+                    tracking=tracking)
     task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -109,6 +111,39 @@ async def test_handler_error_is_retried_with_backoff_then_dead_lettered_with_the
         assert "RuntimeError: feature store returned garbage" in letter.headers[DLQ_ERROR]
         info = await jsm.consumer_info(PIPELINE_STREAM, "flaky")
         assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+class Tally(FlakyAgent):
+    """A stateful agent that counts what it handles."""
+
+    name = "tally"
+    stateful = True
+
+
+async def test_a_stateful_worker_takes_what_its_state_holds_as_done_and_handles_the_rest(make_stack, tmp_path):
+    """As after a kill -9 of nats-server, when the consumer delivers again, as first deliveries, inputs the
+    state already holds: those are acked, not handled; one the state does not hold is handled even if
+    Redis marks it done (the state is the authority on what it holds)."""
+    stack, nc = await make_stack(services=())
+    settings = RuntimeSettings(fetch_timeout=0.3, data_dir=str(tmp_path))
+    jsm, js = nc.jsm(), nc.jetstream()
+    await ensure_streams(jsm, settings)
+    seqs = [(await js.publish(f"signals_ready.S{i}", signal_for(f"S{i}"), headers={"Nats-Msg-Id": f"sig-{i}"})).seq
+            for i in range(1, 5)]
+    redis = Redis.from_url(stack.redis_url)
+    await DedupRegistry(redis, "tally", 60).mark(["sig-4"])
+    await redis.aclose()
+    agent = Tally()
+    tracking = Tracking(floor=seqs[0], above=[seqs[2]])
+    async with running(stack, nc, agent, settings, tracking) as worker:
+        async def settled() -> bool:
+            info = await jsm.consumer_info(PIPELINE_STREAM, "tally")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(settled, timeout=20, what="every input acked")
+        assert agent.calls == {"S2": 1, "S4": 1}
+        assert worker.metrics.duplicates.labels("tally")._value.get() == 2
+        assert all(tracking.holds(seq) for seq in seqs)
 
 
 class SlowRecorder(FlakyAgent):

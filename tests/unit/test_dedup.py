@@ -10,7 +10,7 @@ from services.runtime.dedup import DedupRegistry
 
 
 class Failing:
-    """A client whose every script call fails as a restarting server's connection does."""
+    """A client whose every script call and pipeline fails as a restarting server's connection does."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -19,6 +19,30 @@ class Failing:
         async def call(**_kwargs):
             raise self.error
         return call
+
+    def pipeline(self, transaction: bool = True):
+        assert not transaction, "marks are never written in a transaction (see services/runtime/dedup.py)"
+        return FailingPipeline(self.error)
+
+
+class FailingPipeline:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        return None
+
+    def hset(self, *_args, **_kwargs) -> None:
+        pass
+
+    def expire(self, *_args) -> None:
+        pass
+
+    async def execute(self):
+        raise self.error
 
 
 @pytest.mark.parametrize("error", [
