@@ -164,8 +164,11 @@ class Service:
                 await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s))
                 tracking = None
                 if self.agent.stateful:
-                    folded, tracking = await rebuild_state(self.agent, js, jsm, self.consumer, dedup,
-                                                           store=store_location())
+                    rebuilt = await self._until_stopped(rebuild_state(self.agent, js, jsm, self.consumer, dedup,
+                                                                      store=store_location()))
+                    if rebuilt is None:   # stopped while it waited for NATS or Redis
+                        return 0
+                    folded, tracking = rebuilt
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
                     await self._await_unacked(jsm)
@@ -217,7 +220,10 @@ class Service:
                     await asyncio.wait_for(self.nc.flush(), timeout=s.drain_timeout)
                 except Exception as exc:  # noqa: BLE001 - closing anyway
                     log.warning("nats flush incomplete", extra={"error": repr(exc)})
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except Exception as exc:  # noqa: BLE001 - nats-py writes to a transport a lost connection closed
+                    log.warning("nats connection closed uncleanly", extra={"error": repr(exc)})
             if opened and hasattr(self.agent, "close"):
                 await self.agent.close()
             await redis.aclose()
