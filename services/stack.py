@@ -60,6 +60,7 @@ class Stack:
     redis_port: int = 0
     ready_timeout: float = 60.0
     nats_cluster: int = 1         # >1: that many nats-server nodes clustered on loopback (streams: set TRADEFLOW_STREAM_REPLICAS)
+    redis_appendfsync: str = "always"   # redis-server's AOF fsync policy (README: what a kill -9 costs)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -157,7 +158,8 @@ class Stack:
                  "+@read +@write +@connection +evalsha +eval +script|load -@dangerous" for name, pw in self.redis_passwords.items()
                  if name != "cli"]
         conf.write_text("\n".join([
-            f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly yes", f"dir {store}", "daemonize no",
+            f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly yes", f"appendfsync {self.redis_appendfsync}",
+            f"dir {store}", "daemonize no",
             "protected-mode yes", "user default off", *users,
             f"user cli on >{self.redis_passwords['cli']} ~* &* +@all"]) + "\n")
         proc = await self.supervisor.start(Proc("redis-server", [redis_server_binary(), str(conf)], dict(os.environ),
