@@ -21,8 +21,9 @@ after its order); the default is the input's trace, caused by the input.
 Optional class attributes change what the runtime does for an agent:
   dedup = False          skip the Redis dedup registry: the agent's effects are idempotent by event id;
   dead_letters = False   term undecodable input without copying it to the DLQ: another stage owns it;
-  wait_for_dedup = True  (stateful) while Redis is away, process nothing; by default a stateful agent
-                         goes on with first deliveries and waits only for redeliveries.
+  wait_for_dedup = True  (stateful) while Redis is away, ack nothing: its marks are written before its
+                         acks; by default a stateful agent goes on and writes its marks when Redis is
+                         back (what is done is its tracking record's to say, services/runtime/tracking.py).
   partitionable = True   its state is per symbol: replicas may share the symbols out
                          (TRADEFLOW_PARTITION, services/runtime/partition.py).
 """

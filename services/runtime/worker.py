@@ -2,7 +2,7 @@
 
 Per fetched batch:
   1. skip (ack) inputs already done: for a stateful agent, those its state's tracking record holds
-     (services/runtime/tracking.py); for a stateless one, those the Redis dedup registry marks;
+     (services/runtime/tracking.py); for a stateless one (after decoding), those Redis marks done;
   2. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
   3. call the agent's handler on each remaining input, in stream order (between the agent's
      optional `prepare` and `record` hooks);
