@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from services.runtime.deathsig import die_with_parent
 from services.runtime.metrics import Metrics, quantile
 
 
@@ -56,6 +57,16 @@ class _Op:
         return out
 
 
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes forked from a forkserver, not from the service: a service has threads (its I/O
+    pool, the loop's default executor), and a child forked while one of them held a lock would wait on
+    it forever. The forkserver dies with the service and each worker with the forkserver, even after a
+    kill -9 (services/runtime/deathsig.py)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["services.runtime.forkserver_preload"])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent)
+
+
 class ComputePool:
     """A bounded process (or thread) pool for CPU work and a thread pool for blocking I/O."""
 
@@ -63,10 +74,7 @@ class ComputePool:
         self.settings = settings
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.queue)
-        # forkserver, not fork: a service has threads (its I/O pool, the loop's default executor), and a
-        # child forked while one of them held a lock would wait on it forever
-        self._cpu: Executor = (ProcessPoolExecutor(settings.workers, mp_context=multiprocessing.get_context("forkserver"))
-                               if settings.kind == "process"
+        self._cpu: Executor = (_process_pool(settings.workers) if settings.kind == "process"
                                else ThreadPoolExecutor(settings.workers, thread_name_prefix="cpu"))
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="io")
         self._ops: dict[tuple[str, str], _Op] = defaultdict(_Op)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from contracts.errors import ConfigError
@@ -90,3 +94,35 @@ async def test_a_failing_operation_raises_to_its_caller_and_is_counted():
 def test_bad_pool_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=f"TRADEFLOW_POOL_{name}"):
         load(PoolSettings, "TRADEFLOW_POOL_", {f"TRADEFLOW_POOL_{name}": value})
+
+
+_SERVICE = """
+import asyncio, os, sys
+from services.runtime.metrics import Metrics
+from services.runtime.pool import ComputePool, PoolSettings
+from tests.unit.test_pool import whose
+
+async def main():
+    pool = ComputePool(PoolSettings(kind="process", workers=2), Metrics("strategy"))
+    pids = set(await asyncio.gather(*(pool.compute("whose", whose, i) for i in range(20))))
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_pool_processes_die_with_a_service_killed_with_9():
+    service = subprocess.Popen([sys.executable, "-c", _SERVICE], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+    try:
+        workers = [int(pid) for pid in service.stdout.readline().split()]
+        assert len(workers) == 2, "the pool did not start its workers"
+        started = psutil.Process(service.pid).children(recursive=True)
+        assert {p.pid for p in started} >= set(workers)   # the forkserver, and the workers under it
+    finally:
+        service.kill()
+        service.wait()
+    gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"left behind after a kill -9 of their service: {[p.cmdline()[:3] for p in alive]}"

@@ -1,0 +1,29 @@
+"""Processes a service starts die with it, even when it is killed with -9 (Linux: PR_SET_PDEATHSIG).
+
+The compute pool's processes are not the service's children alone: multiprocessing's forkserver is,
+and the pool's workers are the forkserver's. A SIGKILL of the service runs none of its clean-up, and
+the forkserver and its workers (each waiting on a queue whose write end it holds itself) would live
+on as orphans. So the forkserver asks the kernel to kill it when the service dies (it imports
+services.runtime.forkserver_preload first), and each worker when the forkserver dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies; exit now if the parent already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:   # it died before the call took effect
+        os._exit(1)
