@@ -82,11 +82,10 @@ class DedupRegistry:
         today = now or datetime.now(timezone.utc)
         key = self._keys(today)[0]
         end_of_day = (_DAY - (today.hour * 3600 + today.minute * 60 + today.second))
-        fields = [(id_, 1) for id_ in ids]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(fields), _FIELDS_PER_HSET):
-                    pipe.hset(key, mapping=dict(fields[start:start + _FIELDS_PER_HSET]))
+                for start in range(0, len(ids), _FIELDS_PER_HSET):
+                    pipe.hset(key, mapping=dict.fromkeys(ids[start:start + _FIELDS_PER_HSET], 1))
                 pipe.expire(key, self._ttl + end_of_day)
                 await pipe.execute()
         except REDIS_UNAVAILABLE as exc:

@@ -159,7 +159,6 @@ class Service:
                 await self.agent.open(self._context(redis))
                 opened = True
             main: list[asyncio.Task] = []
-            worker = None
             if self.agent.consumes:
                 await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s))
                 tracking = None
@@ -176,10 +175,9 @@ class Service:
                 self._checks["consumer"] = True
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
-                worker = self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics,
-                                              settings=s, consumer=self.consumer, tracing=self.tracing,
-                                              tracking=tracking)
-                main.append(asyncio.create_task(worker.run(), name="worker"))
+                self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
+                                     consumer=self.consumer, tracing=self.tracing, tracking=tracking)
+                main.append(asyncio.create_task(self.worker.run(), name="worker"))
                 capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer,
                                             terminated=getattr(self.agent, "dead_letters", True))
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
@@ -192,8 +190,8 @@ class Service:
             log.info("service ready", extra={"consumes": list(self.agent.consumes)})
             await self.stop.wait()
             log.info("stopping: draining in-flight work")
-            if worker is not None:
-                worker.stopping.set()
+            if self.worker is not None:
+                self.worker.stopping.set()
                 capture.stopping.set()
             done, pending = await asyncio.wait(main, timeout=s.drain_timeout) if main else (set(), set())
             for task in pending:

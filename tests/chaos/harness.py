@@ -112,10 +112,11 @@ async def _settle_effects(stack, nc, sim, name: str, fills: Counter) -> None:
     recorded output (what `tradeflow whatif --check` checks)."""
     ledger = await FillLedger.open(stack.home / "execution" / "fills.sqlite")
     try:
-        booked = {fill.order_id for fill in await ledger.recent(limit=1_000_000)}
+        booked, rows = set(await ledger.lookup(list(fills))), await ledger.count()
     finally:
         await ledger.close()
-    assert booked == set(fills), f"{name}: the fill ledger and the stream differ: {len(booked ^ set(fills))} orders"
+    assert booked == set(fills) and rows == len(fills), \
+        f"{name}: the fill ledger holds {rows} fills, {len(set(fills) - booked)} of the stream's missing"
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     expected = msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
     differ = {k: (portfolio.get(k), v) for k, v in expected.items() if portfolio.get(k) != v}
