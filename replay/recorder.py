@@ -54,6 +54,7 @@ class RecorderAgent:
     stateful = False
     dedup = False            # insert-or-ignore by id already makes a redelivery a no-op
     dead_letters = False     # bad input is dead-lettered by the stage that consumes it
+    linger = 0.25            # off the trading path: a transaction of many events, not one per event
 
     def __init__(self, path: Path) -> None:
         self.path = path

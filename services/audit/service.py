@@ -34,6 +34,7 @@ class AuditAgent:
     name = "audit"
     consumes = (f"{DATA_READY}.>", f"{EXECUTED_READY}.>")
     stateful = True
+    linger = 0.1     # after the fill: the books may be a tenth of a second behind, in larger batches
 
     def __init__(self, settings: AuditSettings) -> None:
         self.cash = settings.cash

@@ -37,7 +37,7 @@ from services.runtime.config import RuntimeSettings
 from services.runtime.metrics import Metrics
 from services.runtime.pause import pause
 from services.runtime.publish import Publisher
-from services.runtime.worker import backoff_delay
+from services.runtime.decisions import backoff_delay
 
 log = logging.getLogger(__name__)
 

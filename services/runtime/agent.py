@@ -24,6 +24,9 @@ Optional class attributes change what the runtime does for an agent:
   wait_for_dedup = True  (stateful) while Redis is away, ack nothing: its marks are written before its
                          acks; by default a stateful agent goes on and writes its marks when Redis is
                          back (what is done is its tracking record's to say, services/runtime/tracking.py).
+  linger = 0.25          (seconds) the agent is off the trading path (the recorder, audit): after a small
+                         batch the worker waits this long for the next one to fill, and fetches none
+                         ahead; fewer, larger batches cost far less at light load.
   partitionable = True   its state is per symbol: replicas may share the symbols out
                          (TRADEFLOW_PARTITION, services/runtime/partition.py).
 """

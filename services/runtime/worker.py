@@ -1,29 +1,34 @@
-"""The processing contract, in one place: decode -> handle -> publish, await PubAcks -> ack.
+"""The processing contract, in one place: each fetched batch goes through five steps.
 
-Per fetched batch:
-  1. skip (ack) inputs already done: for a stateful agent, those its state's tracking record holds
-     (services/runtime/tracking.py); for a stateless one (after decoding), those Redis marks done;
-  2. decode every message; bad input is copied to the DLQ (reason in headers), then termed;
-  3. call the agent's handler on each remaining input, in stream order (between the agent's
-     optional `prepare` and `record` hooks);
-  4. publish all outputs and await every PubAck;
-  5. mark the inputs done in Redis (what the next start's rebuild folds), record them in the
-     tracking record, then ack them.
-A handler error naks with backoff and, at the last delivery, dead-letters the
-message with the error. A Transient failure (NATS or Redis unreachable) rolls a
-stateful agent back and retries the whole batch in place, keeping the messages
-(and their order) in hand and telling JetStream they are in progress.
+  decode  a stateful agent's inputs its tracking record holds are done: acked again, not handled
+          (services/runtime/tracking.py); the rest are decoded, and bad input is dead-lettered
+          (reason in headers) and termed;
+  seen    a stateless agent asks the dedup registry which inputs are done;
+  handle  the agent's handler, on each input in stream order (between its optional `prepare` and
+          `record` hooks), gives the outputs;
+  commit  the agent's effects are recorded, the outputs published and every PubAck awaited; an agent
+          that waits for Redis (execution) marks its inputs done before they are acked;
+  settle  the inputs are acked (and, for a stateful agent, added to its tracking record); a handler
+          error naks with backoff and, at the last delivery, dead-letters the input with the error.
+          The other agents' marks (what the next start's rebuild folds above the ack floor) are
+          written after the acks, a batch of batches at a time (decisions.mark_before_ack says why
+          that loses nothing).
+
+A batch is cut into segments first (decisions.segments): a redelivered input alone, the one the last
+run crashed on last. A Transient failure (NATS or Redis unreachable) in handle or commit rolls a
+stateful agent back and retries the segment in place, keeping its messages (and their order) in
+hand and telling JetStream they are in progress. The pure decisions are in decisions.py; every
+use of nats-py's private attributes is in nats_internals.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,10 +40,14 @@ from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
 from services.deadletters import dead_letter_copy
+from services.runtime import nats_internals
 from services.runtime.agent import Agent
 from services.runtime.config import RuntimeSettings
+from services.runtime.decisions import (after_handler_error, backoff_delay, mark_before_ack, mark_failed, marks_due,
+                                        segments, undelivered)
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
+from services.runtime.nats_internals import delivery
 from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
 from services.runtime.tracing import Tracing, span_id_of
@@ -46,43 +55,30 @@ from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
-
-
-def backoff_delay(schedule: Sequence[float], attempt: int) -> float:
-    """Delay before retry number `attempt` (1-based), the last step repeating."""
-    if not schedule:
-        return 0.0
-    return schedule[min(max(attempt, 1), len(schedule)) - 1]
-
+__all__ = ["Worker", "backoff_delay"]
 
 _YIELD_EVERY = 32          # messages handled between two turns of the event loop
-_MAX_UNMARKED = 100_000   # ids kept in memory during a Redis outage before a stateful agent waits
+_MAX_UNMARKED = 100_000    # marks kept in memory (Redis away) before a stateful agent waits for Redis
+_MARK_INTERVAL = 0.05      # seconds marks written after their acks may wait, to go to Redis together
+
+Item = tuple[Msg, Incoming]
+Arrived = tuple[Msg, tuple[int, int, datetime]]   # a message and its delivery: stream sequence, attempt, stream time
 
 
-def take_queued_first(sub: JetStreamContext.PullSubscription) -> None:
-    """Make `fetch` take messages already queued on the subscription without nats-py's per-message cost.
+class Outcome:
+    """What handling a segment gave: the inputs done and their outputs, and what is left to settle."""
 
-    nats-py's `fetch` reads each message of a batch with `next_msg`, which makes a task, a timer and
-    a uuid for every one, even when the message is already in the subscription's queue (about half
-    of what a message costs a service; nats-py PRs #752 and #862 address it upstream). Here a queued
-    message is taken at once, with the same bookkeeping; an empty queue goes to nats-py's own
-    `next_msg`, timeout and all. Left alone if this nats-py lays its subscription out otherwise.
-    """
-    inner = getattr(sub, "_sub", None)
-    queue = getattr(inner, "_pending_queue", None)
-    if queue is None or not hasattr(inner, "_pending_size") or getattr(inner, "_cb", None):
-        return
-    wait_for_next = inner.next_msg
+    __slots__ = ("done", "outgoing", "duplicates", "rejected", "failed", "traced", "snapshot", "started_ns")
 
-    async def next_msg(timeout: float | None = 1.0) -> Msg:
-        if queue.empty() or inner._conn.is_closed:
-            return await wait_for_next(timeout)
-        msg = queue.get_nowait()
-        inner._pending_size -= len(msg.data)
-        queue.task_done()
-        return msg
-
-    inner.next_msg = next_msg
+    def __init__(self, snapshot: object) -> None:
+        self.done: list[Item] = []                                 # handled: their outputs are in `outgoing`
+        self.outgoing: list[Outgoing] = []
+        self.duplicates: list[Msg] = []                            # done before (dedup registry): ack only
+        self.rejected: list[tuple[Msg, BadInput]] = []             # the handler can never accept them: DLQ
+        self.failed: list[tuple[Msg, Incoming, BaseException]] = []   # the handler raised: nak or DLQ
+        self.traced: list[tuple[Incoming, int, int, str | None]] = []  # input, its outputs' slice, error
+        self.snapshot = snapshot
+        self.started_ns = time.time_ns()
 
 
 class Worker:
@@ -96,7 +92,8 @@ class Worker:
         self.tracking = (tracking or Tracking()) if agent.stateful else None
         self.tracing = tracing
         self.sub = sub
-        take_queued_first(sub)
+        self.fast_fetch = nats_internals.take_queued_first(sub)
+        self.fast_headers = nats_internals.fast_headers()
         self.publisher = publisher
         self.dedup = dedup
         self.metrics = metrics
@@ -106,19 +103,25 @@ class Worker:
         self._ahead: asyncio.Task | None = None           # the next batch's fetch, under way while one is processed
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
-        self.unmarked: list[str] = []                      # done while Redis was away, to mark when it is back
+        self.linger = float(getattr(agent, "linger", 0.0))  # off the trading path: let small batches fill
+        self.unmarked: list[str] = []                      # acked, not yet marked (written together, or after an outage)
+        self._marked_at = time.monotonic()
+        self.naked: set[int] = set()                       # stream positions naked for a retry: gaps below the acks
         self.suspect_file = Path(settings.data_dir) / (consumer or self.service) / "suspect"   # one per replica
         self.suspect = self.suspect_file.read_text().strip() if self.suspect_file.is_file() else None
         if self.suspect:
             log.warning("the last run ended while handling a message: it is tried last, alone",
                         extra={"event_id": self.suspect})
 
+    # -- the fetch loop --------------------------------------------------------
+
     async def run(self) -> None:
         """Fetch and process batches until `stopping` is set; then nak what was fetched but not begun.
 
         The next batch is fetched while this one is worked on (one fetch ahead, kept alive with it),
         so a service does not wait for its messages between batches; batches are still processed,
-        and acked, one after the other, in stream order.
+        and acked, one after the other, in stream order. An agent that lingers (off the trading path)
+        fetches nothing ahead and, after a small batch, lets the next one fill for `linger` seconds.
         """
         failures = 0
         try:
@@ -127,6 +130,7 @@ class Worker:
                 try:
                     msgs = await fetching
                 except (NatsTimeout, asyncio.TimeoutError):
+                    await self._write_kept_marks()   # idle: what waits goes to Redis now
                     continue
                 except asyncio.CancelledError:
                     raise
@@ -140,12 +144,16 @@ class Worker:
                     continue
                 failures = 0
                 self.metrics.batch_size.labels(self.service).observe(len(msgs))
-                if not self.stopping.is_set():
+                if not self.stopping.is_set() and not self.linger:
                     self._ahead = self._fetch()
                 await self.process(msgs)
+                if self.linger and len(msgs) < self.settings.batch_size:
+                    await pause(self.linger, self.stopping)
         finally:
             await self._give_back_ahead()
-        await self._release_prefetched()
+            await self._write_kept_marks()
+        for msg in nats_internals.queued(self.sub):
+            await self._quietly(msg.nak())
         await self._quietly(self.sub.unsubscribe())
 
     async def _deliveries_in_limbo(self, msgs: Sequence[Msg]) -> bool:
@@ -160,8 +168,8 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - cannot tell: go on as before
             log.warning("consumer info unavailable after the outage", extra={"error": repr(exc)})
             return False
-        unaccounted = (info.num_ack_pending or 0) - len(msgs)
-        if unaccounted <= 0:
+        unaccounted = undelivered(info.num_ack_pending or 0, len(msgs))
+        if not unaccounted:
             return False
         wait = self.settings.ack_wait + 0.5
         log.warning("after the outage JetStream holds deliveries this worker never got: waiting for them first",
@@ -182,11 +190,6 @@ class Worker:
             return []
         return ahead.result()
 
-    async def _still_working(self, batch: list[tuple[Msg, Incoming]]) -> None:
-        """Tell JetStream that the batch, and the batch fetched ahead, are in hand: not to redeliver them yet."""
-        for msg in [msg for msg, _ in batch] + self._fetched_ahead():
-            await self._quietly(msg.in_progress())
-
     async def _give_back_ahead(self) -> None:
         """Nak the batch fetched ahead: let its fetch end (within fetch_timeout), unless this task is
         being cancelled, in which case JetStream redelivers it after ack_wait."""
@@ -206,14 +209,6 @@ class Worker:
         for msg in msgs:
             await self._quietly(msg.nak())
 
-    async def _release_prefetched(self) -> None:
-        queue = self.sub._sub._pending_queue if self.sub._sub else None  # noqa: SLF001 (no public API)
-        while queue is not None and not queue.empty():
-            msg = queue.get_nowait()
-            if msg.headers and msg.headers.get("Status"):
-                continue
-            await self._quietly(msg.nak())
-
     @staticmethod
     async def _quietly(coro) -> None:
         try:
@@ -223,55 +218,227 @@ class Worker:
         except Exception as exc:
             log.warning("ack/nak not sent", extra={"error": repr(exc)})
 
-    # -- one batch -------------------------------------------------------------
+    # -- one batch: decode -> seen -> handle -> commit -> settle ----------------
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         """Apply the processing contract to one fetched batch."""
-        good: list[tuple[Msg, Incoming]] = []
-        for stage, count in Counter(msg.subject.partition(".")[0] for msg in msgs).items():
-            self.metrics.messages_in.labels(self.service, stage).inc(count)
-        if self.tracking is not None:
-            msgs = await self._not_held(msgs)
-        for msg in msgs:
-            md = msg.metadata
+        self._count(self.metrics.messages_in, (msg.subject for msg in msgs))
+        arrived = [(msg, delivery(msg.reply)) for msg in msgs]
+        decoded = await self._decode(await self._not_held(arrived) if self.tracking is not None else arrived)
+        for segment in segments(decoded, attempt=lambda item: item[1].envelope.attempt,
+                                ident=lambda item: item[1].id, suspect=self.suspect):
+            await self._process_segment(segment)
+
+    async def _not_held(self, arrived: list[Arrived]) -> list[Arrived]:
+        """The messages the state does not hold yet; those it holds are done (delivered again after a
+        consumer went back to an older position, or an ack that was lost): acked again, not handled."""
+        holds = self.tracking.holds
+        fresh = []
+        for msg, (seq, attempt, at) in arrived:
+            if holds(seq):
+                self.metrics.duplicates.labels(self.service).inc()
+                await self._quietly(msg.ack())
+            else:
+                fresh.append((msg, (seq, attempt, at)))
+        return fresh
+
+    async def _decode(self, arrived: Iterable[Arrived]) -> list[Item]:
+        """Decode each message; bad input is dead-lettered (or termed) here and goes no further."""
+        good: list[Item] = []
+        max_bytes = self.settings.max_body_bytes
+        for msg, (seq, attempt, at) in arrived:
             try:
-                incoming = decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp,
-                                  sequence=md.sequence.stream, attempt=md.num_delivered,
-                                  max_bytes=self.settings.max_body_bytes)
+                incoming = decode(msg.subject, msg.data, msg.headers, stream_time=at, sequence=seq, attempt=attempt,
+                                  max_bytes=max_bytes)
             except BadInput as err:
                 await self._bad_input(msg, err)
                 continue
             good.append((msg, incoming))
-        for segment in self._segments(good):
-            await self._process_with_retries(segment)
+        return good
 
-    async def _not_held(self, msgs: Sequence[Msg]) -> list[Msg]:
-        """The messages the state does not hold yet; those it holds are done (delivered again after a
-        consumer went back to an older position, or an ack that was lost): acked again, not handled."""
-        tracking = self.tracking
-        fresh = []
-        for msg in msgs:
-            if tracking.holds(msg.metadata.sequence.stream):
-                self.metrics.duplicates.labels(self.service).inc()
-                await self._quietly(msg.ack())
-            else:
-                fresh.append(msg)
-        return fresh
+    async def _process_segment(self, segment: list[Item]) -> None:
+        """Handle, commit and settle one segment, retrying it in place through Transient failures; a
+        redelivered input is named the suspect while it is tried (the next run defers it if this one dies)."""
+        redelivered = len(segment) == 1 and segment[0][1].envelope.attempt > 1
+        if redelivered:
+            self._mark_suspect(segment[0][1])
+        try:
+            outcome = await self._until_committed(segment)
+            if outcome is not None:
+                await self._settle(outcome)
+        finally:
+            if redelivered:
+                self._mark_suspect(None)
 
-    def _segments(self, good: list[tuple[Msg, Incoming]]) -> list[list[tuple[Msg, Incoming]]]:
-        """The batch cut for crash safety, in stream order: runs of first deliveries together, each
-        redelivered message alone (it may be what crashed the last run), and the message the last
-        run crashed on (the suspect) alone at the end, so its neighbours are acked before it is tried."""
-        suspect = [item for item in good if item[1].id == self.suspect]
-        segments: list[list[tuple[Msg, Incoming]]] = []
-        for item in good:
-            if item[1].id == self.suspect:
+    async def _until_committed(self, segment: list[Item]) -> Outcome | None:
+        """Handle and commit the segment, again after each Transient failure; None if the service stops
+        meanwhile (the segment is naked)."""
+        attempt = 0
+        while True:
+            beat = _KeepAlive(self, segment)
+            try:
+                outcome = await self._handle(segment)
+                await self._commit(outcome)
+                return outcome
+            except Transient as err:
+                attempt += 1
+                self.metrics.messages_failed.labels(self.service, "batch", err.reason).inc(len(segment))
+                log.warning("transient failure, retrying batch in place",
+                            extra={"error": str(err), "attempt": attempt, "messages": len(segment)})
+                if self.stopping.is_set():
+                    for msg, _ in segment:
+                        await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, 1)))
+                    return None
+                await self._still_working(segment)
+                # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
+                await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
+            finally:
+                await beat.stop()
+
+    async def _seen(self, segment: list[Item]) -> set[str]:
+        """The inputs the dedup registry says are done, for a stateless agent: while Redis is away, none
+        (a repeat only re-publishes ids the stream drops). A stateful agent's tracking record has already
+        said which of its inputs are done (`_not_held`): Redis is not asked."""
+        if not self.uses_dedup or self.tracking is not None:
+            return set()
+        try:
+            return await self.dedup.seen([inc.id for _, inc in segment])
+        except RedisUnavailable:
+            self.metrics.messages_failed.labels(self.service, "batch", "dedup_unavailable").inc(len(segment))
+            return set()
+
+    async def _handle(self, segment: list[Item]) -> Outcome:
+        """Run the agent's handler on each input not seen before; the state as it was is kept to roll back to."""
+        seen = await self._seen(segment)
+        agent, service, tracing = self.agent, self.service, self.tracing
+        outcome = Outcome(agent.snapshot())
+        prepare = getattr(agent, "prepare", None)
+        if prepare is not None:
+            await prepare([inc for _, inc in segment if inc.id not in seen] if seen else [inc for _, inc in segment])
+        now = datetime.now(timezone.utc)
+        cause_of = getattr(agent, "cause_of", None)
+        outgoing = outcome.outgoing
+        for position, (msg, inc) in enumerate(segment, 1):
+            if not position % _YIELD_EVERY:   # let heartbeats, health checks and metrics in during a long batch
+                await asyncio.sleep(0)
+            if seen and inc.id in seen:
+                outcome.duplicates.append(msg)
                 continue
-            if item[1].envelope.attempt > 1 or not segments or segments[-1][-1][1].envelope.attempt > 1:
-                segments.append([item])
-            else:
-                segments[-1].append(item)
-        return segments + [[item] for item in suspect]
+            try:
+                self._inject_faults(inc)
+                events = agent.handle(inc, now)
+            except BadInput as err:
+                outcome.rejected.append((msg, err))
+                if tracing is not None:
+                    outcome.traced.append((inc, 0, 0, f"{err.reason}: {err}"))
+                continue
+            except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
+                outcome.failed.append((msg, inc, exc))
+                continue
+            if tracing is not None:
+                outcome.traced.append((inc, len(outgoing), len(outgoing) + len(events), None))
+            replay_run = inc.headers.get(ce.REPLAY_RUN)
+            for index, event in enumerate(events):
+                trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
+                out = envelope_out(event, service=service, event_id=ce.derive_id(service, inc.id, index),
+                                   trace_id=trace_id, causation_id=causation_id, now=now)
+                if replay_run:  # what a replayed event leads to is part of the replay
+                    out.headers[ce.REPLAY_RUN] = replay_run
+                outgoing.append(out)
+            outcome.done.append((msg, inc))
+        return outcome
+
+    async def _commit(self, outcome: Outcome) -> None:
+        """Make the segment durable: the agent's effects, then the outputs (every PubAck), then, for an agent
+        that waits for Redis or while there is a gap below, the marks. Rolls the state back on a Transient."""
+        try:
+            await self._record()  # effects durable before the outputs are visible
+            await self.publisher.publish(outcome.outgoing)
+            if self.uses_dedup and self._marks_first():
+                await self._write_marks([inc.id for _, inc in outcome.done])
+        except Transient:
+            self.agent.restore(outcome.snapshot)
+            raise
+
+    def _marks_first(self) -> bool:
+        return mark_before_ack(stateful=self.agent.stateful, waits_for_dedup=self.waits_for_dedup,
+                               gap_below=bool(self.naked), kept=len(self.unmarked), limit=_MAX_UNMARKED)
+
+    async def _settle(self, outcome: Outcome) -> None:
+        """Ack what is done (after adding it to the tracking record), then dead-letter what the handler
+        rejected, nak or dead-letter what it failed on, and write the marks that wait."""
+        done = outcome.done
+        if self.tracking is not None:
+            self.tracking.add(inc.envelope.sequence for _, inc in done)
+        naked = self.naked
+        for msg, inc in done:
+            if naked:
+                naked.discard(inc.envelope.sequence)
+            await self._quietly(msg.ack())
+        if outcome.duplicates:
+            self.metrics.duplicates.labels(self.service).inc(len(outcome.duplicates))
+            for msg in outcome.duplicates:
+                await self._quietly(msg.ack())
+        for msg, err in outcome.rejected:
+            await self.dead_letter(msg, err.reason, str(err))
+        for msg, inc, exc in outcome.failed:
+            await self._retry_or_dead_letter(msg, inc, exc)
+        if self.uses_dedup and done and not self._marks_first():
+            self.unmarked += [inc.id for _, inc in done]
+            if marks_due(len(self.unmarked), since_flush=time.monotonic() - self._marked_at,
+                         interval=_MARK_INTERVAL, batch=self.settings.batch_size):
+                await self._write_kept_marks()
+        self._observe(outcome)
+
+    def _observe(self, outcome: Outcome) -> None:
+        """Metrics (per stage, counted once a segment) and, when tracing is on, the spans."""
+        self._count(self.metrics.messages_out, (out.subject for out in outcome.outgoing))
+        if outcome.traced:
+            self._spans(outcome.traced, outcome.outgoing, outcome.started_ns)
+        if not outcome.done:
+            return
+        per_message = (time.time_ns() - outcome.started_ns) / 1e9 / len(outcome.done)
+        for stage, count in Counter(inc.envelope.subject.partition(".")[0] for _, inc in outcome.done).items():
+            histogram = self.metrics.processing.labels(self.service, stage)
+            for _ in range(count):
+                histogram.observe(per_message)
+
+    def _count(self, counter, subjects: Iterable[str]) -> None:
+        for stage, count in Counter(subject.partition(".")[0] for subject in subjects).items():
+            counter.labels(self.service, stage).inc(count)
+
+    # -- the steps' parts ------------------------------------------------------
+
+    async def _write_marks(self, ids: Sequence[str] = ()) -> None:
+        """Mark `ids`, and any marks kept, done in Redis. While Redis is away keep them to write later, or
+        raise (the batch is rolled back and retried) if decisions.mark_failed says to wait for Redis."""
+        pending = self.unmarked + list(ids) if self.unmarked else list(ids)
+        if not pending:
+            return
+        try:
+            await self.dedup.mark(pending)
+        except RedisUnavailable:
+            if mark_failed(stateful=self.agent.stateful, waits_for_dedup=self.waits_for_dedup,
+                           pending=len(pending), limit=_MAX_UNMARKED) == "retry":
+                raise
+            self.unmarked = pending
+            return
+        self.unmarked = []
+        self._marked_at = time.monotonic()
+
+    async def _write_kept_marks(self) -> None:
+        """Write the marks kept after their acks; if Redis is away they wait for the next try."""
+        if not self.unmarked:
+            return
+        try:
+            await self._write_marks()
+        except RedisUnavailable:   # too many kept: the next batch writes them before its acks, or waits
+            pass
+
+    async def _still_working(self, batch: list[Item]) -> None:
+        """Tell JetStream that the batch, and the batch fetched ahead, are in hand: not to redeliver them yet."""
+        for msg in [msg for msg, _ in batch] + self._fetched_ahead():
+            await self._quietly(msg.in_progress())
 
     def _mark_suspect(self, inc: Incoming | None) -> None:
         """Name the redelivered message about to be handled; if the process dies, the next run defers it."""
@@ -283,102 +450,26 @@ class Worker:
         partial.write_text(inc.id)
         os.replace(partial, self.suspect_file)
 
-    async def _process_with_retries(self, good: list[tuple[Msg, Incoming]]) -> None:
-        redelivered = len(good) == 1 and good[0][1].envelope.attempt > 1
-        if redelivered:
-            self._mark_suspect(good[0][1])
-        try:
-            await self._retry_in_place(good)
-        finally:
-            if redelivered:
-                self._mark_suspect(None)
+    def _inject_faults(self, inc: Incoming) -> None:
+        """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process
+        at once (as a crash would, nothing flushed), on a body that contains the text."""
+        s = self.settings
+        if s.fault_exit_on and s.fault_exit_on.encode() in inc.body:
+            log.critical("fault injected: exiting", extra={"event_id": inc.id})
+            os._exit(70)
+        if s.fault_fail_on and s.fault_fail_on.encode() in inc.body:
+            raise RuntimeError(f"fault injected on {inc.id}")
 
-    async def _retry_in_place(self, good: list[tuple[Msg, Incoming]]) -> None:
-        attempt = 0
-        while good:
-            try:
-                async with self._keep_alive(good):
-                    await self._process_decoded(good)
-                return
-            except Transient as err:
-                attempt += 1
-                self.metrics.messages_failed.labels(self.service, "batch", err.reason).inc(len(good))
-                log.warning("transient failure, retrying batch in place",
-                            extra={"error": str(err), "attempt": attempt, "messages": len(good)})
-                if self.stopping.is_set():
-                    for msg, _ in good:
-                        await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, 1)))
-                    return
-                await self._still_working(good)
-                # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
-                await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
-
-    async def _process_decoded(self, batch: list[tuple[Msg, Incoming]]) -> None:
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        traced: list[tuple[Incoming, int, int, str | None]] = []   # input, its outputs' slice, why it failed
-        seen = await self._seen(batch)
-        snapshot = self.agent.snapshot()
-        prepare = getattr(self.agent, "prepare", None)
-        if prepare is not None:
-            await prepare([inc for _, inc in batch if inc.id not in seen])
-        now = datetime.now(timezone.utc)
-        cause_of = getattr(self.agent, "cause_of", None)
-        done: list[tuple[Msg, Incoming]] = []
-        failed: list[tuple[Msg, Incoming, BaseException]] = []
-        outgoing: list[Outgoing] = []
-        for position, (msg, inc) in enumerate(batch, 1):
-            if not position % _YIELD_EVERY:   # let heartbeats, health checks and metrics in during a long batch
-                await asyncio.sleep(0)
-            if inc.id in seen:
-                self.metrics.duplicates.labels(self.service).inc()
-                await self._quietly(msg.ack())
-                continue
-            try:
-                self._inject_faults(inc)
-                events = self.agent.handle(inc, now)
-            except BadInput as err:
-                await self.dead_letter(msg, err.reason, str(err))
-                if self.tracing is not None:
-                    traced.append((inc, 0, 0, f"{err.reason}: {err}"))
-                continue
-            except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
-                failed.append((msg, inc, exc))
-                continue
-            replay_run = inc.headers.get(ce.REPLAY_RUN)
-            if self.tracing is not None:
-                traced.append((inc, len(outgoing), len(outgoing) + len(events), None))
-            for index, event in enumerate(events):
-                trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
-                out = envelope_out(event, service=self.service, event_id=ce.derive_id(self.service, inc.id, index),
-                                   trace_id=trace_id, causation_id=causation_id, now=now)
-                if replay_run:  # what a replayed event leads to is part of the replay
-                    out.headers[ce.REPLAY_RUN] = replay_run
-                outgoing.append(out)
-            done.append((msg, inc))
+    async def _record(self) -> None:
+        record = getattr(self.agent, "record", None)
+        if record is None:
+            return
         try:
-            await self._record()  # effects durable before the outputs are visible
-            await self.publisher.publish(outgoing)
-            await self._mark([inc.id for _, inc in done])
-        except Transient:
-            self.agent.restore(snapshot)
+            await record()
+        except (Transient, asyncio.CancelledError):
             raise
-        for stage, count in Counter(out.subject.partition(".")[0] for out in outgoing).items():
-            self.metrics.messages_out.labels(self.service, stage).inc(count)
-        if self.tracking is not None:
-            self.tracking.add(inc.envelope.sequence for _, inc in done)
-        for msg, _ in done:
-            await self._quietly(msg.ack())
-        for msg, inc, exc in failed:
-            await self._retry_or_dead_letter(msg, inc, exc)
-        if traced:
-            self._spans(traced, outgoing, started_ns)
-        elapsed = time.perf_counter() - started
-        per_message = elapsed / max(1, len(batch))
-        for stage, count in Counter(inc.envelope.subject.partition(".")[0] for _, inc in done).items():
-            histogram = self.metrics.processing.labels(self.service, stage)
-            for _ in range(count):
-                histogram.observe(per_message)
+        except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
+            raise EffectFailed(f"{self.service} could not record its effects: {exc!r}") from exc
 
     def _spans(self, traced: list[tuple[Incoming, int, int, str | None]], outgoing: list[Outgoing],
                started_ns: int) -> None:
@@ -402,75 +493,7 @@ class Worker:
                                  attributes={**common, "messaging.destination.name": out.subject,
                                              "messaging.message.id": event_id})
 
-    async def _seen(self, batch: list[tuple[Msg, Incoming]]) -> set[str]:
-        """The batch's inputs the dedup registry says are done, for a stateless agent: while Redis is
-        away, none (a repeat only re-publishes ids the stream drops). A stateful agent's tracking record
-        has already said which of its inputs are done (`_not_held`): Redis is not asked."""
-        if not self.uses_dedup or self.tracking is not None:
-            return set()
-        try:
-            return await self.dedup.seen([inc.id for _, inc in batch])
-        except RedisUnavailable:
-            self.metrics.messages_failed.labels(self.service, "batch", "dedup_unavailable").inc(len(batch))
-            return set()
-
-    async def _mark(self, ids: list[str]) -> None:
-        """Mark inputs done in Redis, with any left from an outage: what the next start's rebuild folds.
-        While Redis is away keep them to mark later, unless the agent waits for Redis (`wait_for_dedup`,
-        execution) or too many are waiting: then the batch is rolled back and retried until it is back."""
-        if not self.uses_dedup:
-            return
-        pending = self.unmarked + ids if self.unmarked else ids
-        try:
-            await self.dedup.mark(pending)
-        except RedisUnavailable:
-            if self.agent.stateful and (self.waits_for_dedup or len(pending) > _MAX_UNMARKED):
-                raise
-            self.unmarked = pending
-            return
-        self.unmarked = []
-
-    @contextlib.asynccontextmanager
-    async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]):
-        """While a batch is worked on, tell JetStream every third of ack_wait that it is in progress,
-        so slow work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile.
-        A timer, not a task, until the first beat is due: most batches are done long before."""
-        async def beat() -> None:
-            while True:
-                await self._still_working(batch)
-                await asyncio.sleep(self.settings.ack_wait / 3)
-
-        heart: list[asyncio.Task] = []
-        timer = asyncio.get_running_loop().call_later(
-            self.settings.ack_wait / 3, lambda: heart.append(asyncio.create_task(beat(), name="in-progress")))
-        try:
-            yield
-        finally:
-            timer.cancel()
-            for task in heart:
-                task.cancel()
-            await asyncio.gather(*heart, return_exceptions=True)
-
-    def _inject_faults(self, inc: Incoming) -> None:
-        """TRADEFLOW_FAULT_FAIL_ON / _EXIT_ON (fault tests only): fail the handler, or end the process
-        at once (as a crash would, nothing flushed), on a body that contains the text."""
-        s = self.settings
-        if s.fault_exit_on and s.fault_exit_on.encode() in inc.body:
-            log.critical("fault injected: exiting", extra={"event_id": inc.id})
-            os._exit(70)
-        if s.fault_fail_on and s.fault_fail_on.encode() in inc.body:
-            raise RuntimeError(f"fault injected on {inc.id}")
-
-    async def _record(self) -> None:
-        record = getattr(self.agent, "record", None)
-        if record is None:
-            return
-        try:
-            await record()
-        except (Transient, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
-            raise EffectFailed(f"{self.service} could not record its effects: {exc!r}") from exc
+    # -- settling what is not done ----------------------------------------------
 
     async def _bad_input(self, msg: Msg, err: BadInput) -> None:
         """Dead-letter undecodable input, unless the agent leaves that to the stage that consumes it."""
@@ -479,20 +502,21 @@ class Worker:
             return
         self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
         log.info("bad input skipped", extra={"subject": msg.subject, "reason": err.reason, "error": str(err)[:200]})
-        if self.tracking is not None:
-            self.tracking.add((msg.metadata.sequence.stream,))
+        self._given_up(msg.metadata.sequence.stream)
         await self._quietly(msg.term())
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
         attempt = inc.envelope.attempt
-        stage = inc.envelope.subject.partition(".")[0]
-        self.metrics.messages_failed.labels(self.service, stage, "handler_error").inc()
+        self.metrics.messages_failed.labels(self.service, inc.envelope.subject.partition(".")[0], "handler_error").inc()
         log.error("handler failed", extra={"event_id": inc.id, "subject": inc.envelope.subject,
                                             "attempt": attempt, "error": repr(exc)})
-        if attempt >= self.settings.max_deliver:
+        action, delay = after_handler_error(attempt, self.settings.max_deliver, self.settings.backoff)
+        if action == "dead_letter":
             await self.dead_letter(msg, "max_deliveries", f"{type(exc).__name__}: {exc}")
-        else:
-            await self._quietly(msg.nak(delay=backoff_delay(self.settings.backoff, attempt)))
+            return
+        if self.agent.stateful:   # a gap below what is acked next: marks go first until it closes
+            self.naked.add(inc.envelope.sequence)
+        await self._quietly(msg.nak(delay=delay))
 
     async def dead_letter(self, msg: Msg, reason: str, error: str) -> None:
         """Copy `msg` to dlq.<service>.<subject> with why, await the PubAck, then term it."""
@@ -514,6 +538,37 @@ class Worker:
                 await pause(backoff_delay(self.settings.backoff, attempt), self.stopping)
         self.metrics.dead_letters.labels(self.service, reason).inc()
         log.warning("dead-lettered", extra={"subject": msg.subject, "reason": reason, "error": error[:200]})
-        if self.tracking is not None:   # given up on: done, should it be delivered again
-            self.tracking.add((md.sequence.stream,))
+        self._given_up(md.sequence.stream)
         await self._quietly(msg.term())
+
+    def _given_up(self, seq: int) -> None:
+        """A dead-lettered or termed input is done: in the tracking record, no longer a gap."""
+        self.naked.discard(seq)
+        if self.tracking is not None:   # should it be delivered again
+            self.tracking.add((seq,))
+
+
+class _KeepAlive:
+    """While a segment is worked on, tell JetStream every third of ack_wait that it is in progress, so slow
+    work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile. A timer, not a task,
+    until the first beat is due: most segments are done long before."""
+
+    __slots__ = ("worker", "segment", "timer", "task")
+
+    def __init__(self, worker: Worker, segment: list[Item]) -> None:
+        self.worker, self.segment, self.task = worker, segment, None
+        self.timer = asyncio.get_running_loop().call_later(worker.settings.ack_wait / 3, self._start)
+
+    def _start(self) -> None:
+        self.task = asyncio.create_task(self._beat(), name="in-progress")
+
+    async def _beat(self) -> None:
+        while True:
+            await self.worker._still_working(self.segment)
+            await asyncio.sleep(self.worker.settings.ack_wait / 3)
+
+    async def stop(self) -> None:
+        self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)

@@ -8,7 +8,7 @@ from contracts.errors import ConfigError
 from services.data.service import DataSettings
 from services.runtime.config import RuntimeSettings
 from services.runtime.settings import load
-from services.runtime.worker import backoff_delay
+from services.runtime.decisions import backoff_delay
 
 
 def runtime(**env: str) -> RuntimeSettings:
