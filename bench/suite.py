@@ -239,8 +239,10 @@ async def throughput(dep: Deployment, bars: Sequence[BarReceived], args) -> dict
     out = {"events": events, "seconds": seconds, "throughput_eps": events / seconds,
            "cpu_s_per_1k": sum(meter.cpu.values()) / events * 1000,
            "server_cpu_s_per_1k": sum(servers.cpu.values()) / events * 1000,
+           "cpu_s_per_1k_all": (sum(meter.cpu.values()) + sum(servers.cpu.values())) / events * 1000,
            "rss_mb": max(meter.rss.values()), "rss_mb_total": sum(meter.rss.values()),
            "cpu_s": {k: round(v, 3) for k, v in meter.cpu.items()},
+           "server_cpu_s": {k: round(v, 3) for k, v in servers.cpu.items()},
            "rss_mb_by_process": {k: round(v, 1) for k, v in meter.rss.items()},
            "consumer_done_s": {d: round(t - started, 2) for d, t in last_busy.items()}}
     if "recorder" in last_busy:
@@ -267,8 +269,9 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
         arrived[msg.subject.partition(".")[0]].setdefault((event.symbol, event.ts), now)
 
     subs = [await nc.subscribe(f"{stage}.>", cb=on_event) for stage in STAGES]
-    meter = Meter(dep.procs())
+    meter, servers = Meter(dep.procs()), Meter(dep.servers())
     meter.start()
+    servers.start()
     try:
         start = time.monotonic()
         for i, bar in enumerate(bars):
@@ -282,6 +285,7 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
         await nc.flush()
     finally:
         await meter.stop()
+        await servers.stop()
         for sub in subs:
             await sub.unsubscribe()
         await nc.close()
@@ -294,7 +298,9 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
     return {"fills": len(ms), "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
             "p99_ms": percentile(ms, 99), "max_ms": max(ms), "p99_ms_to_stage": to_stage,
             "light_cpu_ms_per_bar": sum(meter.cpu.values()) / len(bars) * 1000,
-            "light_cpu_ms_per_bar_by_process": {k: round(v / len(bars) * 1000, 3) for k, v in meter.cpu.items()}}
+            "light_cpu_ms_per_bar_all": (sum(meter.cpu.values()) + sum(servers.cpu.values())) / len(bars) * 1000,
+            "light_cpu_ms_per_bar_by_process": {k: round(v / len(bars) * 1000, 3)
+                                                for k, v in {**meter.cpu, **servers.cpu}.items()}}
 
 
 def store_reads(home: Path) -> dict:
@@ -379,6 +385,9 @@ def summarise(reps: list[dict]) -> dict:
         values = [r[key] for r in reps if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
         if values and len(values) == len(reps):
             out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    light = [r["light_cpu_ms_per_bar_by_process"] for r in reps if r.get("light_cpu_ms_per_bar_by_process")]
+    if light:
+        out["light_by_process"] = {k: statistics.median(r.get(k, 0.0) for r in light) for k in light[0]}
     return out
 
 
@@ -394,6 +403,9 @@ def ratios(systems: dict[str, dict]) -> dict:
                 "throughput": tf["throughput_eps"]["median"] / p["throughput_eps"]["median"],
                 "p99": tf["p99_ms"]["median"] / p["p99_ms"]["median"],
                 "cpu_per_event": tf["cpu_s_per_1k"]["median"] / p["cpu_s_per_1k"]["median"],
+                "p50": tf["p50_ms"]["median"] / p["p50_ms"]["median"],
+                "cpu_per_event_all": tf["cpu_s_per_1k_all"]["median"] / p["cpu_s_per_1k_all"]["median"],
+                "light_cpu_per_bar_all": tf["light_cpu_ms_per_bar_all"]["median"] / p["light_cpu_ms_per_bar_all"]["median"],
             }
     return out
 
@@ -413,9 +425,17 @@ def table(run: dict) -> str:
         lines.append(f"| {name} | {fmt(f['throughput_eps'])} | {fmt(f['p50_ms'], 1)} | {fmt(f['p95_ms'], 1)} | "
                      f"{fmt(f['p99_ms'], 1)} | {fmt(f['max_ms'], 1)} | {fmt(f['rss_mb'])} | {fmt(f['cpu_s_per_1k'], 2)} |")
     if run["ratios"]:
-        lines += ["", "| ratio | throughput | p99 latency | CPU per event |", "|---|---:|---:|---:|"]
+        lines += ["", "| ratio | throughput | p50 latency | p99 latency | CPU per event | CPU per event, servers "
+                      "included | light-load CPU per bar, servers included |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in run["ratios"].items():
-            lines.append(f"| {name} | {r['throughput']:.2f}× | {r['p99']:.2f}× | {r['cpu_per_event']:.2f}× |")
+            lines.append(f"| {name} | {r['throughput']:.2f}× | {r['p50']:.2f}× | {r['p99']:.2f}× | "
+                         f"{r['cpu_per_event']:.2f}× | {r['cpu_per_event_all']:.2f}× | {r['light_cpu_per_bar_all']:.2f}× |")
+    light = {name: f["light_by_process"] for name, f in s.items() if f.get("light_by_process")}
+    if light:
+        lines += ["", f"| light load ({run['rate']:g} bars/s), CPU ms per bar | process: median of the repetitions |",
+                  "|---|---|"]
+        for name, by in light.items():
+            lines.append(f"| {name} | " + ", ".join(f"{k} {v:.2f}" for k, v in by.items()) + " |")
     tf = s.get("tradeflow", {})
     extra = [(k, label, d) for k, label, d in (
         ("recorder_lag_after_last_s", "recorder lag after the pipeline's last event, s", 2),

@@ -44,7 +44,7 @@ class ExecutionAgent:
     name = "execution"
     consumes = (f"{APPROVED_READY}.>", f"{DATA_READY}.>")
     stateful = True
-    wait_for_dedup = True    # while Redis is away, ack nothing: a fill is acked only once its mark is written
+    wait_for_dedup = True    # a fill is acked only once its input's mark is written: while Redis is away, none is
 
     def __init__(self, params: BrokerParams, ledger_path: str | None = None) -> None:
         self.params = params

@@ -21,9 +21,10 @@ after its order); the default is the input's trace, caused by the input.
 Optional class attributes change what the runtime does for an agent:
   dedup = False          skip the Redis dedup registry: the agent's effects are idempotent by event id;
   dead_letters = False   term undecodable input without copying it to the DLQ: another stage owns it;
-  wait_for_dedup = True  (stateful) while Redis is away, ack nothing: its marks are written before its
-                         acks; by default a stateful agent goes on and writes its marks when Redis is
-                         back (what is done is its tracking record's to say, services/runtime/tracking.py).
+  wait_for_dedup = True  (stateful) while Redis is away, ack no output: a batch with outputs has its marks
+                         written before its acks; by default a stateful agent writes its marks after its
+                         acks, and keeps them while Redis is away (what is done is its tracking record's
+                         to say, services/runtime/tracking.py; decisions.mark_before_ack says why).
   linger = 0.25          (seconds) the agent is off the trading path (the recorder, audit): after a small
                          batch the worker waits this long for the next one to fill, and fetches none
                          ahead; fewer, larger batches cost far less at light load.

@@ -53,7 +53,8 @@ def undelivered(num_ack_pending: int, in_hand: int) -> int:
     return max(0, num_ack_pending - in_hand)
 
 
-def mark_before_ack(*, stateful: bool, waits_for_dedup: bool, gap_below: bool, kept: int, limit: int) -> bool:
+def mark_before_ack(*, stateful: bool, waits_for_dedup: bool, outputs: bool, gap_below: bool, kept: int,
+                    limit: int) -> bool:
     """Whether a batch's dedup marks must be written before its inputs are acked, rather than after.
 
     The marks are what the next start's rebuild folds above the consumer's ack floor. An input that is
@@ -62,12 +63,13 @@ def mark_before_ack(*, stateful: bool, waits_for_dedup: bool, gap_below: bool, k
     stream order, its outputs dropped by the stream's duplicate window (the same ids). Either way
     nothing is lost and nothing doubles, so the marks can go after the acks, many batches at a time.
     They go first, as the batch's last step before its acks, when:
-      - the agent waits for Redis (`wait_for_dedup`, execution: a fill is acked only once marked);
+      - the agent waits for Redis (`wait_for_dedup`, execution) and the batch has outputs: a fill is
+        acked only once its input is marked (a batch of bars that fills nothing waits like any other);
       - there is a gap below (an input naked for a retry): inputs acked above it are above the ack
         floor, and only their marks would tell the rebuild they are done;
       - more than `limit` marks are kept (Redis away): the agent then waits for Redis.
     A stateless agent's marks only spare a redelivery its handling: they can always wait."""
-    return stateful and (waits_for_dedup or gap_below or kept > limit)
+    return stateful and ((waits_for_dedup and outputs) or gap_below or kept > limit)
 
 
 def mark_failed(*, stateful: bool, waits_for_dedup: bool, pending: int, limit: int) -> Literal["keep", "retry"]:

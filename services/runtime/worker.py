@@ -7,7 +7,7 @@
   handle  the agent's handler, on each input in stream order (between its optional `prepare` and
           `record` hooks), gives the outputs;
   commit  the agent's effects are recorded, the outputs published and every PubAck awaited; an agent
-          that waits for Redis (execution) marks its inputs done before they are acked;
+          that waits for Redis (execution) marks a batch's inputs done before acking them if it had outputs;
   settle  the inputs are acked (and, for a stateful agent, added to its tracking record); a handler
           error naks with backoff and, at the last delivery, dead-letters the input with the error.
           The other agents' marks (what the next start's rebuild folds above the ack floor) are
@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +106,9 @@ class Worker:
         self.unmarked: list[str] = []                      # acked, not yet marked (written together, or after an outage)
         self._marked_at = time.monotonic()
         self.naked: set[int] = set()                       # stream positions naked for a retry: gaps below the acks
+        self._children: dict[tuple[int, str], object] = {}  # metric series by (family, stage)
+        self._working: list[Item] | None = None           # the segment in hand, kept alive by _keep_alive
+        self._working_since = 0.0
         self.suspect_file = Path(settings.data_dir) / (consumer or self.service) / "suspect"   # one per replica
         self.suspect = self.suspect_file.read_text().strip() if self.suspect_file.is_file() else None
         if self.suspect:
@@ -124,6 +126,7 @@ class Worker:
         fetches nothing ahead and, after a small batch, lets the next one fill for `linger` seconds.
         """
         failures = 0
+        beat = asyncio.create_task(self._keep_alive(), name=f"{self.service}-in-progress")
         try:
             while not self.stopping.is_set():
                 fetching, self._ahead = self._ahead or self._fetch(), None
@@ -150,6 +153,8 @@ class Worker:
                 if self.linger and len(msgs) < self.settings.batch_size:
                     await pause(self.linger, self.stopping)
         finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
             await self._give_back_ahead()
             await self._write_kept_marks()
         for msg in nats_internals.queued(self.sub):
@@ -262,20 +267,33 @@ class Worker:
         redelivered = len(segment) == 1 and segment[0][1].envelope.attempt > 1
         if redelivered:
             self._mark_suspect(segment[0][1])
+        self._working, self._working_since = segment, time.monotonic()
         try:
             outcome = await self._until_committed(segment)
             if outcome is not None:
                 await self._settle(outcome)
         finally:
+            self._working = None
             if redelivered:
                 self._mark_suspect(None)
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream, every third of ack_wait, that the segment being worked on is still in progress, so
+        slow work (a slow disk, a slow PubAck, a retry in place) is not redelivered meanwhile. One task for the
+        worker's life: a segment costs nothing here until it has taken a third of ack_wait."""
+        third = self.settings.ack_wait / 3
+        while True:
+            await asyncio.sleep(third / 2)
+            segment = self._working
+            if segment is not None and time.monotonic() - self._working_since >= third:
+                self._working_since = time.monotonic()
+                await self._still_working(segment)
 
     async def _until_committed(self, segment: list[Item]) -> Outcome | None:
         """Handle and commit the segment, again after each Transient failure; None if the service stops
         meanwhile (the segment is naked)."""
         attempt = 0
         while True:
-            beat = _KeepAlive(self, segment)
             try:
                 outcome = await self._handle(segment)
                 await self._commit(outcome)
@@ -292,8 +310,6 @@ class Worker:
                 await self._still_working(segment)
                 # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
                 await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
-            finally:
-                await beat.stop()
 
     async def _seen(self, segment: list[Item]) -> set[str]:
         """The inputs the dedup registry says are done, for a stateless agent: while Redis is away, none
@@ -354,15 +370,16 @@ class Worker:
         try:
             await self._record()  # effects durable before the outputs are visible
             await self.publisher.publish(outcome.outgoing)
-            if self.uses_dedup and self._marks_first():
+            if self.uses_dedup and self._marks_first(outcome):
                 await self._write_marks([inc.id for _, inc in outcome.done])
         except Transient:
             self.agent.restore(outcome.snapshot)
             raise
 
-    def _marks_first(self) -> bool:
+    def _marks_first(self, outcome: Outcome) -> bool:
         return mark_before_ack(stateful=self.agent.stateful, waits_for_dedup=self.waits_for_dedup,
-                               gap_below=bool(self.naked), kept=len(self.unmarked), limit=_MAX_UNMARKED)
+                               outputs=bool(outcome.outgoing), gap_below=bool(self.naked), kept=len(self.unmarked),
+                               limit=_MAX_UNMARKED)
 
     async def _settle(self, outcome: Outcome) -> None:
         """Ack what is done (after adding it to the tracking record), then dead-letter what the handler
@@ -383,7 +400,7 @@ class Worker:
             await self.dead_letter(msg, err.reason, str(err))
         for msg, inc, exc in outcome.failed:
             await self._retry_or_dead_letter(msg, inc, exc)
-        if self.uses_dedup and done and not self._marks_first():
+        if self.uses_dedup and done and not self._marks_first(outcome):
             self.unmarked += [inc.id for _, inc in done]
             if marks_due(len(self.unmarked), since_flush=time.monotonic() - self._marked_at,
                          interval=_MARK_INTERVAL, batch=self.settings.batch_size):
@@ -398,14 +415,22 @@ class Worker:
         if not outcome.done:
             return
         per_message = (time.time_ns() - outcome.started_ns) / 1e9 / len(outcome.done)
-        for stage, count in Counter(inc.envelope.subject.partition(".")[0] for _, inc in outcome.done).items():
-            histogram = self.metrics.processing.labels(self.service, stage)
+        for stage, count in _by_stage(inc.envelope.subject for _, inc in outcome.done).items():
+            histogram = self._child(self.metrics.processing, stage)
             for _ in range(count):
                 histogram.observe(per_message)
 
-    def _count(self, counter, subjects: Iterable[str]) -> None:
-        for stage, count in Counter(subject.partition(".")[0] for subject in subjects).items():
-            counter.labels(self.service, stage).inc(count)
+    def _count(self, family, subjects: Iterable[str]) -> None:
+        for stage, count in _by_stage(subjects).items():
+            self._child(family, stage).inc(count)
+
+    def _child(self, family, stage: str):
+        """The family's (service, stage) series, looked up once (`labels()` takes a lock and builds a tuple)."""
+        key = (id(family), stage)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self.service, stage)
+        return child
 
     # -- the steps' parts ------------------------------------------------------
 
@@ -548,27 +573,9 @@ class Worker:
             self.tracking.add((seq,))
 
 
-class _KeepAlive:
-    """While a segment is worked on, tell JetStream every third of ack_wait that it is in progress, so slow
-    work (a slow disk, a slow PubAck) is not redelivered to another worker meanwhile. A timer, not a task,
-    until the first beat is due: most segments are done long before."""
-
-    __slots__ = ("worker", "segment", "timer", "task")
-
-    def __init__(self, worker: Worker, segment: list[Item]) -> None:
-        self.worker, self.segment, self.task = worker, segment, None
-        self.timer = asyncio.get_running_loop().call_later(worker.settings.ack_wait / 3, self._start)
-
-    def _start(self) -> None:
-        self.task = asyncio.create_task(self._beat(), name="in-progress")
-
-    async def _beat(self) -> None:
-        while True:
-            await self.worker._still_working(self.segment)
-            await asyncio.sleep(self.worker.settings.ack_wait / 3)
-
-    async def stop(self) -> None:
-        self.timer.cancel()
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+def _by_stage(subjects: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for subject in subjects:
+        stage = subject.partition(".")[0]
+        counts[stage] = counts.get(stage, 0) + 1
+    return counts

@@ -43,13 +43,16 @@ def test_deliveries_a_worker_never_got_are_what_jetstream_counts_beyond_its_hand
 
 
 def before(**kw):
-    args = {"stateful": True, "waits_for_dedup": False, "gap_below": False, "kept": 0, "limit": 100} | kw
+    args = {"stateful": True, "waits_for_dedup": False, "outputs": True, "gap_below": False, "kept": 0,
+            "limit": 100} | kw
     return mark_before_ack(**args)
 
 
 def test_marks_wait_for_the_acks_unless_something_needs_them_first():
     assert not before()                                  # the ack floor covers an acked, unmarked input
     assert before(waits_for_dedup=True)                  # execution: a fill is acked only once marked
+    assert not before(waits_for_dedup=True, outputs=False)   # ... a batch of bars that filled nothing waits
+    assert before(waits_for_dedup=True, outputs=False, gap_below=True)
     assert before(gap_below=True)                        # acked above a naked input: only its mark says done
     assert before(kept=101)                              # Redis away too long: wait for it
     assert not before(kept=100)
