@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -27,8 +27,6 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     # consuming
     batch_size: PositiveInt = 256
     fetch_timeout: Seconds = 1.0
-    # "standing": pull requests stand and are topped up (nats_internals.Puller); "fetch": nats-py's fetch, a request a batch
-    pull: Literal["standing", "fetch"] = "standing"
     max_ack_pending: PositiveInt = 4096
     max_deliver: PositiveInt = 8
     ack_wait: Seconds = 30.0

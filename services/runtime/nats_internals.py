@@ -25,8 +25,6 @@ fails on a nats-py whose layout or series differs, before anything runs slower u
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 from datetime import datetime, timezone
@@ -35,8 +33,6 @@ from importlib.metadata import version
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -154,119 +150,3 @@ def delivery(reply: str | None) -> tuple[int, int, datetime]:
         raise ValueError(f"not a JetStream message: reply {str(reply)[:80]!r}")
     return (int(tokens[at + 1]), int(tokens[at]),
             datetime.fromtimestamp(int(tokens[at + 3]) / 1e9, timezone.utc))
-
-
-class Puller:
-    """Keeps pull requests standing on a consumer and takes messages as they come: `fetch` without a request per batch.
-
-    nats-py's `fetch` sends a pull request per call (a no-wait probe that the server holds as a lingering
-    request), and the server answers each with a status when it ends. At light load that is a request, a
-    status and two JSON documents per message, for the client and for nats-server alike. Here, as nats.go's
-    `Consume` does, requests for `batch` messages each stand for `expires` seconds with an idle heartbeat;
-    another is sent when fewer than half a batch are still asked for, so a message goes out the moment it
-    is stored. A request ended early (408 on expiry, 409 on a leadership change), with its pending count,
-    lowers what is asked for; a reconnection or a silence of two heartbeats means the server has forgotten
-    them: everything is asked for again. `fetch(batch, timeout)` has nats-py's meaning: the messages queued
-    (up to `batch`), waiting up to `timeout` for the first; nats.errors.TimeoutError if none came.
-
-    Private to nats-py: the subscription's next-message subject (`_nms`), its inbox (`_deliver`), its
-    client (`_nc`) and queue (see `layout_problem`). `pull(sub)` gives None if this nats-py has none of them.
-    """
-
-    def __init__(self, sub, *, expires: float = 5.0) -> None:
-        self.sub, self.nc, self.inner = sub, sub._nc, sub._sub
-        self.queue = self.inner._pending_queue
-        self.next_subject, self.inbox = sub._nms, sub._deliver
-        self.expires, self.heartbeat = expires, min(1.0, expires / 2)
-        self.asked = 0               # messages the standing requests may still deliver
-        self.last_ends = 0.0         # when the newest request expires (loop time)
-        self.heard = 0.0             # when the server last sent anything
-        self.reconnects = self.nc.stats.get("reconnects", 0)
-
-    async def fetch(self, batch: int = 1, timeout: float | None = 1.0) -> list[Msg]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or 0.0)
-        first: Msg | None = None
-        while True:
-            if not self.nc.is_connected:   # a failure, not an idle wait: the worker backs off and checks for limbo after
-                raise ConnectionError("nats: not connected")
-            msgs = self._take(batch, first)
-            await self._ask(batch)
-            if msgs:
-                return msgs
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise NatsTimeoutError
-            try:
-                async with asyncio.timeout(min(remaining, self.heartbeat)):
-                    first = await self.queue.get()
-            except TimeoutError:
-                first = None
-                continue
-
-    def queued(self) -> int:
-        """Messages delivered and queued, not yet taken (status messages included)."""
-        return self.queue.qsize()
-
-    def _take(self, batch: int, first: Msg | None = None) -> list[Msg]:
-        """`first` (just taken off the queue) and the messages queued now, up to `batch`; status messages are
-        read and dropped."""
-        queue, taken = self.queue, []
-        if first is not None:
-            self._one(first, taken)
-        while len(taken) < batch and not queue.empty():
-            self._one(queue.get_nowait(), taken)
-        return taken
-
-    def _one(self, msg: Msg, taken: list[Msg]) -> None:
-        self.queue.task_done()
-        self.inner._pending_size -= len(msg.data)
-        self.heard = asyncio.get_running_loop().time()
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is None:
-            self.asked = max(0, self.asked - 1)
-            taken.append(msg)
-        else:
-            self._status(status, msg)
-
-    def _status(self, status: str, msg: Msg) -> None:
-        if status == "100":   # idle heartbeat: the requests stand
-            return
-        if status in ("408", "409"):   # a request ended (expired, leadership change, max waiting): what it still had
-            left = msg.headers.get("Nats-Pending-Messages")
-            self.asked = max(0, self.asked - int(left)) if left and left.isdigit() else 0
-            description = msg.headers.get("Description", "")
-            if status == "409" and ("Deleted" in description or "Push Based" in description.title()):
-                raise APIError.from_msg(msg)
-            return
-        if status == "404":
-            return
-        raise APIError.from_msg(msg)
-
-    async def _ask(self, batch: int) -> None:
-        """Ask for more when fewer than half a batch are asked for; everything again if the server forgot."""
-        now = asyncio.get_running_loop().time()
-        reconnects = self.nc.stats.get("reconnects", 0)
-        silent = self.asked and now - self.heard > 2 * self.heartbeat + 1.0
-        if reconnects != self.reconnects or silent or now > self.last_ends + 0.5:
-            self.reconnects, self.asked = reconnects, 0
-        if self.asked >= batch // 2 + 1 or not self.nc.is_connected:
-            return
-        want = batch - self.asked if self.asked else batch
-        request = {"batch": want, "expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)}
-        await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
-        self.asked += want
-        self.last_ends = now + self.expires
-        if not self.heard or silent:
-            self.heard = now   # the clock for the first heartbeat starts with the request
-
-
-def pull(sub, **options) -> Puller | None:
-    """A Puller on `sub`, or None (said once) if this nats-py lays its pull subscription out otherwise."""
-    reason = layout_problem(getattr(sub, "_sub", None))
-    if reason is None and not all(hasattr(sub, name) for name in ("_nc", "_nms", "_deliver")):
-        reason = f"nats-py {version('nats-py')} has no PullSubscription._nc, ._nms or ._deliver"
-    if reason is not None:
-        _off(reason)
-        return None
-    return Puller(sub, **options)

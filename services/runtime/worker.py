@@ -103,10 +103,6 @@ class Worker:
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
         self.linger = float(getattr(agent, "linger", 0.0))  # off the trading path: let small batches fill
-        # standing pull requests for the trading path; a lingering stage fetches (nothing comes while it waits)
-        # (requests expire well inside ack_wait: none stands once a worker has paused to wait out lost deliveries)
-        self.puller = (nats_internals.pull(sub, expires=min(5.0, settings.ack_wait / 4))
-                       if settings.pull == "standing" and not self.linger else None)
         self.unmarked: list[str] = []                      # acked, not yet marked (written together, or after an outage)
         self._marked_at = time.monotonic()
         self.naked: set[int] = set()                       # stream positions naked for a retry: gaps below the acks
@@ -177,8 +173,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - cannot tell: go on as before
             log.warning("consumer info unavailable after the outage", extra={"error": repr(exc)})
             return False
-        queued = self.puller.queued() if self.puller else 0   # delivered to standing requests, not yet taken
-        unaccounted = undelivered(info.num_ack_pending or 0, len(msgs) + queued)
+        unaccounted = undelivered(info.num_ack_pending or 0, len(msgs))
         if not unaccounted:
             return False
         wait = self.settings.ack_wait + 0.5
@@ -187,14 +182,10 @@ class Worker:
         for msg in msgs:
             await self._quietly(msg.nak())
         await pause(wait, self.stopping)
-        # what standing requests delivered meanwhile is newer than the lost deliveries: back behind them, in order
-        for msg in nats_internals.queued(self.sub):
-            await self._quietly(msg.nak())
         return True
 
     def _fetch(self) -> asyncio.Task:
-        return asyncio.create_task((self.puller or self.sub).fetch(self.settings.batch_size,
-                                                                   timeout=self.settings.fetch_timeout),
+        return asyncio.create_task(self.sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout),
                                    name=f"{self.service}-fetch")
 
     def _fetched_ahead(self) -> list[Msg]:

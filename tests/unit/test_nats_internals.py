@@ -1,7 +1,6 @@
 """What services/runtime/nats_internals.py relies on in nats-py: this fails on an upgrade that changes it."""
 
 import asyncio
-import json
 import logging
 import re
 import tomllib
@@ -12,9 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from services.runtime import nats_internals
 from services.runtime.nats_internals import NATS_PY_SERIES, layout_problem, queued, take_queued_first
@@ -134,88 +131,3 @@ def test_delivery_reads_what_nats_py_s_metadata_reads(reply):
 def test_delivery_refuses_what_is_not_a_jetstream_reply(reply):
     with pytest.raises(ValueError):
         nats_internals.delivery(reply)
-
-
-class _Client:
-    """What the Puller uses of a connected nats-py client: publish, is_connected, stats."""
-
-    def __init__(self) -> None:
-        self.is_connected, self.stats, self.sent = True, {"reconnects": 0}, []
-
-    async def publish(self, subject, payload, reply=""):
-        self.sent.append((subject, json.loads(payload), reply))
-
-
-def puller() -> tuple[nats_internals.Puller, _Client]:
-    sub = pull_subscription()
-    client = _Client()
-    sub._nc = client
-    return nats_internals.Puller(sub, expires=2.0), client
-
-
-def deliver(p: nats_internals.Puller, *msgs: Msg) -> None:
-    for msg in msgs:
-        p.queue.put_nowait(msg)
-        p.inner._pending_size += len(msg.data)
-
-
-def data(n: int) -> Msg:
-    return Msg(_client=None, subject=f"a.{n}", data=b"x")
-
-
-def status(code: str, pending: int | None = None, description: str = "") -> Msg:
-    headers = {"Status": code, "Description": description}
-    if pending is not None:
-        headers["Nats-Pending-Messages"] = str(pending)
-    return Msg(_client=None, subject="_INBOX.x", data=b"", headers=headers)
-
-
-def test_a_puller_keeps_a_batch_asked_for_and_tops_it_up_below_half():
-    async def go():
-        p, client = puller()
-        with pytest.raises(NatsTimeoutError):
-            await p.fetch(10, timeout=0.01)
-        assert [req["batch"] for _, req, _ in client.sent] == [10]
-        assert client.sent[0][0] == "$JS.API.CONSUMER.MSG.NEXT.S.c" and client.sent[0][2] == "_INBOX.x"
-        assert client.sent[0][1]["expires"] == 2_000_000_000 and client.sent[0][1]["idle_heartbeat"] == 1_000_000_000
-        deliver(p, *(data(i) for i in range(4)), status("100"))
-        assert [m.subject for m in await p.fetch(10, timeout=1)] == ["a.0", "a.1", "a.2", "a.3"]   # in order
-        assert len(client.sent) == 1 and p.asked == 6        # more than half still asked for: no request
-        deliver(p, data(4), data(5))
-        await p.fetch(10, timeout=1)
-        assert client.sent[-1][1]["batch"] == 6 and p.asked == 10   # four left: topped up to the batch
-        assert p.inner._pending_size == 0
-
-    asyncio.run(go())
-
-
-def test_a_request_that_ended_lowers_what_is_asked_for_and_a_reconnection_asks_again():
-    async def go():
-        p, client = puller()
-        with pytest.raises(NatsTimeoutError):
-            await p.fetch(10, timeout=0.01)
-        deliver(p, status("408", pending=7, description="Request Timeout"), data(1))
-        assert [m.subject for m in await p.fetch(10, timeout=1)] == ["a.1"]
-        assert client.sent[-1][1]["batch"] == 8 and p.asked == 10   # 10 - 7 - 1 left, topped up
-        client.stats["reconnects"] = 1                                # the new server knows no request
-        with pytest.raises(NatsTimeoutError):
-            await p.fetch(10, timeout=0.01)
-        assert client.sent[-1][1]["batch"] == 10 and p.asked == 10
-
-    asyncio.run(go())
-
-
-def test_a_puller_raises_what_is_not_a_passing_status_and_refuses_to_wait_unconnected():
-    async def go():
-        p, client = puller()
-        deliver(p, status("409", description="Consumer Deleted"))
-        with pytest.raises(APIError):
-            await p.fetch(10, timeout=1)
-        deliver(p, status("503"))
-        with pytest.raises(APIError):
-            await p.fetch(10, timeout=1)
-        client.is_connected = False
-        with pytest.raises(ConnectionError):
-            await p.fetch(10, timeout=1)
-
-    asyncio.run(go())
