@@ -17,11 +17,18 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies; exit now if the parent already has."""
+PARENT = "TRADEFLOW_DEATHSIG_PARENT"   # the pid a process of the pool is to die with, set by whoever starts it
+
+
+def die_with_parent(expected: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies; exit now if the parent already has.
+
+    `expected` (else $TRADEFLOW_DEATHSIG_PARENT, else the parent now) is the pid the process was started by:
+    a parent killed while this process was still starting (Python's start-up takes a while) leaves it
+    reparented before it could ask, and only the pid it was meant to have tells that apart."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    parent = expected or int(os.environ.get(PARENT) or 0) or os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from services.runtime.deathsig import die_with_parent
+from services.runtime.deathsig import PARENT, die_with_parent
 from services.runtime.metrics import Metrics, quantile
 
 
@@ -64,6 +64,7 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
     kill -9 (services/runtime/deathsig.py)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["services.runtime.forkserver_preload"])
+    os.environ[PARENT] = str(os.getpid())   # the forkserver checks it is this process's child, even if started late
     return ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent)
 
 

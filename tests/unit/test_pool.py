@@ -126,3 +126,28 @@ def test_the_pool_processes_die_with_a_service_killed_with_9():
         service.wait()
     gone, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, f"left behind after a kill -9 of their service: {[p.cmdline()[:3] for p in alive]}"
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_a_pool_process_whose_parent_died_before_it_could_ask_exits_at_once(how):
+    """The race a kill -9 of a service during its forkserver's start-up left open: reparented already, the
+    process would have taken its new parent for the one to die with, and lived on."""
+    import os
+    import subprocess
+    import sys
+    code = ("from services.runtime.deathsig import die_with_parent; "
+            + ("die_with_parent(expected=2**22 + 12345)" if how == "argument" else "die_with_parent()")
+            + "; print('alive')")
+    env = dict(os.environ, TRADEFLOW_DEATHSIG_PARENT=str(2**22 + 12345)) if how == "environment" else None
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert (done.returncode, done.stdout) == (1, "")
+
+
+def test_a_pool_process_with_its_parent_alive_goes_on():
+    import os
+    import subprocess
+    import sys
+    code = "from services.runtime.deathsig import die_with_parent; die_with_parent(); print('alive')"
+    env = dict(os.environ, TRADEFLOW_DEATHSIG_PARENT=str(os.getpid()))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, "alive")
