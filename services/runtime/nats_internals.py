@@ -16,10 +16,10 @@ nats-py's `Msg.metadata` parses into four frozen dataclasses and a datetime) for
 the worker needs.
 
 The first two read the layout of nats-py's `Subscription` (`_pending_queue`, `_pending_size`, `_cb`,
-`_conn`), the third replaces `Client._parse_header_lines`: what NATS_PY_SERIES (pinned in pyproject.toml)
-lays out. Should a nats-py lay it out
-otherwise, the fast path turns itself off and says so once in the log; `queued` then finds nothing,
-and JetStream redelivers those messages after ack_wait instead. tests/unit/test_nats_internals.py
+`_conn`), the third replaces `Client._parse_header_lines`: what NATS_PY_SERIES (pinned in
+pyproject.toml) lays out. Should a nats-py lay it out otherwise, the fast path turns itself off and
+says so once in the log; `queued` then finds nothing, and JetStream redelivers those messages after
+ack_wait instead. tests/unit/test_nats_internals.py
 fails on a nats-py whose layout or series differs, before anything runs slower unnoticed.
 """
 
