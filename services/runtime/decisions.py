@@ -47,10 +47,24 @@ def after_handler_error(attempt: int, max_deliver: int, schedule: Sequence[float
 
 
 def undelivered(num_ack_pending: int, in_hand: int) -> int:
-    """After fetches failed: how many deliveries JetStream counts as pending that this worker never got
-    (lost with a connection, or with a consumer leader). A stateful agent waits them out (ack_wait) before
-    going on, or it would see them after newer inputs."""
+    """After fetches failed or deliveries were lost: how many deliveries JetStream counts as pending that this
+    worker never got (lost with a connection, or with a consumer leader). A stateful agent waits them out
+    (ack_wait) before going on, or it would see them after newer inputs."""
     return max(0, num_ack_pending - in_hand)
+
+
+def lost_deliveries(last: int | None, numbers: Sequence[int]) -> tuple[int, int | None]:
+    """How many deliveries the consumer made that never reached this worker, from the consumer's numbers
+    (`numbers`, in the order they came; `last`, the number of the delivery before them, None at the start),
+    and the last number now. A jump forward is deliveries lost on the way (a connection that dropped, a
+    consumer leader that died with them on its route); a jump back is a consumer that went back to an
+    older position (after a kill -9 of nats-server), which loses nothing."""
+    lost = 0
+    for number in numbers:
+        if last is not None and number > last + 1:
+            lost += number - last - 1
+        last = number
+    return lost, last
 
 
 def mark_before_ack(*, stateful: bool, waits_for_dedup: bool, outputs: bool, gap_below: bool, kept: int,

@@ -139,14 +139,28 @@ def fast_headers() -> bool:
 _V1_TOKENS, _V2_MIN_TOKENS = 9, 11   # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with domain and hash
 
 
-def delivery(reply: str | None) -> tuple[int, int, datetime]:
-    """(stream sequence, delivery count, stream timestamp) of a JetStream message, from its reply subject;
-    ValueError if it is not one."""
+def _ack_tokens(reply: str | None) -> tuple[list[str], int]:
+    """The reply subject's tokens and where the delivery count is among them; ValueError if not JetStream's."""
     tokens = (reply or "").split(".")
     if len(tokens) < _V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
         raise ValueError(f"not a JetStream message: reply {str(reply)[:80]!r}")
     at = 4 if len(tokens) == _V1_TOKENS else 6 if len(tokens) >= _V2_MIN_TOKENS else None
     if at is None:
         raise ValueError(f"not a JetStream message: reply {str(reply)[:80]!r}")
+    return tokens, at
+
+
+def delivery(reply: str | None) -> tuple[int, int, datetime]:
+    """(stream sequence, delivery count, stream timestamp) of a JetStream message, from its reply subject;
+    ValueError if it is not one."""
+    tokens, at = _ack_tokens(reply)
     return (int(tokens[at + 1]), int(tokens[at]),
             datetime.fromtimestamp(int(tokens[at + 3]) / 1e9, timezone.utc))
+
+
+def consumer_sequence(reply: str | None) -> int:
+    """The consumer's number for this delivery (it numbers every delivery it makes, redeliveries too, one
+    after the other), from the reply subject; ValueError if it is not a JetStream message."""
+    tokens, at = _ack_tokens(reply)
+    _delivered, _stream_seq, number = (int(token) for token in tokens[at:at + 3])   # refused as delivery() refuses
+    return number

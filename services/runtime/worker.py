@@ -42,11 +42,11 @@ from services.deadletters import dead_letter_copy
 from services.runtime import nats_internals
 from services.runtime.agent import Agent
 from services.runtime.config import RuntimeSettings
-from services.runtime.decisions import (after_handler_error, backoff_delay, mark_before_ack, mark_failed, marks_due,
-                                        segments, undelivered)
+from services.runtime.decisions import (after_handler_error, backoff_delay, lost_deliveries, mark_before_ack,
+                                        mark_failed, marks_due, segments, undelivered)
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
-from services.runtime.nats_internals import delivery
+from services.runtime.nats_internals import consumer_sequence, delivery
 from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
 from services.runtime.tracing import Tracing, span_id_of
@@ -99,6 +99,7 @@ class Worker:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.service = agent.name
+        self._last_delivery: int | None = None            # the consumer's number for the last delivery that came
         self._ahead: asyncio.Task | None = None           # the next batch's fetch, under way while one is processed
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
@@ -142,7 +143,8 @@ class Worker:
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                     continue
-                if failures and self.agent.stateful and await self._deliveries_in_limbo(msgs):
+                lost = self._lost_on_the_way(msgs) if self.agent.stateful else 0
+                if (failures or lost) and self.agent.stateful and await self._deliveries_in_limbo(msgs):
                     failures = 0
                     continue
                 failures = 0
@@ -161,11 +163,22 @@ class Worker:
             await self._quietly(msg.nak())
         await self._quietly(self.sub.unsubscribe())
 
+    def _lost_on_the_way(self, msgs: Sequence[Msg]) -> int:
+        """How many deliveries came before this batch's that never reached this worker: a nats-server restart
+        quick enough that the fetch only timed out, or a consumer leader lost with them in a cluster."""
+        lost, self._last_delivery = lost_deliveries(self._last_delivery,
+                                                    [consumer_sequence(msg.reply) for msg in msgs])
+        if lost:
+            log.warning("deliveries never reached this worker", extra={"lost": lost})
+        return lost
+
     async def _deliveries_in_limbo(self, msgs: Sequence[Msg]) -> bool:
-        """After fetches failed (NATS away, or the consumer's leader lost in a cluster): whether JetStream holds
-        deliveries this worker never got. They come back only after ack_wait, behind anything newer, and a
-        stateful agent would then see a symbol's bars out of order. If so, give this batch back and wait them
-        out, as at start-up (Service._await_unacked), so the redeliveries come first, in stream order."""
+        """After fetches failed (NATS away, or the consumer's leader lost in a cluster) or deliveries were lost
+        on the way: whether JetStream holds deliveries this worker never got. They come back only after
+        ack_wait, and a stateful agent would see a symbol's bars out of order if it handled anything newer
+        first. If so, give this batch back to come again after them, and wait them out, as at start-up
+        (Service._await_unacked). The batch is naked with a delay: JetStream redelivers a nak without one
+        at once, ahead of what it redelivers when ack_wait runs out."""
         try:
             info = await self.sub.consumer_info()
         except asyncio.CancelledError:
@@ -180,7 +193,7 @@ class Worker:
         log.warning("after the outage JetStream holds deliveries this worker never got: waiting for them first",
                     extra={"unaccounted": unaccounted, "seconds": wait})
         for msg in msgs:
-            await self._quietly(msg.nak())
+            await self._quietly(msg.nak(delay=wait))
         await pause(wait, self.stopping)
         return True
 

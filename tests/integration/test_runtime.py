@@ -7,6 +7,7 @@ import contextlib
 from datetime import datetime, timedelta
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
 from redis.asyncio import Redis
 
 from contracts.codec import Incoming, encode
@@ -144,6 +145,58 @@ async def test_a_stateful_worker_takes_what_its_state_holds_as_done_and_handles_
         assert agent.calls == {"S2": 1, "S4": 1}
         assert worker.metrics.duplicates.labels("tally")._value.get() == 2
         assert all(tracking.holds(seq) for seq in seqs)
+
+
+class InOrder(Tally):
+    """A stateful agent that keeps the order it handles its inputs in."""
+
+    name = "inorder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def handle(self, incoming: Incoming, now: datetime):
+        self.order.append(incoming.event.symbol)
+        return super().handle(incoming, now)
+
+
+async def test_deliveries_lost_on_the_way_are_handled_before_anything_newer(make_stack, tmp_path):
+    """As when nats-server restarts quickly enough that a fetch only times out: a batch the server delivered
+    never reaches the worker. JetStream redelivers it only after ack_wait; the worker sees the jump in the
+    consumer's delivery numbers and waits for it, so the stateful agent still sees its inputs in stream order."""
+    stack, nc = await make_stack(services=())
+    settings = RuntimeSettings(ack_wait=2.0, fetch_timeout=0.3, batch_size=8, data_dir=str(tmp_path))
+    js = nc.jetstream()
+    agent = InOrder()
+    async with running(stack, nc, agent, settings, Tracking()) as worker:
+        real_fetch, dropped = worker.sub.fetch, []
+
+        async def lossy_fetch(*args, **kwargs):   # the connection drops what one fetch delivered
+            msgs = await real_fetch(*args, **kwargs)
+            if not dropped and any(m.subject == "signals_ready.B" for m in msgs):
+                dropped.extend(m.subject for m in msgs)
+                raise NatsTimeout
+            return msgs
+
+        def handled(count: int):
+            async def check() -> bool:
+                return len(agent.order) >= count
+            return check
+
+        async def a_batch_dropped() -> bool:
+            return bool(dropped)
+
+        worker.sub.fetch = lossy_fetch
+        await js.publish("signals_ready.A", signal_for("A"))
+        await wait_for(handled(1), timeout=20, what="A handled")
+        for symbol in ("B", "C"):
+            await js.publish(f"signals_ready.{symbol}", signal_for(symbol))
+        await wait_for(a_batch_dropped, timeout=20, what="a batch dropped on the way")
+        for symbol in ("D", "E"):
+            await js.publish(f"signals_ready.{symbol}", signal_for(symbol))
+        await wait_for(handled(5), timeout=30, what="every input handled")
+        assert agent.order == ["A", "B", "C", "D", "E"], f"dropped {dropped}"
 
 
 class SlowRecorder(FlakyAgent):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.runtime.decisions import (after_handler_error, mark_before_ack, mark_failed, marks_due, segments,
-                                        undelivered)
+from services.runtime.decisions import (after_handler_error, lost_deliveries, mark_before_ack, mark_failed,
+                                        marks_due, segments, undelivered)
 
 
 def cut(items, suspect=None):
@@ -40,6 +40,15 @@ def test_deliveries_a_worker_never_got_are_what_jetstream_counts_beyond_its_hand
     assert undelivered(num_ack_pending=10, in_hand=4) == 6
     assert undelivered(num_ack_pending=3, in_hand=4) == 0
     assert undelivered(num_ack_pending=0, in_hand=0) == 0
+
+
+def test_a_jump_in_the_consumer_s_numbers_is_deliveries_lost_on_the_way():
+    assert lost_deliveries(None, [7, 8, 9]) == (0, 9)     # the first batch: nothing to compare with
+    assert lost_deliveries(9, [10, 11]) == (0, 11)
+    assert lost_deliveries(9, [12, 13]) == (2, 13)        # 10 and 11 went out and never came
+    assert lost_deliveries(9, [10, 14, 15, 17]) == (4, 17)
+    assert lost_deliveries(9, [4, 5, 6]) == (0, 6)        # the consumer went back (nats-server lost its position)
+    assert lost_deliveries(9, []) == (0, 9)
 
 
 def before(**kw):

@@ -123,6 +123,7 @@ def test_fast_headers_replaces_nats_py_s_parser_in_place():
 def test_delivery_reads_what_nats_py_s_metadata_reads(reply):
     md = Msg(_client=None, subject="a.b", reply=reply).metadata
     assert nats_internals.delivery(reply) == (md.sequence.stream, md.num_delivered, md.timestamp)
+    assert nats_internals.consumer_sequence(reply) == md.sequence.consumer
 
 
 @pytest.mark.parametrize("reply", [None, "", "_INBOX.abc", "$JS.ACK.a.b.1.2", "$JS.ACK.a.b.c.1.2.3.4.5",
@@ -131,3 +132,5 @@ def test_delivery_reads_what_nats_py_s_metadata_reads(reply):
 def test_delivery_refuses_what_is_not_a_jetstream_reply(reply):
     with pytest.raises(ValueError):
         nats_internals.delivery(reply)
+    with pytest.raises(ValueError):
+        nats_internals.consumer_sequence(reply)
