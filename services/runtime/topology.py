@@ -58,8 +58,18 @@ def dlq_stream(settings: RuntimeSettings) -> StreamConfig:
     )
 
 
+def stream_filters(filters: list[str], stream_subjects: list[str] = PIPELINE_SUBJECTS) -> list[str]:
+    """A consumer's filters, none when they are the stream's own subjects (the recorder's): the same messages,
+    and nats-server finds a filtered consumer's next message in a block by going through every subject the
+    block holds that a filter matches (filestore's firstMatchingMulti), where an unfiltered one takes the
+    next sequence. With 500 symbols, draining a backlog through all five stage filters cost the server
+    6.7 CPU-s for 25,000 messages, unfiltered 0.3 s."""
+    return [] if sorted(filters) == sorted(stream_subjects) else list(filters)
+
+
 def consumer_config(name: str, filters: list[str], settings: RuntimeSettings) -> ConsumerConfig:
     """A service's durable pull consumer, with retries bounded explicitly."""
+    filters = stream_filters(filters)
     return ConsumerConfig(
         durable_name=name,
         name=name,

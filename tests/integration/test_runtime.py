@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 from redis.asyncio import Redis
 
 from contracts.codec import Incoming, encode
 from contracts.events import SignalGenerated
-from contracts.subjects import PIPELINE_STREAM
+from contracts.subjects import PIPELINE_STREAM, PIPELINE_SUBJECTS
 from services.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
@@ -40,6 +41,22 @@ async def test_topology_is_idempotent_and_updates_what_drifted(make_stack):
     info = await jsm.consumer_info(PIPELINE_STREAM, "quant")
     assert (info.config.max_deliver, info.config.ack_wait) == (3, 12)
     assert (await jsm.stream_info(PIPELINE_STREAM)).config.max_age == 3600
+
+
+async def test_a_consumer_of_the_whole_stream_has_no_filter_and_one_made_with_filters_loses_them(make_stack):
+    """The recorder's durable, as an earlier version made it (the five stage filters), is updated to no
+    filter; a service of two stages keeps its two."""
+    stack, nc = await make_stack(services=())
+    jsm, settings = nc.jsm(), RuntimeSettings()
+    await ensure_streams(jsm, settings)
+    await jsm.add_consumer(PIPELINE_STREAM, ConsumerConfig(durable_name="recorder", filter_subjects=PIPELINE_SUBJECTS,
+                                                           ack_policy=AckPolicy.EXPLICIT))
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("recorder", list(PIPELINE_SUBJECTS), settings))
+    config = (await jsm.consumer_info(PIPELINE_STREAM, "recorder")).config
+    assert not config.filter_subject and not config.filter_subjects
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("two", ["bars_ready.>", "executed_ready.>"], settings))
+    assert (await jsm.consumer_info(PIPELINE_STREAM, "two")).config.filter_subjects == ["bars_ready.>",
+                                                                                        "executed_ready.>"]
 
 
 class FlakyAgent:
