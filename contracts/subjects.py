@@ -26,6 +26,7 @@ DLQ = "dlq"
 
 PIPELINE_STREAM = "PIPELINE"
 DLQ_STREAM = "DLQ"
+ADVISORY_STREAM = "ADVISORIES"   # JetStream's advisories of what PIPELINE's consumers gave up on
 
 # stage prefix -> (event type, ce-type)
 STAGES: dict[str, tuple[type[msgspec.Struct], str]] = {

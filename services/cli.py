@@ -18,7 +18,7 @@ import orjson
 from nats.errors import Error as NatsError
 
 from contracts.errors import TradeflowError
-from services.registry import DASHBOARD, RUNNABLE, SERVICES
+from services.registry import DASHBOARD, DURABLES, RUNNABLE, SERVICES
 
 
 class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,6 +150,54 @@ def _home(home: str | None, prefix: str) -> Path:
     return Path("var") / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _replica_counts(specs: tuple[str, ...]) -> dict[str, int]:
+    counts = {}
+    for spec in specs:
+        name, sep, count = spec.partition("=")
+        if not sep or name not in DURABLES or not count.isdigit() or not 1 <= int(count) <= 64:
+            raise click.BadParameter(f"{spec!r} is not SERVICE=N (a service with a consumer, N from 1 to 64), "
+                                     "e.g. strategy=2", param_hint="--replicas")
+        counts[name] = int(count)
+    return counts
+
+
+_REPLICAS = click.option("--replicas", "replica_specs", multiple=True, metavar="SERVICE=N", envvar="TRADEFLOW_REPLICAS",
+                         help="A service run as N replicas partitioned by symbol (TRADEFLOW_SYMBOLS), e.g. "
+                              "strategy=2. Repeatable; TRADEFLOW_REPLICAS holds them space-separated.")
+
+
+@cli.command()
+@_REPLICAS
+def init(replica_specs: tuple[str, ...]) -> None:
+    """Declare the streams and every service's durable consumers on NATS_URL (the operator's user):
+    what the services need before they start, since their own users may declare nothing. Idempotent:
+    what is missing is created, what drifted is updated; a stream or consumer set up with settings
+    tradeflow cannot update stops it with nothing changed. Settings as the services' (TRADEFLOW_*)."""
+    from services.runtime.config import RuntimeSettings
+    from services.runtime.connect import TlsSettings
+    from services.runtime.settings import load
+    from services.runtime.topology import init as provision
+
+    settings = load(RuntimeSettings, "TRADEFLOW_")
+    tls = load(TlsSettings, "TRADEFLOW_").context(settings.nats_url)
+    done = _run_async(provision(settings, _replica_counts(replica_specs), tls))
+    if done is not None:
+        click.echo("\n".join(done) if done else "everything was in place: nothing changed")
+
+
+@cli.command()
+@_REPLICAS
+def permissions(replica_specs: tuple[str, ...]) -> None:
+    """Print nats.conf's authorization block: every user's NATS permissions (for the durables of the
+    replicas given; without any, those nats.conf holds: strategy alone or as 2 replicas)."""
+    from services.permissions import COMPOSE_DURABLES, authorization
+    from services.runtime.partition import Partition
+
+    counts = _replica_counts(replica_specs)
+    durables = {name: [Partition(i, n, ()).durable(name) for i in range(n)] for name, n in counts.items() if n > 1}
+    click.echo(authorization(durables if counts else COMPOSE_DURABLES), nl=False)
+
+
 @cli.command()
 @click.option("--data", multiple=True, metavar="SPEC",
               help="Feed bars: a bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable.")
@@ -159,7 +207,7 @@ def _home(home: str | None, prefix: str) -> Path:
 @click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
               help="Port for the Redis server it starts (taken only if free; 0 = any free port).")
 @click.option("--tls-dir", type=click.Path(file_okay=False, exists=True),
-              help="Require TLS on NATS with ca.pem, server.pem and server-key.pem from this folder.")
+              help="Require TLS on NATS and Redis with ca.pem, server.pem and server-key.pem from this folder.")
 @click.option("--nats-cluster", type=click.IntRange(1, 7), default=1, show_default=True,
               help="Run this many nats-server nodes clustered on loopback, streams replicated on up to 3 of them.")
 def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int, tls_dir: str | None,
@@ -180,9 +228,11 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
 
     def announce() -> None:
         click.echo(f"tradeflow is up (home {stack.home})")
-        click.echo(f"  NATS   {stack.nats_url}    (the cli user; each service has its own)")
-        click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow publish/tail/dlq/replay and "
+        click.echo(f"  NATS   {stack.nats_url}    (the operator: everything; each service has its own user)")
+        click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow init/dlq/replay/events and "
                    "nats --server \"$NATS_URL\"")
+        if stack.nats_address:
+            click.echo(f"         {stack.nats_url_for('injector')}    (the injector: publish test events, read)")
         if tls_dir:
             click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
         click.echo(f"  Redis  {stack.redis_url}")

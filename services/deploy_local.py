@@ -15,8 +15,9 @@ What it does with each service of the merged files (the active ones: no profile,
 Variables are interpolated as Compose does (${VAR}, ${VAR:-default}, ${VAR:?error}, $$), from the
 environment, then `.env` beside the first file; a password or token left unset is made up for the
 run. `!reset` and `!override` work as in Compose. The servers start first and must become healthy,
-then the services, which must become ready; a service whose restart policy asks for it is restarted
-when it exits. Ctrl-C stops everything in reverse order.
+then what others wait for with `condition: service_completed_successfully` (`tradeflow init`) runs
+to its end and must exit 0, then the services, which must become ready; a service whose restart
+policy asks for it is restarted when it exits. Ctrl-C stops everything in reverse order.
 """
 
 from __future__ import annotations
@@ -174,6 +175,12 @@ def _kind(name: str, service: dict) -> str:
                       "(tradeflow's image, nats and redis can)")
 
 
+def _depends_on(service: dict) -> dict[str, dict]:
+    """depends_on in either of Compose's forms (a list of names, or names with their conditions)."""
+    deps = service.get("depends_on") or {}
+    return {d: {} for d in deps} if isinstance(deps, list) else {d: (how or {}) for d, how in deps.items()}
+
+
 def _command(service: dict, name: str) -> list[str]:
     command = service.get("command") or []
     if isinstance(command, str):
@@ -324,8 +331,21 @@ class LocalDeployment:
             else:
                 await wait_port("127.0.0.1", self.ports[name, self._container_ports(name, self.services[name])[0]], 20,
                                 procs[name].process)
-        services = [await self.supervisor.start(self.proc(n)) for n in self.services if self.kinds[n] == "tradeflow"]
+        once = self.one_shots()
+        for name in once:   # e.g. `tradeflow init`: the services that depend on it start once it succeeded
+            proc = await self.supervisor.start(self.proc(name))
+            code = await asyncio.wait_for(proc.process.wait(), self.ready_timeout)
+            if code != 0:
+                raise ConfigError(f"{name} exited with {code} (log: {proc.log_path}); the services were not started")
+        services = [await self.supervisor.start(self.proc(n)) for n in self.services
+                    if self.kinds[n] == "tradeflow" and n not in once]
         await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in services))
+
+    def one_shots(self) -> list[str]:
+        """The tradeflow services another waits for with `condition: service_completed_successfully`."""
+        waited = {dep for svc in self.services.values() for dep, how in _depends_on(svc).items()
+                  if how.get("condition") == "service_completed_successfully"}
+        return [n for n in self.services if n in waited and self.kinds[n] == "tradeflow"]
 
     async def stop(self) -> dict[str, int | None]:
         """Stop the services, then the servers."""

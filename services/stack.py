@@ -17,8 +17,13 @@ from pathlib import Path
 import orjson
 
 from contracts.errors import ConfigError
+from services.permissions import DASHBOARD, OPERATOR, USERS as NATS_USERS, with_authorization
 from services.registry import DURABLES, SERVICES
+from services.runtime.config import RuntimeSettings
+from services.runtime.connect import TlsSettings
 from services.runtime.partition import Partition
+from services.runtime.settings import load
+from services.runtime.topology import init
 from services.supervisor import (
     ROOT,
     Proc,
@@ -55,7 +60,7 @@ class Stack:
     per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)   # e.g. {"strategy": 2}: partitioned by symbol
     symbols: tuple[str, ...] = ()   # what partitioned replicas share out (TRADEFLOW_SYMBOLS)
-    tls_dir: Path | None = None   # ca.pem, server.pem, server-key.pem: NATS with TLS, services trusting ca.pem
+    tls_dir: Path | None = None   # ca.pem, server.pem, server-key.pem: NATS and Redis with TLS, services trusting ca.pem
     nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
     redis_port: int = 0
     ready_timeout: float = 60.0
@@ -68,9 +73,10 @@ class Stack:
         self.ports: dict[str, int] = {}
         self.nats_address: str | None = None   # host:port of the nats-server this stack runs, if it runs one
         self.nats_addresses: list[str] = []    # every node's, when it runs a cluster
-        self.nats_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
+        self.nats_passwords = {user: secrets.token_urlsafe(18) for user in NATS_USERS}
         self.redis_address: str | None = None  # host:port of the redis-server this stack runs, if it runs one
-        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, "dashboard", "cli")}
+        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, DASHBOARD, OPERATOR)}
+        self._declared_with: tuple | None = None   # the settings the durables were last declared with
         self.dashboard_token = self.per_service_env.get("dashboard", {}).get("TRADEFLOW_DASHBOARD_TOKEN") \
             or secrets.token_urlsafe(18)
 
@@ -103,10 +109,10 @@ class Stack:
         self.ports["nats-monitor"] = monitors[0]
         self.nats_addresses = [f"127.0.0.1:{p}" for p in ports]
         self.nats_address = self.nats_addresses[0]
-        self.nats_url = self.nats_url_for("cli")
+        self.nats_url = self.nats_url_for(OPERATOR)
 
     async def start_nats(self) -> None:
-        """nats-server with nats.conf: one user per service (new passwords each run), `cli` for people."""
+        """nats-server with nats.conf: one user per service (new passwords each run), `operator` and `injector` for people."""
         if self.nats_cluster > 1:
             await self.start_nats_cluster()
             return
@@ -119,7 +125,7 @@ class Stack:
         await wait_port("127.0.0.1", port, 20, proc.process)
         self.ports["nats-monitor"] = monitor
         self.nats_address = f"127.0.0.1:{port}"
-        self.nats_url = self.nats_url_for("cli")
+        self.nats_url = self.nats_url_for(OPERATOR)
 
     def _nats_env(self) -> dict[str, str]:
         """nats-server's environment: the users' passwords for nats.conf, which reads a variable as a value
@@ -127,18 +133,28 @@ class Stack:
         return os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"' for user, pw in self.nats_passwords.items()}
 
     def _nats_conf(self) -> Path:
-        """nats.conf, or with TLS a copy of it that requires TLS with the certificate in `tls_dir`."""
-        if self.tls_dir is None:
-            return ROOT / "nats.conf"
-        tls = Path(self.tls_dir).resolve()
-        for name in ("ca.pem", "server.pem", "server-key.pem"):
-            if not (tls / name).is_file():
-                raise ConfigError(f"TLS folder {tls} has no {name} (it needs ca.pem, server.pem, server-key.pem)")
+        """<home>/nats.conf: the repository's, with the permissions of this stack's durables (its replicas')
+        and, with `tls_dir`, TLS required with the certificate there."""
+        text = with_authorization((ROOT / "nats.conf").read_text(), self.durables_by_service())
+        if self.tls_dir is not None:
+            tls = Path(self.tls_dir).resolve()
+            for name in ("ca.pem", "server.pem", "server-key.pem"):
+                if not (tls / name).is_file():
+                    raise ConfigError(f"TLS folder {tls} has no {name} (it needs ca.pem, server.pem, server-key.pem)")
+            text += (f'\ntls {{\n  cert_file: "{tls / "server.pem"}"\n'
+                     f'  key_file: "{tls / "server-key.pem"}"\n  ca_file: "{tls / "ca.pem"}"\n}}\n')
+            self.env.setdefault("TRADEFLOW_NATS_CA", str(tls / "ca.pem"))
         conf = self.home / "nats.conf"
-        conf.write_text((ROOT / "nats.conf").read_text() + f'\ntls {{\n  cert_file: "{tls / "server.pem"}"\n'
-                        f'  key_file: "{tls / "server-key.pem"}"\n  ca_file: "{tls / "ca.pem"}"\n}}\n')
-        self.env.setdefault("TRADEFLOW_NATS_CA", str(tls / "ca.pem"))
+        conf.write_text(text)
         return conf
+
+    def durables_by_service(self) -> dict[str, list[str]]:
+        """The PIPELINE durables of each service this stack runs as replicas."""
+        out: dict[str, list[str]] = {}
+        for name, replica in self.processes():
+            if replica is not None:
+                out.setdefault(name, []).append(self._label(name, replica))
+        return out
 
     def nats_url_for(self, user: str) -> str:
         """The URL a NATS user of this deployment connects with (its own server only)."""
@@ -147,7 +163,7 @@ class Stack:
 
     async def start_redis(self) -> None:
         """redis-server with ACL users: each service may touch only its own dedup keys and the shared
-        cache; `cli` (people, tests) everything; the passwordless default user is off. The
+        cache; `operator` (people, tests) everything; the passwordless default user is off. The
         configuration holds the passwords: a file only this user can read."""
         port = _preferred(self.redis_port)
         store = self.home / "redis"
@@ -155,22 +171,31 @@ class Stack:
         conf = self.home / "redis.conf"   # beside its data, which may be wiped
         conf.touch(mode=0o600)
         users = [f"user {name} on >{pw} resetkeys ~tradeflow:done:{name}:* ~tradeflow:cache:* "
-                 "+@read +@write +@connection +evalsha +eval +script|load -@dangerous" for name, pw in self.redis_passwords.items()
-                 if name != "cli"]
+                 "+@read +@write +@connection +evalsha +script|load -@dangerous" for name, pw in self.redis_passwords.items()
+                 if name != OPERATOR]
+        if self.tls_dir is not None:   # TLS only: the plain port off, clients trusting the CA (no client certificates)
+            tls = Path(self.tls_dir).resolve()
+            listen = ["port 0", f"tls-port {port}", f"tls-cert-file {tls / 'server.pem'}",
+                      f"tls-key-file {tls / 'server-key.pem'}", f"tls-ca-cert-file {tls / 'ca.pem'}",
+                      "tls-auth-clients no"]
+            self.env.setdefault("TRADEFLOW_REDIS_CA", str(tls / "ca.pem"))
+        else:
+            listen = [f"port {port}"]
         conf.write_text("\n".join([
-            f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly yes", f"appendfsync {self.redis_appendfsync}",
+            *listen, "bind 127.0.0.1", 'save ""', "appendonly yes", f"appendfsync {self.redis_appendfsync}",
             f"dir {store}", "daemonize no",
             "protected-mode yes", "user default off", *users,
-            f"user cli on >{self.redis_passwords['cli']} ~* &* +@all"]) + "\n")
+            f"user {OPERATOR} on >{self.redis_passwords[OPERATOR]} ~* &* +@all"]) + "\n")
         proc = await self.supervisor.start(Proc("redis-server", [redis_server_binary(), str(conf)], dict(os.environ),
                                                 self.logs / "redis.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)
         self.redis_address = f"127.0.0.1:{port}"
-        self.redis_url = self.redis_url_for("cli")
+        self.redis_url = self.redis_url_for(OPERATOR)
 
     def redis_url_for(self, user: str) -> str:
         """The URL a Redis user of this deployment connects with (its own server only)."""
-        return f"redis://{user}:{self.redis_passwords[user]}@{self.redis_address}/0"
+        scheme = "rediss" if self.tls_dir is not None else "redis"
+        return f"{scheme}://{user}:{self.redis_passwords[user]}@{self.redis_address}/0"
 
     def write_trading_settings(self) -> Path:
         """Write the agents' trading settings to <home>/settings.env, so `tradeflow whatif` re-runs with them."""
@@ -215,7 +240,29 @@ class Stack:
         """Every durable consumer on PIPELINE this stack's services use (one per partitioned replica)."""
         return [self._label(name, replica) for name, replica in self.processes() if name in DURABLES]
 
+    def runtime_settings(self, service: str | None = None) -> RuntimeSettings:
+        """The runtime settings this stack's services run with (`service`: that one's, with its own
+        environment): what `tradeflow init` declares their durables by."""
+        env = {**os.environ, **self.env, **self.per_service_env.get(service or "", {}), "NATS_URL": self.nats_url or "",
+               **({"TRADEFLOW_SYMBOLS": ",".join(self.symbols)} if self.symbols else {})}
+        return load(RuntimeSettings, "TRADEFLOW_", env)
+
+    async def provision(self) -> list[str]:
+        """What `tradeflow init` does, with the operator's user: the streams and every durable of this stack,
+        each with its service's settings."""
+        tls = load(TlsSettings, "TRADEFLOW_", service_env(os.environ, **self.env)).context(self.nats_url or "")
+        done = await init(self.runtime_settings(), {n: c for n, c in self.replicas.items() if c > 1}, tls,
+                          settings_for=self.runtime_settings)
+        self._declared_with = self._settings_now()
+        return done
+
+    def _settings_now(self) -> tuple:
+        return (repr(self.env), repr(self.per_service_env), repr(self.replicas))
+
     async def start_service(self, name: str, wait: bool = True) -> Proc:
+        """Start (or start again) one service, its durables declared first as its settings say now."""
+        if self.nats_url and self._declared_with != self._settings_now():   # settings changed since: declare again
+            await self.provision()
         proc = await self.supervisor.start(self.service_proc(name))
         if wait:
             await wait_ready(proc.http_port, self.ready_timeout, proc)
@@ -229,6 +276,7 @@ class Stack:
             await self.start_nats()
         if not self.redis_url:
             await self.start_redis()
+        await self.provision()
         procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
         await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
         self.write_scrape_targets()

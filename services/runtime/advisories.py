@@ -31,8 +31,9 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from contracts.errors import PublishDenied
-from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, dlq_subject
+from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, dlq_subject
 from services.deadletters import DLQ_SEQUENCE, dead_letter_copy
+from services.permissions import advisory_consumer
 from services.runtime.config import RuntimeSettings
 from services.runtime.metrics import Metrics
 from services.runtime.pause import pause
@@ -41,7 +42,6 @@ from services.runtime.decisions import backoff_delay
 
 log = logging.getLogger(__name__)
 
-ADVISORY_STREAM = "ADVISORIES"
 MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 TERMINATED = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
 
@@ -74,7 +74,16 @@ def _subjects(service: str) -> list[str]:
     return [f"{MAX_DELIVERIES}.{PIPELINE_STREAM}.{service}", f"{TERMINATED}.{PIPELINE_STREAM}.{service}"]
 
 
-async def given_up(js: JetStreamContext, jsm: JetStreamManager, service: str) -> set[int]:
+def advisory_consumer_config(consumer: str, settings: RuntimeSettings, *, terminated: bool = True) -> ConsumerConfig:
+    """The durable on ADVISORIES that reads what JetStream gave up on for the PIPELINE durable `consumer`
+    (`<consumer>-advisories`): its max-deliveries advisories, and its terminated ones if `terminated`."""
+    subjects = _subjects(consumer) if terminated else _subjects(consumer)[:1]
+    return ConsumerConfig(durable_name=advisory_consumer(consumer), deliver_policy=DeliverPolicy.ALL,
+                          ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.ack_wait, max_ack_pending=256,
+                          filter_subjects=subjects)
+
+
+async def given_up(jsm: JetStreamManager, service: str) -> set[int]:
     """The PIPELINE sequences `service` gave up on (dead-lettered and termed, or delivered max_deliver times)."""
     try:
         info = await jsm.stream_info(ADVISORY_STREAM,
@@ -83,15 +92,17 @@ async def given_up(js: JetStreamContext, jsm: JetStreamManager, service: str) ->
         return set()
     seqs: set[int] = set()
     for subject, count in (info.state.subjects or {}).items():
-        sub = await js.subscribe(subject, stream=ADVISORY_STREAM, ordered_consumer=True)
-        try:
-            for _ in range(count):
-                try:
-                    seqs.add(_decode((await sub.next_msg(timeout=5.0)).data).stream_seq)
-                except msgspec.DecodeError:
-                    continue
-        finally:
-            await sub.unsubscribe()
+        at = 1
+        for _ in range(count):   # one message at a time, by sequence: read-only, no consumer of its own
+            try:
+                msg = await jsm.get_msg(ADVISORY_STREAM, seq=at, subject=subject, next=True)
+            except NotFoundError:
+                break
+            at = msg.seq + 1
+            try:
+                seqs.add(_decode(msg.data).stream_seq)
+            except msgspec.DecodeError:
+                continue
     return seqs
 
 
@@ -99,30 +110,18 @@ class DeadLetterCapture:
     """Copies to the DLQ what the advisories of one service's consumer name, until `stopping` is set."""
 
     def __init__(self, service: str, js: JetStreamContext, jsm: JetStreamManager, publisher: Publisher,
-                 metrics: Metrics, settings: RuntimeSettings, *, terminated: bool = True,
-                 consumer: str | None = None) -> None:
-        """`terminated`: also copy what was termed without a copy (not for an agent that terms bad input
-        on purpose, leaving its dead letter to the stage that consumes it). `consumer`: the PIPELINE
-        durable whose advisories these are, when it is not named after the service (a partitioned replica)."""
+                 metrics: Metrics, settings: RuntimeSettings, *, consumer: str | None = None) -> None:
+        """`consumer`: the PIPELINE durable whose advisories these are, when it is not named after the
+        service (a partitioned replica). Which advisories its durable reads (terminated ones too, or not
+        for an agent that terms bad input on purpose) is `advisory_consumer_config`'s, at provisioning."""
         consumer = consumer or service
         self.service, self.js, self.jsm, self.publisher = service, js, jsm, publisher
         self.metrics, self.settings = metrics, settings
-        self.subjects = _subjects(consumer) if terminated else _subjects(consumer)[:1]
-        self.durable = f"{consumer}-advisories"
+        self.durable = advisory_consumer(consumer)
         self.stopping = asyncio.Event()
 
     async def bind(self):
-        """The durable consumer on this service's advisories (created if missing)."""
-        config = ConsumerConfig(
-            durable_name=self.durable, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait, max_ack_pending=256,
-            filter_subjects=self.subjects)
-        try:
-            info = await self.jsm.consumer_info(ADVISORY_STREAM, self.durable)
-            if sorted(info.config.filter_subjects or []) != sorted(self.subjects):
-                await self.jsm.add_consumer(ADVISORY_STREAM, config)
-        except NotFoundError:
-            await self.jsm.add_consumer(ADVISORY_STREAM, config)
+        """The durable consumer on this service's advisories (`tradeflow init` declares it)."""
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=ADVISORY_STREAM)
 
     async def run(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from urllib.parse import unquote, urlsplit
 
@@ -80,8 +81,9 @@ def nats_options(url: str) -> dict:
 
 
 async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None,
-                       tls: ssl.SSLContext | None = None) -> NATS:
-    """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default)."""
+                       tls: ssl.SSLContext | None = None, inbox_prefix: str = "_INBOX") -> NATS:
+    """Connect, retrying until the server answers; afterwards reconnect forever (nats-py gives up by default).
+    `inbox_prefix`: where replies come (a service's user may receive only on its own)."""
 
     async def on_error(exc: Exception) -> None:
         if "permissions violation" in str(exc).lower():
@@ -111,10 +113,40 @@ async def connect_nats(url: str, name: str, watch: PermissionWatch | None = None
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
         tls=tls,
+        inbox_prefix=inbox_prefix,
     )
 
 
-def connect_redis(url: str) -> Redis:
-    """A Redis client with short timeouts, so an outage is noticed rather than waited on."""
+class RedisTlsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """TRADEFLOW_REDIS_CA, _CERT, _KEY: TLS to Redis (a rediss:// REDIS_URL), trusting the CA given (the
+    system's if none), with a client certificate when the server asks for one."""
+
+    redis_ca: str | None = None
+    redis_cert: str | None = None
+    redis_key: str | None = None
+
+    def options(self, url: str) -> dict:
+        """redis-py's TLS options for REDIS_URL; ConfigError naming the setting that cannot work."""
+        given = {name: path for name, path in (("TRADEFLOW_REDIS_CA", self.redis_ca),
+                                               ("TRADEFLOW_REDIS_CERT", self.redis_cert),
+                                               ("TRADEFLOW_REDIS_KEY", self.redis_key)) if path}
+        if not url.startswith("rediss://"):
+            if given:
+                raise ConfigError(f"{', '.join(given)} set, but REDIS_URL is not rediss://: TLS to Redis "
+                                  "needs a rediss:// URL")
+            return {}
+        for name, path in given.items():
+            if not os.path.isfile(path):
+                raise ConfigError(f"{name}: no file {path}")
+        if bool(self.redis_cert) != bool(self.redis_key):
+            raise ConfigError("TRADEFLOW_REDIS_CERT and TRADEFLOW_REDIS_KEY go together: give both or neither")
+        return {"ssl_ca_certs": self.redis_ca, "ssl_certfile": self.redis_cert, "ssl_keyfile": self.redis_key,
+                "ssl_cert_reqs": "required"}
+
+
+def connect_redis(url: str, tls: RedisTlsSettings | None = None) -> Redis:
+    """A Redis client with short timeouts, so an outage is noticed rather than waited on; over TLS for a
+    rediss:// URL (`tls`: the CA and client certificate)."""
     log.info("redis", extra={"url": redact(url)})
-    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5)
+    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5,
+                          **(tls or RedisTlsSettings()).options(url))

@@ -28,13 +28,14 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, JetStreamManager
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.codec import decode
-from contracts.envelope import derive_id
 from contracts.errors import BadInput, Transient
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
+from services.permissions import rebuild_consumer
 from services.runtime.advisories import given_up
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
@@ -52,7 +53,7 @@ async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManage
         with attempt:
             info = await jsm.consumer_info(PIPELINE_STREAM, durable)
             first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
-            dead = await given_up(js, jsm, durable)
+            dead = await given_up(jsm, durable)
     floor = info.ack_floor.stream_seq
     last = info.delivered.stream_seq
     tracking = Tracking(floor, dead)
@@ -116,7 +117,11 @@ class _StreamFold:
 
     async def run(self) -> None:
         agent = self.agent
-        name = "rebuild-" + derive_id(self.durable, datetime.now(timezone.utc).isoformat(), 0)[:12]
+        name = rebuild_consumer(self.durable)   # one name a durable: its user may make and delete only that
+        try:   # one a killed run left behind (it would expire after inactive_threshold)
+            await self.jsm.delete_consumer(PIPELINE_STREAM, name)
+        except NotFoundError:
+            pass
         config = ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,

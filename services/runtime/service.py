@@ -21,13 +21,21 @@ from aiohttp import web
 from contracts import envelope as ce
 from contracts.errors import ConfigError
 from contracts.events import Event
-from contracts.subjects import PIPELINE_STREAM
+from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM
 from replay.recorder import store_location
-from services.runtime.advisories import DeadLetterCapture
+from services.permissions import inbox_prefix
+from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
-from services.runtime.connect import REDIS_UNAVAILABLE, PermissionWatch, TlsSettings, connect_nats, connect_redis
+from services.runtime.connect import (
+    REDIS_UNAVAILABLE,
+    PermissionWatch,
+    RedisTlsSettings,
+    TlsSettings,
+    connect_nats,
+    connect_redis,
+)
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
 from services.runtime.logs import setup_logging
@@ -42,7 +50,7 @@ from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
 from services.runtime.settings import load
 from services.runtime.tasks import Every, Priority, TaskManager
-from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.topology import await_provisioned, consumer_config
 from services.runtime.tracing import Tracing
 from services.runtime.worker import Worker
 
@@ -132,7 +140,7 @@ class Service:
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
         background: list[asyncio.Task] = [asyncio.create_task(self.loop_lag.watch(stop=self._closing),
                                                               name="loop-lag")]
-        redis = connect_redis(s.redis_url)
+        redis = connect_redis(s.redis_url, load(RedisTlsSettings, "TRADEFLOW_"))
         self.cache = Cache(redis, self.cache_settings, self.metrics)
         self.tasks.register("redis-ping", lambda: self._ping_redis(redis), priority=Priority.CRITICAL,
                             every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0,))   # readiness follows within 1 s
@@ -141,12 +149,17 @@ class Service:
         try:
             watch = PermissionWatch()
             tls = load(TlsSettings, "TRADEFLOW_").context(s.nats_url)
-            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch, tls))
+            self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch, tls,
+                                                                    inbox_prefix=inbox_prefix(self.name)))
             if self.nc is None:
                 return 0
             js = self.nc.jetstream(timeout=s.publish_timeout)
             jsm = self.nc.jsm()
-            await ensure_streams(jsm, s)
+            wanted = [(PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s)),
+                      (ADVISORY_STREAM, advisory_consumer_config(self.consumer, s, terminated=getattr(
+                          self.agent, "dead_letters", True)))] if self.agent.consumes else []
+            if await self._until_stopped(await_provisioned(jsm, wanted, watch=watch)) is None and self.stop.is_set():
+                return 0
             self.micro = await start_micro(
                 self.nc, self.name, description=(type(self.agent).__doc__ or self.name).strip().splitlines()[0],
                 meta={"consumer": self.consumer if self.agent.consumes else "", "http_port": self.http_port,
@@ -160,7 +173,6 @@ class Service:
                 opened = True
             main: list[asyncio.Task] = []
             if self.agent.consumes:
-                await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s))
                 tracking = None
                 if self.agent.stateful:
                     rebuilt = await self._until_stopped(rebuild_state(self.agent, js, jsm, self.consumer, dedup,
@@ -178,8 +190,7 @@ class Service:
                 self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
                                      consumer=self.consumer, tracing=self.tracing, tracking=tracking)
                 main.append(asyncio.create_task(self.worker.run(), name="worker"))
-                capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer,
-                                            terminated=getattr(self.agent, "dead_letters", True))
+                capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer)
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
                 context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, nc=self.nc, tasks=self.tasks,

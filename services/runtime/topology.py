@@ -1,13 +1,23 @@
 """Streams and consumers, declared idempotently: missing -> created, drifted -> updated.
 
-Every service calls `ensure_streams()` and then `ensure_consumer()` for its own
-durable; a second replica or a restart finds them in place and does nothing.
+`provision()` (what `tradeflow init` runs, with the operator's rights, before the services start)
+declares the streams and every durable a deployment runs: each consuming service's (or each of its
+replicas') on PIPELINE and its advisories durable on ADVISORIES. It first reads what is there and
+stops, changing nothing, if a stream or consumer was configured with settings tradeflow cannot
+update (another retention or storage, subjects that are not tradeflow's, another ack policy). The
+services themselves declare nothing: their NATS users may not (services/permissions.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
+from collections.abc import Callable
 
+import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamManager
 from nats.js.api import (
     AckPolicy,
@@ -18,11 +28,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
-from services.runtime.advisories import advisory_stream
+from contracts.errors import ConfigError
+from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+from services.runtime.advisories import advisory_consumer_config, advisory_stream
 from services.runtime.config import RuntimeSettings
+from services.runtime.connect import PermissionWatch, nats_options
 
 log = logging.getLogger(__name__)
 
@@ -84,38 +97,93 @@ def consumer_config(name: str, filters: list[str], settings: RuntimeSettings) ->
     )
 
 
-async def _ensure_stream(jsm: JetStreamManager, config: StreamConfig) -> None:
-    try:
-        info = await jsm.stream_info(config.name)
-    except NotFoundError:
-        await jsm.add_stream(config)
-        log.info("stream created", extra={"stream": config.name})
-        return
-    current = info.config
-    wanted = (sorted(config.subjects or []), config.max_age, config.duplicate_window)
-    have = (sorted(current.subjects or []), current.max_age, current.duplicate_window)
-    if wanted != have:
-        await jsm.update_stream(config)
-        log.info("stream updated", extra={"stream": config.name})
+class ProvisionError(ConfigError):
+    """A stream or consumer is configured in a way tradeflow cannot update; nothing was changed."""
 
 
-async def ensure_streams(jsm: JetStreamManager, settings: RuntimeSettings) -> None:
-    """Create or update PIPELINE, DLQ and ADVISORIES."""
-    await _ensure_stream(jsm, pipeline_stream(settings))
-    await _ensure_stream(jsm, dlq_stream(settings))
-    await _ensure_stream(jsm, advisory_stream(settings))
+def _filters(c: ConsumerConfig) -> list[str]:
+    return sorted(c.filter_subjects or ([c.filter_subject] if c.filter_subject else []))
 
 
-def _drifted(have: ConsumerConfig, want: ConsumerConfig) -> bool:
-    def filters(c: ConsumerConfig) -> list[str]:
-        return sorted(c.filter_subjects or ([c.filter_subject] if c.filter_subject else []))
+def stream_problems(have: StreamConfig, want: StreamConfig) -> list[str]:
+    """What makes an existing stream one tradeflow cannot take over: settings an update cannot change,
+    or subjects that are not tradeflow's (someone else's stream of that name). Subjects tradeflow has
+    added since (a stream an older version made) are not a problem: the update adds them."""
+    problems = []
+    for field in ("retention", "storage"):
+        if getattr(have, field) != getattr(want, field):
+            problems.append(f"{field} is {getattr(have, field)}, tradeflow needs {getattr(want, field)}")
+    if foreign := sorted(set(have.subjects or []) - set(want.subjects or [])):
+        problems.append(f"it holds subjects that are not tradeflow's: {', '.join(foreign[:5])}")
+    return [f"stream {want.name}: {p}" for p in problems]
+
+
+def stream_drifted(have: StreamConfig, want: StreamConfig) -> bool:
+    """Whether an existing (compatible) stream needs the update that brings it to `want`."""
+    wanted = (sorted(want.subjects or []), want.max_age, want.duplicate_window, want.num_replicas or 1)
+    current = (sorted(have.subjects or []), have.max_age, have.duplicate_window, have.num_replicas or 1)
+    return wanted != current
+
+
+def consumer_problems(stream: str, have: ConsumerConfig, want: ConsumerConfig) -> list[str]:
+    """What an update cannot change on an existing durable."""
+    problems = []
+    for field in ("ack_policy", "deliver_policy"):
+        if getattr(have, field) != getattr(want, field):
+            problems.append(f"{field} is {getattr(have, field)}, tradeflow needs {getattr(want, field)}")
+    return [f"consumer {stream}/{want.durable_name}: {p}" for p in problems]
+
+
+def consumer_drifted(have: ConsumerConfig, want: ConsumerConfig) -> bool:
+    """Whether an existing (compatible) durable needs the update that brings it to `want`."""
+    def unlimited(value: int | None) -> int:   # the server says -1 for a limit not given
+        return -1 if value in (None, 0) else value
 
     return (
-        filters(have) != filters(want)
-        or have.max_deliver != want.max_deliver
+        _filters(have) != _filters(want)
+        or unlimited(have.max_deliver) != unlimited(want.max_deliver)
         or have.max_ack_pending != want.max_ack_pending
         or abs((have.ack_wait or 0) - (want.ack_wait or 0)) > 1e-6
     )
+
+
+async def provision(jsm: JetStreamManager, settings: RuntimeSettings,
+                    consumers: list[tuple[str, ConsumerConfig]] = ()) -> list[str]:
+    """Declare the three streams and `consumers` ((stream, config) pairs): read everything first, raise
+    ProvisionError with every problem and change nothing if one is incompatible, else create what is
+    missing and update what drifted. What it did, one line a change."""
+    streams = [pipeline_stream(settings), dlq_stream(settings), advisory_stream(settings)]
+    plan: list[tuple[str, object, object]] = []   # (what, config, call)
+    problems: list[str] = []
+    for config in streams:
+        try:
+            have = (await jsm.stream_info(config.name)).config
+        except NotFoundError:
+            plan.append((f"stream {config.name} created", config, jsm.add_stream))
+            continue
+        problems += stream_problems(have, config)
+        if stream_drifted(have, config):
+            plan.append((f"stream {config.name} updated", config, jsm.update_stream))
+    for stream, config in consumers:
+        try:
+            have = (await jsm.consumer_info(stream, config.durable_name)).config
+        except NotFoundError:
+            plan.append((f"consumer {stream}/{config.durable_name} created", (stream, config), jsm.add_consumer))
+            continue
+        problems += consumer_problems(stream, have, config)
+        if consumer_drifted(have, config):   # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
+            plan.append((f"consumer {stream}/{config.durable_name} updated", (stream, config), jsm.add_consumer))
+    if problems:
+        raise ProvisionError("cannot provision, nothing changed: " + "; ".join(problems))
+    for what, config, call in plan:
+        await (call(*config) if isinstance(config, tuple) else call(config))
+        log.info(what)
+    return [what for what, _, _ in plan]
+
+
+async def ensure_streams(jsm: JetStreamManager, settings: RuntimeSettings) -> None:
+    """Create or update PIPELINE, DLQ and ADVISORIES (ProvisionError if one is not tradeflow's)."""
+    await provision(jsm, settings)
 
 
 async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:
@@ -127,7 +195,113 @@ async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerCo
         await jsm.add_consumer(stream, config)
         log.info("consumer created", extra={"consumer": config.durable_name})
         return
-    if _drifted(info.config, config):
-        # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
+    if problems := consumer_problems(stream, info.config, config):
+        raise ProvisionError("; ".join(problems))
+    if consumer_drifted(info.config, config):
         await jsm.add_consumer(stream, config)
         log.info("consumer updated", extra={"consumer": config.durable_name})
+
+
+def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
+                         symbols: list[str] | tuple[str, ...] = (),
+                         settings_for: Callable[[str], RuntimeSettings] | None = None) -> list[tuple[str, ConsumerConfig]]:
+    """Every durable a deployment runs: each consuming service's on PIPELINE (or, for a service run as
+    `replicas[name]` partitioned replicas over `symbols`, each replica's) and each one's advisories durable,
+    with `settings`, or a service's own from `settings_for(name)` (ack_wait, max_deliver, ...)."""
+    from services.registry import DURABLES, build   # the agents' classes: what each consumes
+    from services.runtime.partition import Partition
+
+    out = []
+    for name in DURABLES:
+        agent = type(build(name, {}))
+        count = (replicas or {}).get(name, 1)
+        if count > 1 and not getattr(agent, "partitionable", False):
+            raise ConfigError(f"{name} cannot run as replicas (only strategy and quant can be partitioned)")
+        shares = [(name, list(agent.consumes))] if count == 1 else [
+            (p.durable(name), list(p.filters(agent.consumes)))
+            for p in (Partition.parse(f"{i}/{count}", symbols) for i in range(count))]
+        own = settings_for(name) if settings_for is not None else settings
+        for durable, filters in shares:
+            out.append((PIPELINE_STREAM, consumer_config(durable, filters, own)))
+            out.append((ADVISORY_STREAM, advisory_consumer_config(durable, own,
+                                                                  terminated=getattr(agent, "dead_letters", True))))
+    return out
+
+
+_NOT_YET = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, ServiceUnavailableError)
+_WAIT_LOG_EVERY = 10.0   # seconds between "still waiting for tradeflow init" lines
+
+
+async def _api(jsm: JetStreamManager, call, subject: str, watch: PermissionWatch | None):
+    """Await a JetStream API call; ConfigError at once, naming the subject, if the server refuses it to this
+    user (it says so on the connection, and the request itself would only time out)."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.1)
+            if done:
+                return task.result()
+            if watch is not None and watch.violations:   # this subject, or the inbox its answer comes to
+                raise ConfigError(f"NATS refuses this service's user what it needs ({watch.violations[-1]}, "
+                                  f"asking {subject}): its permissions in nats.conf do not match the service")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def await_provisioned(jsm: JetStreamManager, wanted: list[tuple[str, ConsumerConfig]], *,
+                            stream: str = PIPELINE_STREAM, watch: PermissionWatch | None = None) -> None:
+    """Wait until `tradeflow init` has declared `stream` and the durables in `wanted` ((stream, config)
+    pairs), as this service needs them; ConfigError, naming what differs, for a durable declared with
+    other settings, or for an API subject this service's user may not use."""
+    since = None
+    while True:
+        missing = None
+        try:
+            await _api(jsm, jsm.stream_info(stream), f"$JS.API.STREAM.INFO.{stream}", watch)
+            for name, config in wanted:
+                subject = f"$JS.API.CONSUMER.INFO.{name}.{config.durable_name}"
+                try:
+                    have = (await _api(jsm, jsm.consumer_info(name, config.durable_name), subject, watch)).config
+                except NotFoundError:
+                    missing = f"consumer {name}/{config.durable_name}"
+                    break
+                if problems := consumer_problems(name, have, config):
+                    raise ConfigError("; ".join(problems) + ": run `tradeflow init` with this service's settings")
+                if consumer_drifted(have, config):
+                    raise ConfigError(
+                        f"consumer {name}/{config.durable_name} is declared with filters {_filters(have)}, "
+                        f"ack_wait {have.ack_wait}, max_deliver {have.max_deliver}, max_ack_pending "
+                        f"{have.max_ack_pending}; this service needs {_filters(config)}, {config.ack_wait}, "
+                        f"{config.max_deliver}, {config.max_ack_pending}: run `tradeflow init` with its settings")
+        except NotFoundError:
+            missing = f"stream {stream}"
+        except _NOT_YET:
+            missing = "an answer from JetStream"
+        if missing is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if since is None or now - since >= _WAIT_LOG_EVERY:
+            log.warning("waiting for `tradeflow init` to declare what this service uses", extra={"missing": missing})
+            since = now
+        await asyncio.sleep(0.5)
+
+
+async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
+               tls: ssl.SSLContext | None = None,
+               settings_for: Callable[[str], RuntimeSettings] | None = None) -> list[str]:
+    """`tradeflow init`: connect to settings.nats_url (the operator's user) and provision the streams and
+    every durable of a deployment whose partitioned services run as `replicas` over settings.symbols
+    (`settings_for`: a service's own settings, where they differ)."""
+    consumers = deployment_consumers(settings, replicas, settings.symbols, settings_for)
+    nc = await nats.connect(**nats_options(settings.nats_url), name="tradeflow-init", connect_timeout=5,
+                            max_reconnect_attempts=3, reconnect_time_wait=0.5, tls=tls)
+    try:
+        # a cluster that has just started answers only once it has a JetStream meta leader: ask again
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(_NOT_YET), stop=stop_after_delay(60),
+                                           wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
+            with attempt:
+                return await provision(nc.jsm(timeout=10), settings, consumers)
+    finally:
+        await nc.close()

@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timezone
 
 import orjson
+import psutil
 import pytest
 
 from contracts.codec import decode
@@ -41,16 +42,23 @@ async def still_feeding(stack) -> bool:
 
 
 async def test_kill_9_of_each_service_in_turn(make_stack):
+    """Also: none of a killed service's processes (its compute pool's forkserver and workers) is left 10 s on."""
+    left_behind: list[psutil.Process] = []
+
     async def fault(stack, nc) -> str:
         await mid_stream(stack, nc)
         for name in IN_TURN:   # data last: it is asked whether it is still feeding first
             if name == "data":
                 assert await still_feeding(stack), "the faults did not land mid-stream"
+            left_behind.extend(psutil.Process(stack.supervisor.procs[name].pid).children(recursive=True))
             assert await stack.restart_service(name, signal.SIGKILL, wait=False) == -signal.SIGKILL
             await asyncio.sleep(0.4)
         return f"{len(IN_TURN)} services killed 0.4 s apart"
 
     await run_fault(make_stack, "kill -9 of each service in turn", fault)
+    assert left_behind, "no service had a process of its own to check"
+    _, alive = psutil.wait_procs(left_behind, timeout=10)
+    assert not alive, f"left behind by a kill -9 of their service: {[p.cmdline()[:3] for p in alive]}"
 
 
 async def test_sigterm_of_each_service_in_turn(make_stack):

@@ -38,8 +38,8 @@ async def run_and_check(tmp_path: Path, files: list[Path], profiles: tuple[str, 
             return (await http_json(data, "/v1/progress"))[1]["done"]
 
         await wait_for(published, timeout=120, what="the data service to publish GOOG")
-        cli = deployment.variables["TRADEFLOW_NATS_PASSWORD_CLI"]
-        urls = [f"nats://cli:{cli}@127.0.0.1:{port}" for (name, container), port in deployment.ports.items()
+        cli = deployment.variables["TRADEFLOW_NATS_PASSWORD_OPERATOR"]
+        urls = [f"nats://operator:{cli}@127.0.0.1:{port}" for (name, container), port in deployment.ports.items()
                 if name.startswith("nats") and container == 4222]
         nc = await nats.connect(**nats_options(",".join(urls)))
         try:
@@ -92,7 +92,7 @@ def test_a_file_it_cannot_run_is_a_clear_error(tmp_path, text, message):
 
 def test_overrides_merge_reset_and_replace_as_compose_does():
     model = load_files([COMPOSE / "compose.yaml", COMPOSE / "cluster.yaml"])
-    assert set(model["services"]["data"]["depends_on"]) == {"nats-1", "nats-2", "nats-3", "redis"}   # !override
+    assert set(model["services"]["data"]["depends_on"]) == {"nats-1", "nats-2", "nats-3", "redis", "init"}   # !override
     assert model["services"]["data"]["environment"]["TRADEFLOW_DATA_FILES"] == "GOOG"              # merged
     assert model["services"]["nats"]["profiles"] == ["single-nats"]
 

@@ -10,6 +10,7 @@ import pytest
 from nats.errors import NoRespondersError
 
 from services import observe
+from services.permissions import inbox_prefix
 from services.registry import SERVICES
 from tests.integration.conftest import wait_for
 from tests.integration.test_cli_and_http import BAR, tradeflow
@@ -48,7 +49,7 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
     health_ep = next(e for e in stats["endpoints"] if e["name"] == "health")
     assert health_ep["num_requests"] >= 1 and health_ep["num_errors"] == 0
     # the dashboard's user may ask; a service's user may not answer for another service
-    dash = await nats.connect(stack.nats_url_for("dashboard"))
+    dash = await nats.connect(stack.nats_url_for("dashboard"), inbox_prefix=inbox_prefix("dashboard"))
     try:
         assert len(await observe.micro_services(dash, 1.0, "PING")) == len(SERVICES)
         assert orjson.loads((await dash.request("tradeflow.risk.ready", b"", timeout=2)).data)["ready"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta
 
 import pytest
@@ -57,6 +60,35 @@ async def test_a_consumer_of_the_whole_stream_has_no_filter_and_one_made_with_fi
     await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("two", ["bars_ready.>", "executed_ready.>"], settings))
     assert (await jsm.consumer_info(PIPELINE_STREAM, "two")).config.filter_subjects == ["bars_ready.>",
                                                                                         "executed_ready.>"]
+
+
+async def test_init_refuses_a_stream_someone_else_configured_and_changes_nothing(make_stack):
+    """`tradeflow init` against a PIPELINE that holds someone else's subjects: one line naming the problem,
+    exit 1, and nothing created or updated (the missing DLQ stays missing); once put right it declares all."""
+    stack, nc = await make_stack(services=())
+    jsm = nc.jsm()
+    config = (await jsm.stream_info(PIPELINE_STREAM)).config
+    config.subjects = [*config.subjects, "orders.>"]
+    await jsm.update_stream(config)
+    await jsm.delete_stream("DLQ")
+    await jsm.delete_consumer(PIPELINE_STREAM, "risk")
+    env = {**os.environ, "NATS_URL": stack.nats_url}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "init"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert run.returncode == 1, run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert "nothing changed" in line and "orders.>" in line
+    assert "DLQ" not in [info.config.name for info in await jsm.streams_info()]
+    assert "risk" not in [c.name for c in await jsm.consumers_info(PIPELINE_STREAM)]
+    config.subjects = [s for s in config.subjects if s != "orders.>"]
+    await jsm.update_stream(config)
+    run = subprocess.run([sys.executable, "-m", "services.cli", "init"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    assert "stream DLQ created" in run.stdout and "consumer PIPELINE/risk created" in run.stdout
+    again = subprocess.run([sys.executable, "-m", "services.cli", "init"], capture_output=True, text=True, timeout=60,
+                           env=env)
+    assert again.returncode == 0 and "nothing changed" in again.stdout
 
 
 class FlakyAgent:

@@ -1,5 +1,5 @@
-"""NATS over TLS: a deployment whose server requires TLS works end to end for services that trust its CA,
-and a client that does not is refused."""
+"""NATS and Redis over TLS: a deployment whose servers require TLS works end to end for services that trust
+its CA, and a client that does not is refused; bad TLS settings for Redis are a one-line error."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import nats
 import orjson
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from contracts.subjects import PIPELINE_STREAM
 from services import observe
@@ -54,6 +56,16 @@ async def test_a_tls_deployment_works_for_clients_that_trust_its_ca(tmp_path):
 
             await wait_for(validated, timeout=30, what="quant, over TLS, to validate the signal")
             assert await observe.dead_letters(nc.jsm()) == 0
+            assert stack.redis_url.startswith("rediss://")
+            async with Redis.from_url(stack.redis_url, ssl_ca_certs=str(certs / "ca.pem")) as redis:
+                assert await redis.keys("tradeflow:done:quant:*"), "quant's marks, written over TLS"
+            with pytest.raises(RedisError):   # no CA to trust
+                async with Redis.from_url(stack.redis_url, socket_connect_timeout=3) as untrusted:
+                    await untrusted.ping()
+            with pytest.raises(RedisError):   # plain TCP to a TLS-only port
+                async with Redis.from_url(stack.redis_url.replace("rediss://", "redis://"),
+                                          socket_connect_timeout=3, socket_timeout=3) as plain:
+                    await plain.ping()
         finally:
             await nc.close()
 
@@ -67,3 +79,15 @@ async def test_a_tls_deployment_works_for_clients_that_trust_its_ca(tmp_path):
     finally:
         codes = await stack.stop()
     assert all(code in (0, None) for code in codes.values()), codes
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TRADEFLOW_REDIS_CA": "/nonexistent/ca.pem"}, "TRADEFLOW_REDIS_CA: no file /nonexistent/ca.pem"),
+    ({"TRADEFLOW_REDIS_CERT": __file__}, "TRADEFLOW_REDIS_CERT and TRADEFLOW_REDIS_KEY go together"),
+    ({"TRADEFLOW_REDIS_CA": __file__, "REDIS_URL": "redis://127.0.0.1:1/0"}, "REDIS_URL is not rediss://"),
+])
+def test_redis_tls_settings_that_cannot_work_are_a_one_line_error(env, message):
+    run = subprocess.run([sys.executable, "-m", "services.cli", "run", "quant"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "NATS_URL": "nats://127.0.0.1:1", "TRADEFLOW_HTTP_PORT": "0",
+                                          "REDIS_URL": "rediss://127.0.0.1:1/0", **env})
+    assert run.returncode == 1 and message in run.stderr.splitlines()[-1], run.stderr[-500:]
