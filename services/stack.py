@@ -272,13 +272,17 @@ class Stack:
         """Start servers (unless given), then every service, and wait until all are ready."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.write_trading_settings()
-        if not self.nats_url:
-            await self.start_nats()
-        if not self.redis_url:
-            await self.start_redis()
-        await self.provision()
-        procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
-        await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
+        try:
+            if not self.nats_url:
+                await self.start_nats()
+            if not self.redis_url:
+                await self.start_redis()
+            await self.provision()
+            procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
+            await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
+        except BaseException:   # what started is stopped: a failed start leaves nothing running
+            await self.supervisor.stop_all(order=[label for label in self.labels() if label in self.supervisor.procs])
+            raise
         self.write_scrape_targets()
 
     def write_scrape_targets(self) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from contracts.errors import ConfigError
+from services.runtime.deathsig import on_parent_death
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ class Proc:
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=on_parent_death(signal.SIGTERM))   # dies with its supervisor
 
 
 class Supervisor:

@@ -1,41 +1,38 @@
-"""The whole suite leaves no process behind: at its end, any nats-server, redis-server, service or
-compute-pool process started while it ran (and still alive 10 s later) fails the run, is listed and
-is killed. Processes that were running before the suite (the machine's own servers) are not looked at."""
+"""The whole suite leaves no process behind: at its end, any process the suite started (each inherits
+PYTEST_TRADEFLOW_SESSION from it, orphans too) still alive 10 s later fails the run, is listed and is
+killed. Nothing else on the machine (its own servers, another run) is looked at."""
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import psutil
 import pytest
 
-_OURS = ("nats-server", "redis-server", "services.cli", "multiprocessing.forkserver", "multiprocessing.spawn",
-         "from multiprocessing")
+_MARK = "PYTEST_TRADEFLOW_SESSION"   # not TRADEFLOW_*: `deploy local` gives services none of those
 _GRACE = 10.0
-_before: set[int] = set()
 
 
-def _ours(proc: psutil.Process) -> bool:
+def _ours(proc: psutil.Process, session: str) -> bool:
     try:
-        cmdline = " ".join(proc.cmdline())
+        return proc.environ().get(_MARK) == session and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    return any(marker in cmdline for marker in _OURS)
 
 
 def _left() -> list[psutil.Process]:
-    me = os.getpid()
-    return [p for p in psutil.process_iter() if p.pid not in _before and p.pid != me and _ours(p)
-            and p.status() != psutil.STATUS_ZOMBIE]
+    me, session = os.getpid(), os.environ[_MARK]
+    return [p for p in psutil.process_iter() if p.pid != me and _ours(p, session)]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _before.update(p.pid for p in psutil.process_iter())
+    os.environ.setdefault(_MARK, uuid.uuid4().hex)   # a pytest-xdist worker keeps its controller's
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if hasattr(session.config, "workerinput"):   # a worker of pytest-xdist: the controller checks
+    if hasattr(session.config, "workerinput") or _MARK not in os.environ:   # xdist's controller checks
         return
     deadline = time.monotonic() + _GRACE
     left = _left()

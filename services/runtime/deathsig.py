@@ -1,5 +1,9 @@
 """Processes a service starts die with it, even when it is killed with -9 (Linux: PR_SET_PDEATHSIG).
 
+The supervisor (`tradeflow up`, `deploy local`, a test's stack) has every process it starts sent
+SIGTERM when it dies, however it dies (`on_parent_death`): the services drain and exit, the servers
+shut down, and nothing outlives a supervisor that was killed with -9.
+
 The compute pool's processes are not the service's children alone: multiprocessing's forkserver is,
 and the pool's workers are the forkserver's. A SIGKILL of the service runs none of its clean-up, and
 the forkserver and its workers (each waiting on a queue whose write end it holds itself) would live
@@ -15,6 +19,7 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None   # loaded before any fork
 
 
 PARENT = "TRADEFLOW_DEATHSIG_PARENT"   # the pid a process of the pool is to die with, set by whoever starts it
@@ -29,8 +34,22 @@ def die_with_parent(expected: int | None = None) -> None:
     if not sys.platform.startswith("linux"):
         return
     parent = expected or int(os.environ.get(PARENT) or 0) or os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:   # it died before the call took effect
         os._exit(1)
+
+
+def on_parent_death(sig: int = signal.SIGTERM):
+    """A `preexec_fn` for a child process: the kernel sends it `sig` when this process (its parent) dies;
+    if this process is already gone by the time the child asks, the child exits at once."""
+    if _libc is None:
+        return None
+    parent = os.getpid()
+
+    def arrange() -> None:   # in the child, between fork and exec: no Python-level locks taken here
+        _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
