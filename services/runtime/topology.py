@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable
 
 import nats
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamManager
@@ -36,6 +37,7 @@ from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, PIP
 from services.runtime.advisories import advisory_consumer_config, advisory_stream
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import PermissionWatch, nats_options
+from services.runtime.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +297,15 @@ async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None
     every durable of a deployment whose partitioned services run as `replicas` over settings.symbols
     (`settings_for`: a service's own settings, where they differ)."""
     consumers = deployment_consumers(settings, replicas, settings.symbols, settings_for)
-    nc = await nats.connect(**nats_options(settings.nats_url), name="tradeflow-init", connect_timeout=5,
-                            max_reconnect_attempts=3, reconnect_time_wait=0.5, tls=tls)
+
+    async def quietly(exc: Exception) -> None:   # the failure is raised once, below, in one line
+        log.debug("nats error", extra={"error": repr(exc)})
+
+    try:
+        nc = await nats.connect(**nats_options(settings.nats_url), name="tradeflow-init", connect_timeout=5,
+                                max_reconnect_attempts=3, reconnect_time_wait=0.5, tls=tls, error_cb=quietly)
+    except (NatsError, OSError) as exc:
+        raise ConfigError(f"NATS_URL: cannot reach NATS at {redact(settings.nats_url)} ({exc})") from None
     try:
         # a cluster that has just started answers only once it has a JetStream meta leader: ask again
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(_NOT_YET), stop=stop_after_delay(60),

@@ -113,3 +113,12 @@ def test_a_deployment_declares_each_durable_and_its_advisories_durable():
     assert "strategy" not in split and {"strategy-p0of2", "strategy-p1of2-advisories"} <= set(split)
     with pytest.raises(Exception, match="cannot run as replicas"):
         deployment_consumers(RuntimeSettings(), {"risk": 2}, ["A", "B"])
+
+
+@pytest.mark.parametrize("url, says", [("nats://u:secret@127.0.0.1:1", "cannot reach NATS at nats://***@127.0.0.1:1"),
+                                       ("::bad", "invalid connect url"), ("x" * 5000, "cannot reach NATS")])
+def test_init_against_no_nats_is_one_line_naming_the_setting_without_its_password(url, says):
+    result = CliRunner().invoke(cli, ["init"], env={"NATS_URL": url})
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: NATS_URL: ") and says in line and "secret" not in line
