@@ -146,6 +146,18 @@ def authorization(durables: Mapping[str, Sequence[str]] | None = None) -> str:
     return "\n".join([*lines, "  ]", "}"]) + "\n"
 
 
+REDIS_USERS = (*SERVICE_USERS, DASHBOARD, OPERATOR)
+
+
+def redis_acl(user: str, password: str) -> str:
+    """A Redis ACL rule (the text after `user `): a service may read and write only its own dedup keys and the
+    shared cache, run its scripts by hash and nothing dangerous; the operator may do everything."""
+    if user == OPERATOR:
+        return f"{user} on >{password} ~* &* +@all"
+    return (f"{user} on >{password} resetkeys ~tradeflow:done:{user}:* ~tradeflow:cache:* "
+            "+@read +@write +@connection +evalsha +script|load -@dangerous")
+
+
 BEGIN = "# --- authorization: written by `tradeflow permissions` (services/permissions.py); do not edit by hand ---"
 END = "# --- end of authorization ---"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 
 from contracts.errors import ConfigError
-from services.permissions import DASHBOARD, OPERATOR, USERS as NATS_USERS, with_authorization
+from services.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
+from services.permissions import USERS as NATS_USERS
 from services.registry import DURABLES, SERVICES
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import TlsSettings
@@ -75,7 +76,7 @@ class Stack:
         self.nats_addresses: list[str] = []    # every node's, when it runs a cluster
         self.nats_passwords = {user: secrets.token_urlsafe(18) for user in NATS_USERS}
         self.redis_address: str | None = None  # host:port of the redis-server this stack runs, if it runs one
-        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in (*SERVICES, DASHBOARD, OPERATOR)}
+        self.redis_passwords = {user: secrets.token_urlsafe(18) for user in REDIS_USERS}
         self._declared_with: tuple | None = None   # the settings the durables were last declared with
         self.dashboard_token = self.per_service_env.get("dashboard", {}).get("TRADEFLOW_DASHBOARD_TOKEN") \
             or secrets.token_urlsafe(18)
@@ -170,9 +171,7 @@ class Stack:
         store.mkdir(parents=True, exist_ok=True)
         conf = self.home / "redis.conf"   # beside its data, which may be wiped
         conf.touch(mode=0o600)
-        users = [f"user {name} on >{pw} resetkeys ~tradeflow:done:{name}:* ~tradeflow:cache:* "
-                 "+@read +@write +@connection +evalsha +script|load -@dangerous" for name, pw in self.redis_passwords.items()
-                 if name != OPERATOR]
+        users = [f"user {redis_acl(name, pw)}" for name, pw in self.redis_passwords.items()]
         if self.tls_dir is not None:   # TLS only: the plain port off, clients trusting the CA (no client certificates)
             tls = Path(self.tls_dir).resolve()
             listen = ["port 0", f"tls-port {port}", f"tls-cert-file {tls / 'server.pem'}",
@@ -184,8 +183,7 @@ class Stack:
         conf.write_text("\n".join([
             *listen, "bind 127.0.0.1", 'save ""', "appendonly yes", f"appendfsync {self.redis_appendfsync}",
             f"dir {store}", "daemonize no",
-            "protected-mode yes", "user default off", *users,
-            f"user {OPERATOR} on >{self.redis_passwords[OPERATOR]} ~* &* +@all"]) + "\n")
+            "protected-mode yes", "user default off", *users]) + "\n")
         proc = await self.supervisor.start(Proc("redis-server", [redis_server_binary(), str(conf)], dict(os.environ),
                                                 self.logs / "redis.log"))
         await wait_port("127.0.0.1", port, 20, proc.process)

@@ -122,3 +122,26 @@ def test_init_against_no_nats_is_one_line_naming_the_setting_without_its_passwor
     assert result.exit_code == 1
     [line] = result.output.strip().splitlines()
     assert line.startswith("Error: NATS_URL: ") and says in line and "secret" not in line
+
+
+def test_the_compose_file_s_redis_users_are_the_code_s():
+    from services.permissions import REDIS_USERS, redis_acl
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
+    args = compose["services"]["redis"]["command"]
+    rules, current = [], None
+    for arg in args:
+        if arg == "--user":
+            current = []
+            rules.append(current)
+        elif arg.startswith("--"):
+            current = None
+        elif current is not None:
+            current.append(arg)
+    assert rules[0] == ["default", "off"]
+    assert [" ".join(r) for r in rules[1:]] == [redis_acl(u, f"${{TRADEFLOW_REDIS_PASSWORD_{u.upper()}:?required}}")
+                                              for u in REDIS_USERS]
+    for name, service in compose["services"].items():
+        url = (service.get("environment") or {}).get("REDIS_URL")
+        if url:   # each service with its own Redis user, strategy's replicas with strategy's
+            assert url.startswith(f"redis://{name.split('-')[0]}:${{TRADEFLOW_REDIS_PASSWORD_{name.split('-')[0].upper()}"), name
