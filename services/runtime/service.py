@@ -188,7 +188,8 @@ class Service:
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
                 self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
-                                     consumer=self.consumer, tracing=self.tracing, tracking=tracking)
+                                     consumer=self.consumer, tracing=self.tracing, tracking=tracking,
+                                     reconnects=lambda: self.nc.stats["reconnects"])
                 main.append(asyncio.create_task(self.worker.run(), name="worker"))
                 capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer)
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))

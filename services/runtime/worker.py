@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,8 +85,10 @@ class Worker:
 
     def __init__(self, agent: Agent, sub: JetStreamContext.PullSubscription, *, publisher: Publisher,
                  dedup: DedupRegistry, metrics: Metrics, settings: RuntimeSettings, consumer: str | None = None,
-                 tracing: Tracing | None = None, tracking: Tracking | None = None) -> None:
-        """`tracking`: what the rebuilt state of a stateful agent holds (an empty record if not given)."""
+                 tracing: Tracing | None = None, tracking: Tracking | None = None,
+                 reconnects: Callable[[], int] | None = None) -> None:
+        """`tracking`: what the rebuilt state of a stateful agent holds (an empty record if not given);
+        `reconnects`: how often the NATS connection was made again (its stats)."""
         self.agent = agent
         self.tracking = (tracking or Tracking()) if agent.stateful else None
         self.tracing = tracing
@@ -100,6 +102,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.service = agent.name
         self._last_delivery: int | None = None            # the consumer's number for the last delivery that came
+        self.reconnects = reconnects or (lambda: 0)        # how often the connection was made again
+        self._reconnects_seen = self.reconnects()
         self._ahead: asyncio.Task | None = None           # the next batch's fetch, under way while one is processed
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
@@ -144,7 +148,8 @@ class Worker:
                     await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                     continue
                 lost = self._lost_on_the_way(msgs) if self.agent.stateful else 0
-                if (failures or lost) and self.agent.stateful and await self._deliveries_in_limbo(msgs):
+                reconnected = self._reconnected()
+                if (failures or lost or reconnected) and self.agent.stateful and await self._deliveries_in_limbo(msgs):
                     failures = 0
                     continue
                 failures = 0
@@ -162,6 +167,15 @@ class Worker:
         for msg in nats_internals.queued(self.sub):
             await self._quietly(msg.nak())
         await self._quietly(self.sub.unsubscribe())
+
+    def _reconnected(self) -> bool:
+        """Whether the connection was made again since the last batch: what the last one delivered may be
+        gone with it, whatever the delivery numbers say (a restarted nats-server numbers from its own state)."""
+        count = self.reconnects()
+        if count == self._reconnects_seen:
+            return False
+        self._reconnects_seen = count
+        return True
 
     def _lost_on_the_way(self, msgs: Sequence[Msg]) -> int:
         """How many deliveries came before this batch's that never reached this worker: a nats-server restart
@@ -195,6 +209,9 @@ class Worker:
         for msg in msgs:
             await self._quietly(msg.nak(delay=wait))
         await pause(wait, self.stopping)
+        # what the last fetch's request brought meanwhile is newer than what was waited for: after it
+        for msg in nats_internals.queued(self.sub):
+            await self._quietly(msg.nak(delay=1.0))
         return True
 
     def _fetch(self) -> asyncio.Task:
