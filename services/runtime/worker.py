@@ -187,12 +187,13 @@ class Worker:
         return lost
 
     async def _deliveries_in_limbo(self, msgs: Sequence[Msg]) -> bool:
-        """After fetches failed (NATS away, or the consumer's leader lost in a cluster) or deliveries were lost
-        on the way: whether JetStream holds deliveries this worker never got. They come back only after
-        ack_wait, and a stateful agent would see a symbol's bars out of order if it handled anything newer
-        first. If so, give this batch back to come again after them, and wait them out, as at start-up
-        (Service._await_unacked). The batch is naked with a delay: JetStream redelivers a nak without one
-        at once, ahead of what it redelivers when ack_wait runs out."""
+        """After fetches failed (NATS away, or the consumer's leader lost in a cluster), a reconnection, or
+        deliveries lost on the way: whether JetStream holds deliveries this worker never got. They come back
+        only after ack_wait, and a stateful agent would see a symbol's bars out of order if it handled anything
+        newer first. If so, let go of this batch and of what the last request still brings, unanswered, and
+        wait until all of it has run out of ack_wait too: JetStream then redelivers it all in the order it was
+        delivered, the lost ones first, before anything new. (A nak would put the batch ahead of the lost ones,
+        and a nak with a delay lets new messages in before it.)"""
         try:
             info = await self.sub.consumer_info()
         except asyncio.CancelledError:
@@ -203,15 +204,12 @@ class Worker:
         unaccounted = undelivered(info.num_ack_pending or 0, len(msgs))
         if not unaccounted:
             return False
-        wait = self.settings.ack_wait + 0.5
+        wait = self.settings.ack_wait + self.settings.fetch_timeout + 0.5
         log.warning("after the outage JetStream holds deliveries this worker never got: waiting for them first",
                     extra={"unaccounted": unaccounted, "seconds": wait})
-        for msg in msgs:
-            await self._quietly(msg.nak(delay=wait))
         await pause(wait, self.stopping)
-        # what the last fetch's request brought meanwhile is newer than what was waited for: after it
-        for msg in nats_internals.queued(self.sub):
-            await self._quietly(msg.nak(delay=1.0))
+        let_go = nats_internals.queued(self.sub)   # delivered to the last request meanwhile: they run out too
+        _, self._last_delivery = lost_deliveries(self._last_delivery, [consumer_sequence(m.reply) for m in let_go])
         return True
 
     def _fetch(self) -> asyncio.Task:
