@@ -22,9 +22,18 @@ def _ours(proc: psutil.Process, session: str) -> bool:
         return False
 
 
+def _ends_with_us(proc: psutil.Process, me: int) -> bool:
+    """multiprocessing's helpers of this very process (its forkserver, its resource tracker): they read a
+    pipe from it and end when it does, so they are not left behind."""
+    try:
+        return proc.ppid() == me and "from multiprocessing." in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return True
+
+
 def _left() -> list[psutil.Process]:
     me, session = os.getpid(), os.environ[_MARK]
-    return [p for p in psutil.process_iter() if p.pid != me and _ours(p, session)]
+    return [p for p in psutil.process_iter() if p.pid != me and _ours(p, session) and not _ends_with_us(p, me)]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
