@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -82,3 +83,11 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(parts) or (token != "*" and token != parts[i]):
             return False
     return len(parts) == len(tokens)
+
+
+def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """A test of whether a subject matches any of `patterns`; a set lookup when each is `<stage>.>`."""
+    stages = {p[:-2] for p in patterns if p.endswith(".>") and p.count(".") == 1}
+    if len(stages) == len(patterns):
+        return lambda subject: (part := subject.partition("."))[0] in stages and bool(part[1])
+    return lambda subject: any(subject_matches(pattern, subject) for pattern in patterns)

@@ -39,6 +39,7 @@ from contracts.errors import TradeflowError
 from contracts.subjects import PIPELINE_STREAM, STAGES
 from replay.store import StoredEvent
 from services.runtime.publish import Outgoing, Publisher
+from services.runtime.topology import consumed
 
 REPLAY_RUN, REPLAY_OF = ce.REPLAY_RUN, ce.REPLAY_OF
 REPLAY_STREAM = "REPLAY"
@@ -98,10 +99,8 @@ async def check_target(jsm: JetStreamManager, stages: Sequence[str], isolate: st
         raise ReplayError("no PIPELINE stream on this NATS server: is tradeflow running? (tradeflow up)") from None
     live = set()
     for info in await jsm.consumers_info(PIPELINE_STREAM):
-        config = info.config
-        filters = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [">"])
-        if info.num_waiting > 0 and (config.durable_name or "") != "recorder":
-            live.update(f.split(".")[0] for f in filters)
+        if info.num_waiting > 0 and (info.config.durable_name or "") != "recorder":
+            live.update(f.split(".")[0] for f in consumed(info.config))
     idle = [stage for stage in stages if stage not in live and ">" not in live]
     if idle:
         raise ReplayError(f"no service is consuming {', '.join(idle)} right now: start the pipeline "

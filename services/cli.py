@@ -379,9 +379,9 @@ def _status_table(state: dict) -> list[str]:
                    [[s["name"], s["id"], s["version"], s["pid"], s["http_port"], s["consumer"], s["messages_in"],
                      s["messages_out"], s["dead_letters"]] for s in services]) if services else ["  none"]
     lines += ["", "consumers on PIPELINE"]
-    lines += table(["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "PAUSED", "FILTER"],
+    lines += table(["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "PAUSED", "CONSUMES"],
                    [[c["name"], c["pending"], c["ack_pending"], c["redelivered"], "yes" if c["paused"] else "no",
-                     c["filter"]] for c in state["consumers"]]) if state["consumers"] else ["  none"]
+                     c["consumes"]] for c in state["consumers"]]) if state["consumers"] else ["  none"]
     lines += ["", "streams"]
     lines += table(["STREAM", "MESSAGES", "BYTES", "FIRST SEQ", "LAST SEQ", "CONSUMERS"],
                    [[t["name"], t["messages"], t["bytes"], t["first_seq"], t["last_seq"], t["consumers"]]

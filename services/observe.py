@@ -12,6 +12,7 @@ from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from services.runtime.topology import consumed
 
 
 async def subject_counts(jsm: JetStreamManager, stream: str = PIPELINE_STREAM) -> dict[str, int]:
@@ -139,7 +140,7 @@ async def status(nc, timeout: float = 0.5) -> dict:
         for c in await jsm.consumers_info(PIPELINE_STREAM):
             consumers.append({"name": c.name, "pending": c.num_pending or 0, "ack_pending": c.num_ack_pending or 0,
                               "redelivered": c.num_redelivered or 0, "paused": bool(getattr(c, "paused", False)),
-                              "filter": c.config.filter_subject or ",".join(c.config.filter_subjects or []) or ">"})
+                              "consumes": ",".join(consumed(c.config))})
     except NotFoundError:
         pass
     streams = []

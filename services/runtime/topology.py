@@ -33,7 +33,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.errors import ConfigError
-from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+from contracts.subjects import ADVISORY_STREAM, DATA_READY, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
 from services.runtime.advisories import advisory_consumer_config, advisory_stream
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import PermissionWatch, nats_options
@@ -74,16 +74,26 @@ def dlq_stream(settings: RuntimeSettings) -> StreamConfig:
 
 
 def stream_filters(filters: list[str], stream_subjects: list[str] = PIPELINE_SUBJECTS) -> list[str]:
-    """A consumer's filters, none when they are the stream's own subjects (the recorder's): the same messages,
-    and nats-server finds a filtered consumer's next message in a block by going through every subject the
-    block holds that a filter matches (filestore's firstMatchingMulti), where an unfiltered one takes the
-    next sequence. With 500 symbols, draining a backlog through all five stage filters cost the server
-    6.7 CPU-s for 25,000 messages, unfiltered 0.3 s."""
-    return [] if sorted(filters) == sorted(stream_subjects) else list(filters)
+    """A durable's filters: none when they are the stream's own subjects (the recorder's) or several stages,
+    bars among them (risk, execution, audit: bars are nine events in ten), whose worker then acks the
+    other stages' events without handling them (Worker.process). nats-server finds a filtered consumer's
+    next message in a block by going through every subject the block holds that a filter matches
+    (filestore's firstMatchingMulti), where an unfiltered one takes the next sequence: with 500 symbols,
+    draining a backlog cost the server 0.100 CPU-s per 1,000 messages through three stage filters, 0.042
+    through the bars' one (strategy's, kept: the two in ten it would pass over cost more at 5 symbols)
+    and 0.013 unfiltered (bench/filter_cost.py). A partitioned replica's filters name its symbols and stay."""
+    if sorted(filters) == sorted(stream_subjects) or (len(filters) > 1 and f"{DATA_READY}.>" in filters):
+        return []
+    return list(filters)
+
+
+CONSUMES = "tradeflow_consumes"   # a durable's metadata: the subjects its service takes (its filters may be none)
 
 
 def consumer_config(name: str, filters: list[str], settings: RuntimeSettings) -> ConsumerConfig:
-    """A service's durable pull consumer, with retries bounded explicitly."""
+    """A service's durable pull consumer, with retries bounded explicitly; its metadata names what its
+    service takes (`nats consumer info` shows it), its filters may be none (stream_filters)."""
+    consumes = ",".join(filters)
     filters = stream_filters(filters)
     return ConsumerConfig(
         durable_name=name,
@@ -96,7 +106,14 @@ def consumer_config(name: str, filters: list[str], settings: RuntimeSettings) ->
         max_ack_pending=settings.max_ack_pending,
         filter_subjects=filters if len(filters) > 1 else None,
         filter_subject=filters[0] if len(filters) == 1 else None,
+        metadata={CONSUMES: consumes},
     )
+
+
+def consumed(config: ConsumerConfig) -> list[str]:
+    """The subjects a durable's service takes: its metadata's, else its filters, else everything."""
+    named = (config.metadata or {}).get(CONSUMES)
+    return named.split(",") if named else _filters(config) or [">"]
 
 
 class ProvisionError(ConfigError):
@@ -143,6 +160,7 @@ def consumer_drifted(have: ConsumerConfig, want: ConsumerConfig) -> bool:
 
     return (
         _filters(have) != _filters(want)
+        or (have.metadata or {}).get(CONSUMES) != (want.metadata or {}).get(CONSUMES)
         or unlimited(have.max_deliver) != unlimited(want.max_deliver)
         or have.max_ack_pending != want.max_ack_pending
         or abs((have.ack_wait or 0) - (want.ack_wait or 0)) > 1e-6

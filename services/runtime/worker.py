@@ -38,6 +38,7 @@ from nats.js import JetStreamContext
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
+from contracts.subjects import matcher
 from services.deadletters import dead_letter_copy
 from services.runtime import nats_internals
 from services.runtime.agent import Agent
@@ -108,6 +109,7 @@ class Worker:
         self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
         self.linger = float(getattr(agent, "linger", 0.0))  # off the trading path: let small batches fill
+        self.takes = matcher(agent.consumes)               # its inputs; its durable may deliver more (stream_filters)
         self.unmarked: list[str] = []                      # acked, not yet marked (written together, or after an outage)
         self._marked_at = time.monotonic()
         self.naked: set[int] = set()                       # stream positions naked for a retry: gaps below the acks
@@ -180,8 +182,15 @@ class Worker:
     def _lost_on_the_way(self, msgs: Sequence[Msg]) -> int:
         """How many deliveries came before this batch's that never reached this worker: a nats-server restart
         quick enough that the fetch only timed out, or a consumer leader lost with them in a cluster."""
-        lost, self._last_delivery = lost_deliveries(self._last_delivery,
-                                                    [consumer_sequence(msg.reply) for msg in msgs])
+        if not msgs:
+            return 0
+        first, final = consumer_sequence(msgs[0].reply), consumer_sequence(msgs[-1].reply)
+        if final - first + 1 == len(msgs):   # one after the other, as one request's deliveries are numbered
+            lost, _ = lost_deliveries(self._last_delivery, [first])
+            self._last_delivery = final
+        else:
+            lost, self._last_delivery = lost_deliveries(self._last_delivery,
+                                                        [consumer_sequence(msg.reply) for msg in msgs])
         if lost:
             log.warning("deliveries never reached this worker", extra={"lost": lost})
         return lost
@@ -255,12 +264,26 @@ class Worker:
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         """Apply the processing contract to one fetched batch."""
+        takes = self.takes
+        if not all(takes(msg.subject) for msg in msgs):
+            msgs = await self._pass_over(msgs)
         self._count(self.metrics.messages_in, (msg.subject for msg in msgs))
         arrived = [(msg, delivery(msg.reply)) for msg in msgs]
         decoded = await self._decode(await self._not_held(arrived) if self.tracking is not None else arrived)
         for segment in segments(decoded, attempt=lambda item: item[1].envelope.attempt,
                                 ident=lambda item: item[1].id, suspect=self.suspect):
             await self._process_segment(segment)
+
+    async def _pass_over(self, msgs: Sequence[Msg]) -> list[Msg]:
+        """The batch's inputs; the other stages' events (an agent that takes every bar has a durable without
+        filters, topology.stream_filters) are acked, and are not handled or counted."""
+        takes, mine = self.takes, []
+        for msg in msgs:
+            if takes(msg.subject):
+                mine.append(msg)
+            else:
+                await self._quietly(msg.ack())
+        return mine
 
     async def _not_held(self, arrived: list[Arrived]) -> list[Arrived]:
         """The messages the state does not hold yet; those it holds are done (delivered again after a

@@ -79,6 +79,8 @@ async def test_tradeflow_status_lists_services_consumers_streams_and_dead_letter
     state = json.loads(out)
     assert sorted(s["name"] for s in state["services"]) == sorted(SERVICES)
     assert {c["name"] for c in state["consumers"]} >= {"strategy", "quant", "risk", "execution", "audit", "recorder"}
+    takes = {c["name"]: c["consumes"] for c in state["consumers"]}   # what each takes, filtered or not
+    assert takes["quant"] == "signals_ready.>" and takes["risk"] == "validated_ready.>,executed_ready.>,data_ready.>"
     assert state["dead_letters"]["strategy"] == 1   # every stage that reads bars dead-letters its copy
     assert next(s for s in state["streams"] if s["name"] == "PIPELINE")["messages"] >= 2
 

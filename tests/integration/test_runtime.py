@@ -15,14 +15,14 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from redis.asyncio import Redis
 
 from contracts.codec import Incoming, encode
-from contracts.events import SignalGenerated
+from contracts.events import BarReceived, OrderApproved, SignalGenerated
 from contracts.subjects import PIPELINE_STREAM, PIPELINE_SUBJECTS
 from services.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
 from services.runtime.publish import Publisher
-from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams
+from services.runtime.topology import consumed, consumer_config, ensure_consumer, ensure_streams
 from services.runtime.tracking import Tracking
 from services.runtime.worker import Worker
 from tests.integration.conftest import DLQ_STREAM, stream_messages, wait_for
@@ -57,8 +57,9 @@ async def test_a_consumer_of_the_whole_stream_has_no_filter_and_one_made_with_fi
     await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("recorder", list(PIPELINE_SUBJECTS), settings))
     config = (await jsm.consumer_info(PIPELINE_STREAM, "recorder")).config
     assert not config.filter_subject and not config.filter_subjects
-    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("two", ["bars_ready.>", "executed_ready.>"], settings))
-    assert (await jsm.consumer_info(PIPELINE_STREAM, "two")).config.filter_subjects == ["bars_ready.>",
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config("two", ["signals_ready.>", "executed_ready.>"],
+                                                                settings))
+    assert (await jsm.consumer_info(PIPELINE_STREAM, "two")).config.filter_subjects == ["signals_ready.>",
                                                                                         "executed_ready.>"]
 
 
@@ -117,10 +118,10 @@ class FlakyAgent:
 
 @contextlib.asynccontextmanager
 async def running(stack, nc, agent, settings: RuntimeSettings, tracking: Tracking | None = None):
-    """A Worker for `agent` on its own durable (signals_ready.>), in this process, stopped at the end."""
+    """A Worker for `agent` on its own durable (what it consumes), in this process, stopped at the end."""
     jsm, js = nc.jsm(), nc.jetstream()
     await ensure_streams(jsm, settings)
-    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(agent.name, ["signals_ready.>"], settings))
+    await ensure_consumer(jsm, PIPELINE_STREAM, consumer_config(agent.name, list(agent.consumes), settings))
     sub = await js.pull_subscribe_bind(durable=agent.name, stream=PIPELINE_STREAM)
     redis = Redis.from_url(stack.redis_url)
     worker = Worker(agent, sub, publisher=Publisher(js, timeout=5, window=64),
@@ -194,6 +195,49 @@ async def test_a_stateful_worker_takes_what_its_state_holds_as_done_and_handles_
         assert agent.calls == {"S2": 1, "S4": 1}
         assert worker.metrics.duplicates.labels("tally")._value.get() == 2
         assert all(tracking.holds(seq) for seq in seqs)
+
+
+class BarsAndSignals(Tally):
+    """A stateful agent of two stages, bars among them, as risk, execution and audit are."""
+
+    name = "two"
+    consumes = ("data_ready.>", "signals_ready.>")
+
+    def handle(self, incoming: Incoming, now: datetime):
+        self.calls[incoming.envelope.subject] = self.calls.get(incoming.envelope.subject, 0) + 1
+        return []
+
+
+async def test_an_agent_that_takes_every_bar_reads_the_whole_stream_and_passes_over_the_other_stages(
+        make_stack, tmp_path):
+    """Its durable has no filter (a filtered consumer costs nats-server more with every symbol) and names
+    what the agent takes in its metadata; the worker acks the other stages' events without handling,
+    counting or dead-lettering them, and handles its own in stream order."""
+    stack, nc = await make_stack(services=())
+    settings = RuntimeSettings(fetch_timeout=0.3, data_dir=str(tmp_path))
+    jsm, js = nc.jsm(), nc.jetstream()
+    await ensure_streams(jsm, settings)
+    ts = datetime.fromisoformat("2024-01-02T14:30:00+00:00")
+    bar = encode(BarReceived(symbol="S", ts=ts, open=10.0, high=11.0, low=9.5, close=10.5, volume=100.0))
+    order = encode(OrderApproved(symbol="S", ts=ts, order_id="o-1", side="buy", quantity=1.0, price=10.0))
+    for subject, body in [("data_ready.S", bar), ("approved_ready.S", order), ("signals_ready.S", signal_for("S")),
+                          ("approved_ready.S", b"not even json"), ("data_ready.S", bar)]:
+        await js.publish(subject, body)
+    agent = BarsAndSignals()
+    async with running(stack, nc, agent, settings) as worker:
+        async def settled() -> bool:
+            info = await jsm.consumer_info(PIPELINE_STREAM, "two")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(settled, timeout=20, what="every event acked")
+        config = (await jsm.consumer_info(PIPELINE_STREAM, "two")).config
+        assert not config.filter_subject and not config.filter_subjects
+        assert consumed(config) == ["data_ready.>", "signals_ready.>"]
+        assert agent.calls == {"data_ready.S": 2, "signals_ready.S": 1}
+        counted = {stage: worker.metrics.messages_in.labels("two", stage)._value.get()
+                   for stage in ("data_ready", "signals_ready", "approved_ready")}
+        assert counted == {"data_ready": 2, "signals_ready": 1, "approved_ready": 0}
+        assert not [m for m in await stream_messages(nc, DLQ_STREAM) if m.subject.startswith("dlq.two.")]
 
 
 class InOrder(Tally):

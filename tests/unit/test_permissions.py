@@ -101,7 +101,7 @@ def test_a_consumer_with_another_ack_policy_cannot_be_updated():
     [(_, want), *_] = deployment_consumers(RuntimeSettings())
     have = ConsumerConfig(durable_name=want.durable_name, ack_policy=AckPolicy.NONE, deliver_policy=want.deliver_policy,
                           filter_subject=want.filter_subject, ack_wait=want.ack_wait, max_deliver=want.max_deliver,
-                          max_ack_pending=want.max_ack_pending)
+                          max_ack_pending=want.max_ack_pending, metadata=want.metadata)
     assert consumer_problems("PIPELINE", have, want) and not consumer_drifted(have, want)
     assert not consumer_problems("PIPELINE", want, want) and not consumer_drifted(want, want)
 
