@@ -26,9 +26,10 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
     env = LOGIC_ENV | {"TRADEFLOW_STREAM_REPLICAS": "3", "TRADEFLOW_ACK_WAIT": "5"}
     paced = DATA_ENV | {"TRADEFLOW_DATA_RATE": "150"}      # 1,200 bars over 8 s: the kill lands mid-stream
     stack = Stack(tmp_path / "cluster", env=env, per_service_env={"data": paced}, nats_cluster=3)
-    await stack.start()
-    nc = await nats.connect(**nats_options(stack.nats_url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    await stack.start()   # a failed start stops what it started
+    nc = None
     try:
+        nc = await nats.connect(**nats_options(stack.nats_url), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         jsm = nc.jsm()
         info = await jsm.stream_info(PIPELINE_STREAM)
         assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
@@ -80,7 +81,8 @@ async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_noth
               f"longest gap between two bars stored {gap:.2f} s (the feed sends one every {1 / 150:.3f} s)")
         assert gap < 30
     finally:
-        await nc.close()
+        if nc is not None:
+            await nc.close()
         codes = await stack.stop()
     assert all(code in (0, None) for name, code in codes.items() if name != node), codes
 

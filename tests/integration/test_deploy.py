@@ -3,7 +3,6 @@ its scale-out and 3-node cluster variants, and the Dockerfile and Kubernetes man
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,4 +118,9 @@ def test_the_kubernetes_manifests_are_valid():
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert any(e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]), name
-    assert json.dumps([d for d in docs if d["kind"] == "Secret"])
+    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    for name, d in deployments.items():   # each service reads its own URLs, which the Secret holds
+        refs = {e["valueFrom"]["secretKeyRef"]["key"] for c in d["spec"]["template"]["spec"]["containers"]
+                for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert refs <= set(secret["stringData"]), (name, refs - set(secret["stringData"]))
+        assert {f"{name}-nats-url", f"{name}-redis-url"} <= refs and all(r.startswith(f"{name}-") for r in refs), refs

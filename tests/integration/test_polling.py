@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from datetime import datetime, timedelta, timezone
 
@@ -76,7 +75,17 @@ async def test_an_http_provider_is_polled_and_a_failing_symbol_does_not_stop_the
         await wait_for(lambda: published(6), what="the first bars of AAA and BBB")
         served["AAA"] = 7
         await wait_for(lambda: published(10), what="AAA's new bars")
-        await asyncio.sleep(0.5)    # more polls: nothing new, nothing again
+
+        async def polls(symbol: str) -> int:
+            _, progress = await http_json(stack.http_port("data"), "/v1/progress")
+            return next(f["polls"] for f in progress["symbols"] if f["symbol"] == symbol)
+
+        before = await polls("AAA")
+
+        async def polled_again() -> bool:   # more polls: nothing new, nothing again
+            return await polls("AAA") >= before + 3
+
+        await wait_for(polled_again, what="three more polls of AAA")
         events = [decode(m.subject, m.data, m.headers) for m in
                   await stream_messages(nc, PIPELINE_STREAM, "data_ready.>")]
         assert sorted((e.event.symbol, e.event.ts) for e in events) == sorted(

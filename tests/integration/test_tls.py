@@ -42,9 +42,9 @@ async def test_a_tls_deployment_works_for_clients_that_trust_its_ca(tmp_path):
     (tmp_path / "certs").mkdir()
     certs = make_certificates(tmp_path / "certs")
     stack = Stack(tmp_path / "stack", services=("quant",), tls_dir=certs)
-    await stack.start()
-    trusted = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    await stack.start()   # a failed start stops what it started
     try:
+        trusted = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         nc = await nats.connect(stack.nats_url, tls=trusted)
         try:
             signal = {"symbol": "TLS", "ts": "2024-01-02T14:30:00Z", "side": "buy", "strength": 0.5, "price": 1.0,
