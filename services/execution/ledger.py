@@ -3,6 +3,10 @@
 It is the source of truth for what was filled: an order whose id is in the ledger is never
 filled again; its recorded fill is re-published instead (same event id, so the stream's
 duplicate window drops it if it got there the first time).
+
+The ledger is one execution process's own (execution runs as one replica, and never two on one
+durable), so the order ids it holds are also kept in memory: an order it never filled, which is
+every new one, costs no read before it is filled.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ _DECODE = msgspec.json.Decoder(OrderFilled)
 class FillLedger:
     """Record fills once by order id; look recorded ones up."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, held: set[str]) -> None:
         self._db = db
         self.path = path
+        self._held = held   # every order id in the ledger
 
     @classmethod
     async def open(cls, path: Path) -> FillLedger:
@@ -43,16 +48,18 @@ class FillLedger:
             await db.execute("PRAGMA busy_timeout=5000")
             await db.execute(_SCHEMA)
             await db.commit()
+            async with db.execute("SELECT order_id FROM fills") as cur:
+                held = {order_id for (order_id,) in await cur.fetchall()}
         except (aiosqlite.Error, OSError) as exc:
             if db is not None:   # its worker thread would keep the process alive
                 await db.close()
             raise ConfigError(f"execution ledger {path}: {exc}") from None
-        return cls(db, path)
+        return cls(db, path, held)
 
     async def lookup(self, order_ids: Sequence[str]) -> dict[str, OrderFilled]:
         """The recorded fills of those of `order_ids` that were filled."""
         found: dict[str, OrderFilled] = {}
-        ids = list(dict.fromkeys(order_ids))
+        ids = [order_id for order_id in dict.fromkeys(order_ids) if order_id in self._held]
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start:start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -71,6 +78,7 @@ class FillLedger:
         before = self._db.total_changes
         await self._db.executemany("INSERT OR IGNORE INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         await self._db.commit()
+        self._held.update(f.order_id for f in fills)
         return self._db.total_changes - before
 
     async def recent(self, limit: int = 100, symbol: str | None = None) -> list[OrderFilled]:

@@ -1,11 +1,15 @@
 """Quant service wiring: signals_ready.<SYM> -> validated_ready.<SYM> or rejected.quant.<SYM>.
 
 Each symbol's volatility regime is cached in Redis (kind `regime`, TTL TRADEFLOW_CACHE_TTL_REGIME):
-written for every signal that carried a volatility, read for signals that carry none.
+written for every signal that carried a volatility, read for signals that carry none. The write goes
+while the batch's outputs are published, not before: the cache is never the truth, so nothing waits
+for it but the next batch (which may read it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -17,6 +21,8 @@ from services.quant.logic import REGIMES, Accepted, QuantParams, measure, valida
 from services.runtime.agent import AgentContext
 from services.runtime.cache import Cache
 from services.runtime.settings import load
+
+log = logging.getLogger(__name__)
 
 
 class QuantAgent:
@@ -33,6 +39,7 @@ class QuantAgent:
         self.cache: Cache | None = None
         self.cached: dict[str, str] = {}        # regimes read for this batch
         self.measured: dict[str, dict] = {}     # regimes measured in this batch, to cache
+        self.caching: asyncio.Task | None = None  # the last batch's regimes on their way to the cache
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Event]:
         signal = incoming.event
@@ -49,7 +56,8 @@ class QuantAgent:
         self.cache = context.cache
 
     async def prepare(self, inputs: Sequence[Incoming]) -> None:
-        """Read the cached regime of the symbols whose signals carry no volatility."""
+        """Read the cached regime of the symbols whose signals carry no volatility (once the last batch's are in)."""
+        await self._cached()
         self.measured = {}
         wanted = [inc.event.symbol for inc in inputs if "volatility" not in inc.event.features]
         found = await self.cache.get_many("regime", wanted) if self.cache and wanted else {}
@@ -57,13 +65,26 @@ class QuantAgent:
                        if isinstance(v, dict) and v.get("regime") in REGIMES}
 
     async def record(self) -> None:
-        """Cache the regimes this batch measured (best effort: the cache is never the truth)."""
+        """Start caching the regimes this batch measured; the outputs do not wait for it (best effort: the
+        cache is never the truth). One write at a time: the last one is waited for first."""
         if self.cache and self.measured:
-            await self.cache.set_many("regime", self.measured)
+            await self._cached()
+            self.caching = asyncio.create_task(self.cache.set_many("regime", self.measured), name="quant-regimes")
         self.measured = {}
 
+    async def _cached(self) -> None:
+        caching, self.caching = self.caching, None
+        if caching is None:
+            return
+        try:
+            await caching
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a cache write that failed costs a later read, nothing else
+            log.warning("regimes not cached", extra={"error": repr(exc)})
+
     async def close(self) -> None:
-        return None
+        await self._cached()
 
     def snapshot(self) -> Any:
         return dict(self.accepted)
