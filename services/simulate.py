@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import msgspec
 
 from contracts.codec import Incoming
-from contracts.envelope import Envelope, derive_id
+from contracts.envelope import Envelope
 from contracts.errors import BadInput
 from contracts.events import BarReceived, Event
 from contracts.subjects import STAGES, subject_for
@@ -25,6 +25,7 @@ from services.data.service import bar_id
 from services.execution.service import ExecutionAgent
 from services.quant.service import QuantAgent
 from services.risk.service import RiskAgent
+from services.runtime.agent import output_id
 from services.strategy.service import StrategyAgent
 
 
@@ -74,7 +75,7 @@ def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy:
             cause_of = getattr(agent, "cause_of", None)  # as the runtime asks: an output may name its cause
             named = [cause_of(out) if cause_of else None for out in outputs]
             for index, (out, cause) in enumerate(zip(outputs, named)):
-                out_id = derive_id(agent.name, event_id, index)
+                out_id = output_id(agent, event_id, index, out)
                 causes[out_id] = cause[1] if cause else event_id
                 deliver(out_id, out)
 

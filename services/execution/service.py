@@ -66,6 +66,11 @@ class ExecutionAgent:
         self.causes = {f.order_id: self.waiting.pop(f.order_id) for f in fills if f.order_id in self.waiting}
         return fills
 
+    def output_key(self, event: OrderFilled) -> str:
+        """A fill is its order's, made once (the ledger): its id comes from the order, whichever input made or
+        re-published it (the order itself, the bar after it, or a redelivery of either)."""
+        return f"fill:{event.order_id}"
+
     def cause_of(self, event: OrderFilled) -> tuple[str, str] | None:
         """A fill made on the next bar belongs to its order's trace, caused by the order, not the bar."""
         return self.causes.get(event.order_id)

@@ -16,7 +16,9 @@ The pure logic never sees them.
 
 An agent may also give `cause_of(output) -> (trace id, causation id) | None`, for an output
 that belongs to an earlier input's journey than the one being handled (a fill made on the bar
-after its order); the default is the input's trace, caused by the input.
+after its order); the default is the input's trace, caused by the input. And `output_key(output)
+-> str | None`, for an output that exists once whichever input leads to it (an order's fill): its
+event id is derived from that key rather than from the input and the output's place (output_id).
 
 Optional class attributes change what the runtime does for an agent:
   dedup = False          skip the Redis dedup registry: the agent's effects are idempotent by event id;
@@ -35,13 +37,14 @@ Optional class attributes change what the runtime does for an agent:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from contracts.codec import Incoming
+from contracts.envelope import derive_id
 from contracts.events import Event
 from services.runtime.cache import Cache
 from services.runtime.metrics import Metrics
@@ -77,7 +80,7 @@ class AgentContext:
     """What `open()` is given: the cache, the service's data directory, its metrics, and its pools for
     off-loop work (CPU-heavy features in processes, blocking I/O in threads)."""
 
-    cache: Cache
+    cache: Cache | None   # None when the service runs without Redis (tests of one agent)
     data_dir: Path
     metrics: Metrics
     pool: ComputePool | None = None
@@ -90,9 +93,9 @@ class Publish(Protocol):
 
 
 class ProducerContext(Protocol):
-    """What a producing agent (data, dashboard) is given: a publish function, the JetStream context, the connection, the service's
-    task manager and metrics, and the event set when the service stops (a producer that runs until
-    then returns once it is set)."""
+    """What a producing agent (data, dashboard) is given: a publish function, the JetStream context, the
+    connection, the service's task manager and metrics, and the event set when the service stops (a
+    producer that runs until then returns once it is set)."""
 
     publish: Publish
     js: Any
@@ -103,4 +106,15 @@ class ProducerContext(Protocol):
     stopping: asyncio.Event
 
 
-Producer = Callable[[ProducerContext], Awaitable[None]]
+Producer = Callable[[ProducerContext], Coroutine[Any, Any, None]]
+
+
+def output_id(agent: object, input_id: str, index: int, output: Event) -> str:
+    """The event id of an agent's `index`-th output for the input `input_id`: derived from the two (a
+    redelivered input gives the same ids), or from the agent's `output_key` for that output when it names
+    one (an order's fill has one id, made on the order or on any later bar, so the stream's duplicate
+    window drops a fill published again, and the pure simulation derives the same)."""
+    key = getattr(agent, "output_key", None)
+    named = key(output) if key is not None else None
+    name: str = agent.name   # type: ignore[attr-defined]   # an Agent, or a simulation's copy of one
+    return derive_id(name, named, 0) if named else derive_id(name, input_id, index)

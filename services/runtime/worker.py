@@ -41,7 +41,7 @@ from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
 from contracts.subjects import matcher
 from services.deadletters import dead_letter_copy
 from services.runtime import nats_internals
-from services.runtime.agent import Agent
+from services.runtime.agent import Agent, output_id
 from services.runtime.config import RuntimeSettings
 from services.runtime.decisions import (after_handler_error, backoff_delay, lost_deliveries, mark_before_ack,
                                         mark_failed, marks_due, segments, undelivered)
@@ -110,7 +110,7 @@ class Worker:
         self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
         self.linger = float(getattr(agent, "linger", 0.0))  # off the trading path: let small batches fill
         self.takes = matcher(agent.consumes)               # its inputs; its durable may deliver more (stream_filters)
-        self.unmarked: list[str] = []                      # acked, not yet marked (written together, or after an outage)
+        self.unmarked: list[str] = []                      # acked, not yet marked (to write together, or later)
         self._marked_at = time.monotonic()
         self.naked: set[int] = set()                       # stream positions naked for a retry: gaps below the acks
         self._children: dict[tuple[int, str], object] = {}  # metric series by (family, stage)
@@ -144,7 +144,7 @@ class Worker:
                     continue
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # disconnected, closed, server error: wait and go on
+                except Exception as exc:  # noqa: BLE001 - disconnected, closed, server error: wait and go on
                     failures += 1
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
@@ -238,7 +238,8 @@ class Worker:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
-        if asyncio.current_task().cancelling():
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
             ahead.cancel()
         try:
             msgs = await ahead
@@ -257,7 +258,7 @@ class Worker:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a lost ack is redelivered, and handled as a repeat
             log.warning("ack/nak not sent", extra={"error": repr(exc)})
 
     # -- one batch: decode -> seen -> handle -> commit -> settle ----------------
@@ -288,6 +289,7 @@ class Worker:
     async def _not_held(self, arrived: list[Arrived]) -> list[Arrived]:
         """The messages the state does not hold yet; those it holds are done (delivered again after a
         consumer went back to an older position, or an ack that was lost): acked again, not handled."""
+        assert self.tracking is not None   # a stateful agent's
         holds = self.tracking.holds
         fresh = []
         for msg, (seq, attempt, at) in arrived:
@@ -360,7 +362,8 @@ class Worker:
                     return None
                 await self._still_working(segment)
                 # sleep well inside ack_wait, or JetStream redelivers what this worker still holds
-                await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3), self.stopping)
+                await pause(min(backoff_delay(self.settings.backoff, attempt), self.settings.ack_wait / 3),
+                            self.stopping)
 
     async def _seen(self, segment: list[Item]) -> set[str]:
         """The inputs the dedup registry says are done, for a stateless agent: while Redis is away, none
@@ -399,7 +402,7 @@ class Worker:
                 if tracing is not None:
                     outcome.traced.append((inc, 0, 0, f"{err.reason}: {err}"))
                 continue
-            except Exception as exc:  # a bug or a bad day: retry later, DLQ at the last attempt
+            except Exception as exc:  # noqa: BLE001 - a bug or a bad day: retry later, DLQ at the last attempt
                 outcome.failed.append((msg, inc, exc))
                 continue
             if tracing is not None:
@@ -407,7 +410,7 @@ class Worker:
             replay_run = inc.headers.get(ce.REPLAY_RUN)
             for index, event in enumerate(events):
                 trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
-                out = envelope_out(event, service=service, event_id=ce.derive_id(service, inc.id, index),
+                out = envelope_out(event, service=service, event_id=output_id(agent, inc.id, index, event),
                                    trace_id=trace_id, causation_id=causation_id, now=now)
                 if replay_run:  # what a replayed event leads to is part of the replay
                     out.headers[ce.REPLAY_RUN] = replay_run
@@ -551,19 +554,21 @@ class Worker:
                started_ns: int) -> None:
         """One span per output, named after it, child of its input's span; a leaf for an input with none."""
         end_ns = time.time_ns()
+        tracing = self.tracing
+        assert tracing is not None   # spans are kept only when tracing is on
         for inc, first, last, error in traced:
             parent = span_id_of(inc.headers.get(ce.TRACEPARENT))
             common = {"messaging.system": "nats", "tradeflow.service": self.service,
                       "tradeflow.input.subject": inc.envelope.subject, "tradeflow.input.id": inc.id}
             if first == last:
-                self.tracing.hop(f"{self.service} {inc.envelope.subject.partition('.')[0]}", trace_id=inc.envelope.trace_id,
+                tracing.hop(f"{self.service} {inc.envelope.subject.partition('.')[0]}", trace_id=inc.envelope.trace_id,
                                  span_id=ce.span_id(f"{self.service}:{inc.id}"), parent_span_id=parent,
                                  start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
             for out in outgoing[first:last]:
                 event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
                 # an output may belong to an earlier input's journey (cause_of): its own trace, its own cause
                 trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
-                self.tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
+                tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
                                  span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
                                  parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),
                                  attributes={**common, "messaging.destination.name": out.subject,

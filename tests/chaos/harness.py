@@ -62,7 +62,8 @@ def _key(event_id: str | None, subject: str, body: bytes | None, event=None) -> 
 
 async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] | None = None,
                     data: dict[str, str] = DATA, per_service: dict[str, dict[str, str]] | None = None,
-                    expected_dead: int = 0, after: Callable[[object, object], Awaitable[None]] | None = None) -> Figures:
+                    expected_dead: int = 0,
+                    after: Callable[[object, object], Awaitable[None]] | None = None) -> Figures:
     """Start a deployment, inject `fault` (it returns when the fault is over, with a note), wait until
     everything has drained, account for every event (and run `after` for checks of its own), record
     and return the figures."""
@@ -95,7 +96,10 @@ async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] 
     letters = [(m.subject, m.headers.get("tradeflow-dlq-reason"), m.headers.get("tradeflow-dlq-error", "")[:160])
                for m in await stream_messages(nc, DLQ_STREAM)]
     assert not lost, f"{name}: {len(lost)} events lost: {dict(kinds)}; dead letters {letters[:5]}"
-    assert not duplicate_fills, f"{name}: {duplicate_fills} orders filled twice"
+    twice = [(m.metadata.sequence.stream, m.headers.get("ce-id"), m.headers.get("ce-causationid"), m.data[:200])
+             for m in enveloped if m.subject.startswith("executed_ready.")
+             and fills[json.loads(m.data)["order_id"]] > 1]
+    assert not duplicate_fills, f"{name}: {duplicate_fills} orders filled twice: {twice}"
     assert in_stream - expected == set(), f"{name}: events nobody predicted"
     stored_keys = {_key(m.headers["ce-id"], m.subject, m.data) for m in enveloped if m.headers["ce-id"] in recorded}
     assert stored_keys == in_stream, f"{name}: events in the stream but not in the store"

@@ -16,7 +16,7 @@ from contracts.subjects import STAGES, subject_for
 from services.execution.ledger import FillLedger
 from services.execution.logic import BrokerParams
 from services.execution.service import ExecutionAgent
-from services.runtime.agent import AgentContext
+from services.runtime.agent import AgentContext, output_id
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 
@@ -100,6 +100,27 @@ async def test_an_order_waiting_for_its_bar_takes_the_recorded_fill_of_that_bar(
     try:
         second.handle(incoming(order(), "e-1"), TS)
         assert await batch(second, incoming(bar(1, 101.0), "b-1")) == [original]
+    finally:
+        await second.close()
+
+
+async def test_a_recorded_fill_published_again_from_another_input_keeps_its_event_id(tmp_path):
+    """A state that lost the bar an order was filled on (its mark gone with Redis) fills the order again on
+    a later bar: the ledger gives the recorded fill, and its event id is the order's fill's, whichever input
+    it comes from, so the stream's duplicate window drops it (an id from the bar made it a second fill)."""
+    path = tmp_path / "fills.sqlite"
+    first = await open_agent(path)
+    await batch(first, incoming(order(), "e-1"))
+    [original] = await batch(first, incoming(bar(1, 101.0), "b-1"))
+    await first.close()
+    second = await open_agent(path)
+    try:
+        second.handle(incoming(order(), "e-1"), TS)   # folded in; the bar it was filled on was not
+        [again] = await batch(second, incoming(bar(2, 105.0), "b-2"))
+        assert again == original
+        ids = {output_id(first, "b-1", 0, original), output_id(second, "b-2", 0, again),
+               output_id(second, "e-1", 0, again)}
+        assert len(ids) == 1, ids
     finally:
         await second.close()
 
