@@ -1,10 +1,20 @@
 # Two entry points: `make demo` (the main job) and `make test`.
 # Both install whatever is missing first (scripts/bootstrap).
-.PHONY: demo test setup
+# `make test` checks first (ruff, mypy on contracts/ and services/runtime/, the import layers), then runs
+# the suite: in parallel (TEST_WORKERS processes) what may share the machine, then one at a time what
+# measures time or CPU (pytest -m serial).
+TEST_WORKERS ?= 4
+.PHONY: demo test check setup
 setup:
 	@scripts/bootstrap
 demo: setup
 	.venv/bin/tradeflow demo
-test:
+check:
+	@scripts/bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
+test: check
 	@scripts/bootstrap --browser
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n $(TEST_WORKERS) -m "not serial"
+	.venv/bin/python -m pytest -q -m serial

@@ -115,7 +115,8 @@ async def offloop(args) -> None:
     print(f"    sequential in the process   {sequential:7.2f} s")
     print(f"    through the pool            {pooled:7.2f} s   {sequential / pooled:.2f}x  "
           f"(target >= {SPEEDUP_TARGET}x: {'met' if sequential / pooled >= SPEEDUP_TARGET else 'NOT met'})")
-    print(f"    event-loop lag meanwhile    p95 {lag:.3f} ms, max {max(lags) * 1000:.3f} ms over {len(lags):,} samples  "
+    print(f"    event-loop lag meanwhile    p95 {lag:.3f} ms, max {max(lags) * 1000:.3f} ms "
+          f"over {len(lags):,} samples  "
           f"(target p95 < {LAG_TARGET_MS} ms: {'met' if lag < LAG_TARGET_MS else 'NOT met'})")
 
 

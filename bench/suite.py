@@ -13,7 +13,8 @@ deployment:
               from the first publish until the pipeline's consumers (audit and the hops before it)
               are idle and the stream has stopped growing. Throughput is the stream's events (bars
               and everything they caused) over that time. tradeflow's recorder is timed apart: how
-              long after the pipeline's last event it too is idle (its lag after the last bar). CPU seconds and peak RSS are read (psutil) for each of the
+              long after the pipeline's last event it too is idle (its lag after the last bar).
+              CPU seconds and peak RSS are read (psutil) for each of the
               system's own processes over the same span (the servers are reported apart).
   latency     `--latency-bars` more bars of the same symbols (their windows are warm), paced at
               `--rate` per second; tick-to-trade is from just before a bar's publish until its
@@ -65,7 +66,8 @@ from services.supervisor import Proc, port_open  # noqa: E402
 
 SYSTEMS = ("raw", "faststream", "tradeflow")
 HOPS = ("strategy", "quant", "risk", "execution", "audit")
-PEERS = {"raw": ROOT / "bench" / "baselines" / "raw.py", "faststream": ROOT / "bench" / "peers" / "faststream_pipeline.py"}
+PEERS = {"raw": ROOT / "bench" / "baselines" / "raw.py",
+         "faststream": ROOT / "bench" / "peers" / "faststream_pipeline.py"}
 PREFIX = {"raw": "raw", "faststream": "fs"}
 SERVERS = ("nats-server", "redis-server")
 # tradeflow's settings for the bench: fill at the signal bar's close, as the other two do
@@ -406,7 +408,8 @@ def ratios(systems: dict[str, dict]) -> dict:
                 "cpu_per_event": tf["cpu_s_per_1k"]["median"] / p["cpu_s_per_1k"]["median"],
                 "p50": tf["p50_ms"]["median"] / p["p50_ms"]["median"],
                 "cpu_per_event_all": tf["cpu_s_per_1k_all"]["median"] / p["cpu_s_per_1k_all"]["median"],
-                "light_cpu_per_bar_all": tf["light_cpu_ms_per_bar_all"]["median"] / p["light_cpu_ms_per_bar_all"]["median"],
+                "light_cpu_per_bar_all": (tf["light_cpu_ms_per_bar_all"]["median"]
+                                          / p["light_cpu_ms_per_bar_all"]["median"]),
             }
     return out
 
@@ -424,13 +427,15 @@ def table(run: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, f in s.items():
         lines.append(f"| {name} | {fmt(f['throughput_eps'])} | {fmt(f['p50_ms'], 1)} | {fmt(f['p95_ms'], 1)} | "
-                     f"{fmt(f['p99_ms'], 1)} | {fmt(f['max_ms'], 1)} | {fmt(f['rss_mb'])} | {fmt(f['cpu_s_per_1k'], 2)} |")
+                     f"{fmt(f['p99_ms'], 1)} | {fmt(f['max_ms'], 1)} | {fmt(f['rss_mb'])} | "
+                     f"{fmt(f['cpu_s_per_1k'], 2)} |")
     if run["ratios"]:
         lines += ["", "| ratio | throughput | p50 latency | p99 latency | CPU per event | CPU per event, servers "
                       "included | light-load CPU per bar, servers included |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in run["ratios"].items():
             lines.append(f"| {name} | {r['throughput']:.2f}× | {r['p50']:.2f}× | {r['p99']:.2f}× | "
-                         f"{r['cpu_per_event']:.2f}× | {r['cpu_per_event_all']:.2f}× | {r['light_cpu_per_bar_all']:.2f}× |")
+                         f"{r['cpu_per_event']:.2f}× | {r['cpu_per_event_all']:.2f}× | "
+                         f"{r['light_cpu_per_bar_all']:.2f}× |")
     light = {name: f["light_by_process"] for name, f in s.items() if f.get("light_by_process")}
     if light:
         lines += ["", f"| light load ({run['rate']:g} bars/s), CPU ms per bar | process: median of the repetitions |",
@@ -459,7 +464,8 @@ def table(run: dict) -> str:
 
 
 def machine() -> str:
-    return f"{platform.node()}, {psutil.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    return (f"{platform.node()}, {psutil.cpu_count()} cores, "
+            f"{platform.python_implementation()} {platform.python_version()}")
 
 
 async def run(args) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 from datetime import datetime, timezone
 
 import msgspec
@@ -23,7 +24,8 @@ from contracts.subjects import CE_TYPES, STAGES, parse_subject
 MAX_BODY_BYTES = 64 * 1024
 _ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
-_DECODERS = {stage: msgspec.json.Decoder(cls) for stage, (cls, _) in STAGES.items()}
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {stage: msgspec.json.Decoder(cls)
+                                                   for stage, (cls, _) in STAGES.items()}
 _ENCODER = msgspec.json.Encoder()
 
 

@@ -10,6 +10,7 @@ import msgspec
 from contracts.errors import UnknownSubject
 from contracts.events import (
     BarReceived,
+    Event,
     OrderApproved,
     OrderFilled,
     SignalGenerated,
@@ -45,7 +46,7 @@ REJECTING_STAGES = ("quant", "risk")
 SYMBOL_RE = re.compile(r"[A-Z0-9._-]{1,32}")
 
 
-def subject_for(event: msgspec.Struct) -> str:
+def subject_for(event: Event) -> str:
     """The subject an event is published on: `<stage>.<SYM>` or `rejected.<stage>.<SYM>`."""
     if isinstance(event, SignalRejected):
         return f"{REJECTED}.{event.stage}.{event.symbol}"

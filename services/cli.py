@@ -281,8 +281,8 @@ async def _connect():
     url = _settings().nats
     tls = load(TlsSettings, "TRADEFLOW_").context(url)
     try:
-        return await nats.connect(**nats_options(url), connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-                                  reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
+        return await nats.connect(**nats_options(url), connect_timeout=3, allow_reconnect=False,
+                                  max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         _fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")
 
@@ -323,7 +323,8 @@ def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> No
             ack = await nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": event_id} if event_id else None)
         finally:
             await nc.close()
-        click.echo(f"published to {subject}: stream {ack.stream} seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
+        click.echo(f"published to {subject}: stream {ack.stream} seq {ack.seq}"
+                   f"{' (duplicate)' if ack.duplicate else ''}")
 
     _run_async(main())
 
@@ -423,7 +424,8 @@ def deploy() -> None:
 @click.option("--profile", "profiles", multiple=True, help="Activate a Compose profile (scaled, cluster, ...).")
 @click.option("--env-file", type=click.Path(dir_okay=False, exists=True),
               help="Variables for the files (default: .env beside the first file, if any).")
-@click.option("--home", type=click.Path(file_okay=False), help="Where logs and volumes go (default: var/deploy-<time>).")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="Where logs and volumes go (default: var/deploy-<time>).")
 def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: str | None, home: str | None) -> None:
     """Run a Compose file's services as local processes (nats-server, redis-server, tradeflow), each with
     the environment the file gives it, until Ctrl-C: the file exercised without a container engine."""

@@ -155,7 +155,8 @@ def _variables(model: dict, env_file: Path | None) -> tuple[dict[str, str], list
                 variables[key.strip()] = value.strip().strip('"').strip("'")
     variables.update(os.environ)
     made = []
-    for name in sorted(set(m.group("braced") or m.group("bare") or "" for m in _VARIABLE.finditer(yaml.safe_dump(model)))):
+    for name in sorted(set(m.group("braced") or m.group("bare") or ""
+                           for m in _VARIABLE.finditer(yaml.safe_dump(model)))):
         if name and _SECRET.search(name) and not variables.get(name):
             variables[name] = secrets.token_urlsafe(18)
             made.append(name)

@@ -87,7 +87,8 @@ def service_permissions(service: str, durables: Sequence[str] = ()) -> dict:
                 rebuild = rebuild_consumer(durable)
                 publish += [f"$JS.API.CONSUMER.CREATE.{PIPELINE_STREAM}.{rebuild}",
                             f"$JS.API.CONSUMER.CREATE.{PIPELINE_STREAM}.{rebuild}.>",
-                            f"$JS.API.CONSUMER.DELETE.{PIPELINE_STREAM}.{rebuild}", *_consumer(PIPELINE_STREAM, rebuild)]
+                            f"$JS.API.CONSUMER.DELETE.{PIPELINE_STREAM}.{rebuild}",
+                            *_consumer(PIPELINE_STREAM, rebuild)]
     subscribe = [f"{inbox_prefix(service)}.>", *_answers(service)]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}, "allow_responses": True}
 

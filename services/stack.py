@@ -61,11 +61,13 @@ class Stack:
     per_service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)   # e.g. {"strategy": 2}: partitioned by symbol
     symbols: tuple[str, ...] = ()   # what partitioned replicas share out (TRADEFLOW_SYMBOLS)
-    tls_dir: Path | None = None   # ca.pem, server.pem, server-key.pem: NATS and Redis with TLS, services trusting ca.pem
+    # ca.pem, server.pem, server-key.pem: NATS and Redis with TLS, services trusting ca.pem
+    tls_dir: Path | None = None
     nats_port: int = 0            # 0: any free port; `tradeflow up` asks for 4222 (taken if free)
     redis_port: int = 0
     ready_timeout: float = 60.0
-    nats_cluster: int = 1         # >1: that many nats-server nodes clustered on loopback (streams: set TRADEFLOW_STREAM_REPLICAS)
+    # >1: that many nats-server nodes clustered on loopback (streams: set TRADEFLOW_STREAM_REPLICAS)
+    nats_cluster: int = 1
     redis_appendfsync: str = "always"   # redis-server's AOF fsync policy (README: what a kill -9 costs)
 
     def __post_init__(self) -> None:
@@ -113,7 +115,8 @@ class Stack:
         self.nats_url = self.nats_url_for(OPERATOR)
 
     async def start_nats(self) -> None:
-        """nats-server with nats.conf: one user per service (new passwords each run), `operator` and `injector` for people."""
+        """nats-server with nats.conf: one user per service (new passwords each run),
+        `operator` and `injector` for people."""
         if self.nats_cluster > 1:
             await self.start_nats_cluster()
             return
@@ -131,7 +134,8 @@ class Stack:
     def _nats_env(self) -> dict[str, str]:
         """nats-server's environment: the users' passwords for nats.conf, which reads a variable as a value
         (quoted, a password is always a string)."""
-        return os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"' for user, pw in self.nats_passwords.items()}
+        return os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
+                             for user, pw in self.nats_passwords.items()}
 
     def _nats_conf(self) -> Path:
         """<home>/nats.conf: the repository's, with the permissions of this stack's durables (its replicas')
@@ -209,7 +213,8 @@ class Stack:
         self.ports[label] = port
         nats_url = self.nats_url_for(name) if self.nats_address and name in self.nats_passwords else self.nats_url
         redis_url = self.redis_url_for(name) if self.redis_address and name in self.redis_passwords else self.redis_url
-        partition = {} if replica is None else {"TRADEFLOW_PARTITION": replica, "TRADEFLOW_SYMBOLS": ",".join(self.symbols)}
+        partition = {} if replica is None else {"TRADEFLOW_PARTITION": replica,
+                                                "TRADEFLOW_SYMBOLS": ",".join(self.symbols)}
         env = service_env(os.environ, **{"NATS_URL": nats_url or "", "REDIS_URL": redis_url or "",
                                          "TRADEFLOW_HTTP_PORT": str(port), "TRADEFLOW_DATA_DIR": str(self.home),
                                          **self.env, **self.per_service_env.get(name, {}), **partition,
@@ -276,7 +281,8 @@ class Stack:
             if not self.redis_url:
                 await self.start_redis()
             await self.provision()
-            procs = [await self.supervisor.start(self.service_proc(name, replica)) for name, replica in self.processes()]
+            procs = [await self.supervisor.start(self.service_proc(name, replica))
+                     for name, replica in self.processes()]
             await asyncio.gather(*(wait_ready(p.http_port, self.ready_timeout, p) for p in procs))
         except BaseException:   # what started is stopped: a failed start leaves nothing running
             await self.supervisor.stop_all(order=[label for label in self.labels() if label in self.supervisor.procs])

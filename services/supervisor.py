@@ -73,7 +73,8 @@ def nats_server_binary() -> str:
 
 def redis_server_binary() -> str:
     """redis-server on PATH (Debian's package)."""
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
     if not found:
         raise ConfigError("redis-server not found: apt-get install redis-server, or set REDIS_URL")
     return found

@@ -197,7 +197,8 @@ class Dashboard:
             self._acked[info.name] = (now, acked)
             out.append({"name": info.name, "service": info.name.split("-p")[0], "pending": info.num_pending or 0,
                         "in_flight": info.num_ack_pending or 0, "redelivered": info.num_redelivered or 0,
-                        "paused": bool(info.paused), "processed_per_s": None if rate is None else round(max(rate, 0), 1)})
+                        "paused": bool(info.paused),
+                        "processed_per_s": None if rate is None else round(max(rate, 0), 1)})
         return sorted(out, key=lambda c: (AGENTS.index(c["service"]) if c["service"] in AGENTS else 99, c["name"]))
 
     async def _health(self, name: str) -> dict | None:
@@ -234,7 +235,8 @@ class Dashboard:
         return out
 
     async def _scan_dlq(self) -> None:
-        """Dead letters by service and reason (over the newest DLQ_SCAN) and the latest 20; read when the DLQ changed."""
+        """Dead letters by service and reason (over the newest DLQ_SCAN) and the latest 20;
+        read when the DLQ changed."""
         try:
             info = await self.jsm.stream_info(DLQ_STREAM)
         except NotFoundError:
@@ -263,8 +265,9 @@ class Dashboard:
         by = Counter((letter.service, letter.reason) for letter in letters)
         self._dlq = {"total": info.state.messages, "scanned": len(letters),
                      "by": [{"service": s, "reason": r, "count": n} for (s, r), n in sorted(by.items())],
-                     "latest": [{"seq": x.seq, "time": x.dead_at.isoformat(), "service": x.service, "subject": x.subject,
-                                 "reason": x.reason, "error": x.error[:300], "redrives": x.redrives}
+                     "latest": [{"seq": x.seq, "time": x.dead_at.isoformat(), "service": x.service,
+                                 "subject": x.subject, "reason": x.reason, "error": x.error[:300],
+                                 "redrives": x.redrives}
                                 for x in reversed(letters[-20:])]}
         self._dlq_mark = mark
 
@@ -436,7 +439,8 @@ class Dashboard:
                 return refuse(status, message)
             return web.json_response({"ok": True, "message": message})
 
-        return [web.get("/", asset("index.html", "text/html")), web.get("/static/app.js", asset("app.js", "text/javascript")),
+        return [web.get("/", asset("index.html", "text/html")),
+                web.get("/static/app.js", asset("app.js", "text/javascript")),
                 web.get("/static/app.css", asset("app.css", "text/css")), web.get("/v1/state", state),
                 web.get("/v1/stream", stream), web.post("/v1/control", control)]
 

@@ -98,9 +98,9 @@ async def given_up(jsm: JetStreamManager, service: str) -> set[int]:
                 msg = await jsm.get_msg(ADVISORY_STREAM, seq=at, subject=subject, next=True)
             except NotFoundError:
                 break
-            at = msg.seq + 1
+            at = (msg.seq or at) + 1
             try:
-                seqs.add(_decode(msg.data).stream_seq)
+                seqs.add(_decode(msg.data or b"").stream_seq)
             except msgspec.DecodeError:
                 continue
     return seqs

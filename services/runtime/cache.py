@@ -15,6 +15,7 @@ up to that long after another service replaced it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -97,8 +98,11 @@ class Cache:
             if flight is None:
                 flight = asyncio.create_task(self._compute(kind, key, compute), name=f"cache-{kind}-{key}"[:100])
                 self._flights[kind, key] = flight
-                flight.add_done_callback(lambda _, k=(kind, key): self._flights.pop(k, None))
+                flight.add_done_callback(functools.partial(self._landed, (kind, key)))
         return await asyncio.shield(flight)   # one waiter cancelled does not cancel the others' value
+
+    def _landed(self, flight: tuple[str, str], _: asyncio.Task) -> None:
+        self._flights.pop(flight, None)
 
     async def _compute(self, kind: str, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         value = await compute()

@@ -30,7 +30,8 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     max_ack_pending: PositiveInt = 4096
     max_deliver: PositiveInt = 8
     ack_wait: Seconds = 30.0
-    backoff: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+    backoff: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
     publish_timeout: Seconds = 5.0
     publish_window: PositiveInt = 1024   # outstanding async publishes per service
     drain_timeout: Seconds = 10.0

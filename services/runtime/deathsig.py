@@ -34,6 +34,7 @@ def die_with_parent(expected: int | None = None) -> None:
     if not sys.platform.startswith("linux"):
         return
     parent = expected or int(os.environ.get(PARENT) or 0) or os.getppid()
+    assert _libc is not None   # loaded on Linux
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:   # it died before the call took effect

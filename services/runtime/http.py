@@ -37,5 +37,5 @@ async def start_http(host: str, port: int, *, service: str, metrics: Metrics, re
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - port 0 means "pick one"
+    bound = runner.addresses[0][1]   # port 0 means "pick one"
     return runner, bound

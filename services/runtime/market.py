@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from contracts.errors import ConfigError
 
@@ -54,7 +54,7 @@ class MarketClock:
     def __init__(self, name: str = "XNYS", now: Callable[[], datetime] | None = None) -> None:
         self.name = name.strip()[:40]
         self.now = now or (lambda: datetime.now(timezone.utc))
-        self.calendar = None
+        self.calendar: Any = None   # an exchange_calendars calendar, loaded on first use
 
     @property
     def loaded(self) -> bool:

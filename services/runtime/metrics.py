@@ -76,7 +76,8 @@ class Metrics:
             ["service", "kind", "result"], registry=r
         )
         self.consumer_pending = Gauge(
-            "tradeflow_consumer_pending", "Messages in the stream not yet delivered to this service's consumer (its lag)",
+            "tradeflow_consumer_pending",
+            "Messages in the stream not yet delivered to this service's consumer (its lag)",
             ["service"], registry=r
         )
         self.consumer_ack_pending = Gauge(

@@ -47,7 +47,7 @@ def processed(metrics: Metrics) -> dict[str, int]:
             "duplicates": int(_total(metrics.duplicates))}
 
 
-async def start_micro(nc, name: str, *, description: str, meta: dict[str, str], metrics: Metrics,
+async def start_micro(nc, name: str, *, description: str, meta: dict[str, Any], metrics: Metrics,
                       health: Callable[[], Any], ready: Callable[[], dict[str, bool]], restart: Callable[[], None],
                       extra: Mapping[str, Callable[[], Awaitable[Any]]] | None = None) -> Service:
     """Register `name` with the micro protocol: its health, ready and restart endpoints and the agent's own."""

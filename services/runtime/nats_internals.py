@@ -29,10 +29,10 @@ import logging
 import re
 from datetime import datetime, timezone
 from importlib.metadata import version
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def take_queued_first(sub) -> bool:
     """Make `sub.fetch` take messages already queued on the pull subscription at once, with the same
     bookkeeping as nats-py's `next_msg`; an empty queue goes to nats-py's own `next_msg`, timeout and
     all. True if installed; False (said once in the log) if this nats-py lays its subscription out otherwise."""
-    inner: Subscription | None = getattr(sub, "_sub", None)
+    inner: Any = getattr(sub, "_sub", None)   # nats-py's Subscription, laid out as layout_problem checks
     reason = layout_problem(inner)
     if reason is not None:
         _off(reason)
@@ -87,7 +87,7 @@ def take_queued_first(sub) -> bool:
 def queued(sub) -> list[Msg]:
     """Take the messages a fetch left on the subscription's queue (status messages dropped): at shutdown,
     to nak them rather than let them wait out ack_wait. Empty if nats-py lays its subscription out otherwise."""
-    inner = getattr(sub, "_sub", None)
+    inner: Any = getattr(sub, "_sub", None)
     if layout_problem(inner) is not None:
         return []
     queue = inner._pending_queue
@@ -132,11 +132,12 @@ def fast_headers() -> bool:
     if not isinstance(_nats_py_parse, staticmethod):
         _off("nats-py has no Client._parse_header_lines")
         return False
-    Client._parse_header_lines = staticmethod(parse_header_lines)
+    Client._parse_header_lines = staticmethod(parse_header_lines)   # type: ignore[method-assign]  # the point
     return True
 
 
-_V1_TOKENS, _V2_MIN_TOKENS = 9, 11   # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with domain and hash
+# $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with a domain and an account hash
+_V1_TOKENS, _V2_MIN_TOKENS = 9, 11
 
 
 def _ack_tokens(reply: str | None) -> tuple[list[str], int]:

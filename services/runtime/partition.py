@@ -52,7 +52,8 @@ class Partition:
         if not symbols:
             raise ConfigError("TRADEFLOW_PARTITION needs TRADEFLOW_SYMBOLS: the symbols the replicas share out")
         if bad := [s for s in symbols if not SYMBOL_RE.fullmatch(s)]:
-            raise ConfigError(f"TRADEFLOW_SYMBOLS: not a symbol ([A-Z0-9._-], 1 to 32): {', '.join(map(repr, bad[:5]))}")
+            raise ConfigError("TRADEFLOW_SYMBOLS: not a symbol ([A-Z0-9._-], 1 to 32): "
+                              f"{', '.join(map(repr, bad[:5]))}")
         partition = cls(index, count, tuple(sorted(set(symbols))))
         if count > 1 and not partition.owned:
             raise ConfigError(f"TRADEFLOW_PARTITION: replica {index} of {count} owns none of the "

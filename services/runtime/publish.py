@@ -58,7 +58,8 @@ class Publisher:
     together, once per window (no task or timer per message).
     """
 
-    def __init__(self, js: JetStreamContext, *, timeout: float, window: int, watch: PermissionWatch | None = None) -> None:
+    def __init__(self, js: JetStreamContext, *, timeout: float, window: int,
+                 watch: PermissionWatch | None = None) -> None:
         self._js = js
         self._timeout = timeout
         self._window = max(1, window)
@@ -95,8 +96,8 @@ class Publisher:
                     raise self._failed(out, asyncio.TimeoutError(f"no PubAck within {self._timeout:g}s"))
                 if future.cancelled():   # the connection closed under it: not this task's cancellation
                     raise self._failed(out, ConnectionError("publish cancelled by the client"))
-                if (exc := future.exception()) is not None:
-                    raise self._failed(out, exc) from exc
+                if (error := future.exception()) is not None:
+                    raise self._failed(out, error) from error
                 acks.append(future.result())
             return acks
         finally:

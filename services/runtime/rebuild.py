@@ -29,7 +29,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, JetStreamManager
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.codec import decode
 from contracts.errors import BadInput, Transient
@@ -73,11 +73,13 @@ _OUTAGE = 120.0   # seconds of NATS or Redis away a rebuild waits out before the
 
 
 def _through_outages(what: str) -> AsyncRetrying:
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("state rebuild waits for NATS or Redis", extra={"step": what, "error": repr(error)})
+
     return AsyncRetrying(retry=retry_if_exception_type((NatsError, Transient, OSError)), reraise=True,
                          wait=wait_exponential(multiplier=0.2, max=2), stop=stop_after_delay(_OUTAGE),
-                         before_sleep=lambda state: log.warning(
-                             "state rebuild waits for NATS or Redis", extra={"step": what,
-                                                                             "error": repr(state.outcome.exception())}))
+                         before_sleep=waiting)
 
 
 async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: AbstractSet[int] = frozenset()) -> int:
@@ -159,7 +161,8 @@ class _StreamFold:
             if seq > self.last:
                 break
             try:
-                decoded.append((seq, decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp, sequence=seq)))
+                decoded.append((seq, decode(msg.subject, msg.data, msg.headers, stream_time=md.timestamp,
+                                            sequence=seq)))
             except BadInput:
                 continue  # was dead-lettered when it first came
         done_above = await self.dedup.seen([inc.id for seq, inc in decoded if seq > self.floor])
@@ -171,7 +174,7 @@ class _StreamFold:
                 try:
                     self.agent.handle(inc, self.now)
                     self.folded += 1
-                except Exception:  # it failed live too, and was dead-lettered
+                except Exception:  # noqa: BLE001 - it failed live too, and was dead-lettered
                     continue
         if msgs:
             self.reached = max(self.reached, min(msgs[-1].metadata.sequence.stream, self.last))

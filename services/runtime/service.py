@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import msgspec
 import psutil
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from contracts import envelope as ce
 from contracts.errors import ConfigError
@@ -187,15 +189,15 @@ class Service:
                 self._checks["consumer"] = True
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
-                self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics, settings=s,
-                                     consumer=self.consumer, tracing=self.tracing, tracking=tracking,
-                                     reconnects=lambda: self.nc.stats["reconnects"])
+                self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics,
+                                     settings=s, consumer=self.consumer, tracing=self.tracing, tracking=tracking,
+                                     reconnects=functools.partial(_reconnects, self.nc))
                 main.append(asyncio.create_task(self.worker.run(), name="worker"))
                 capture = DeadLetterCapture(self.name, js, jsm, publisher, self.metrics, s, consumer=self.consumer)
                 main.append(asyncio.create_task(capture.run(), name="dead-letter-capture"))
             if self.producer is not None:
-                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, nc=self.nc, tasks=self.tasks,
-                                          metrics=self.metrics, stopping=self.stop)
+                context = SimpleNamespace(publish=self._publish_fn(publisher), js=js, jsm=jsm, nc=self.nc,
+                                          tasks=self.tasks, metrics=self.metrics, stopping=self.stop)
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
             for task in main:
                 task.add_done_callback(self._on_main_done)
@@ -333,7 +335,8 @@ class Service:
                     tracing.hop(f"{service} {out.subject.partition('.')[0]}", trace_id=ce.trace_id_for(event_id),
                                 span_id=ce.span_id(event_id), parent_span_id=None, start_ns=started_ns, end_ns=end_ns,
                                 attributes={"messaging.system": "nats", "tradeflow.service": service,
-                                            "messaging.destination.name": out.subject, "messaging.message.id": event_id})
+                                            "messaging.destination.name": out.subject,
+                                            "messaging.message.id": event_id})
 
         return publish
 
@@ -344,6 +347,11 @@ def _dump_tasks() -> None:
         print(f"--- task {task.get_name()}", file=sys.stderr)
         task.print_stack(file=sys.stderr)
     sys.stderr.flush()
+
+
+def _reconnects(nc: NATS) -> int:
+    """How often the connection was made again (its stats)."""
+    return int(nc.stats["reconnects"])
 
 
 def run(agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> int:

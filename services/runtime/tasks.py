@@ -19,7 +19,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -143,14 +144,19 @@ class TaskManager:
             if entry.task is None:
                 entry.task = asyncio.create_task(self._loop(entry), name=f"task-{entry.name}")
 
-    def submit(self, signature: Hashable, work: Callable[[], Awaitable[object]]) -> asyncio.Task:
+    def submit(self, signature: Hashable, work: Callable[[], Coroutine[Any, Any, object]]) -> asyncio.Task:
         """Run `work` once, unless work with the same signature is still running: then that task."""
         running = self._oneoff.get(signature)
         if running is not None and not running.done():
             return running
-        task = asyncio.create_task(work(), name=f"oneoff-{signature}")
+        task: asyncio.Task = asyncio.create_task(work(), name=f"oneoff-{signature}")
         self._oneoff[signature] = task
-        task.add_done_callback(lambda t, s=signature: self._oneoff.pop(s, None) if self._oneoff.get(s) is t else None)
+
+        def forget(done: asyncio.Task) -> None:
+            if self._oneoff.get(signature) is done:
+                del self._oneoff[signature]
+
+        task.add_done_callback(forget)
         return task
 
     async def stop(self) -> None:
@@ -206,7 +212,8 @@ class TaskManager:
             health.last_error = (f"timed out after {entry.timeout:g}s" if isinstance(exc, TimeoutError)
                                  else f"{type(exc).__name__}: {exc}")[:500]
             if health.failures == 1:   # once per run of failures, not once per retry: health has the count
-                log.warning("task failed; retrying with backoff", extra={"task": entry.name, "error": health.last_error})
+                log.warning("task failed; retrying with backoff",
+                            extra={"task": entry.name, "error": health.last_error})
         else:
             if health.failures:
                 log.info("task recovered", extra={"task": entry.name, "failures": health.failures})

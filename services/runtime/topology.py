@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import nats
 from nats.errors import Error as NatsError
@@ -168,14 +169,15 @@ def consumer_drifted(have: ConsumerConfig, want: ConsumerConfig) -> bool:
 
 
 async def provision(jsm: JetStreamManager, settings: RuntimeSettings,
-                    consumers: list[tuple[str, ConsumerConfig]] = ()) -> list[str]:
+                    consumers: Sequence[tuple[str, ConsumerConfig]] = ()) -> list[str]:
     """Declare the three streams and `consumers` ((stream, config) pairs): read everything first, raise
     ProvisionError with every problem and change nothing if one is incompatible, else create what is
     missing and update what drifted. What it did, one line a change."""
     streams = [pipeline_stream(settings), dlq_stream(settings), advisory_stream(settings)]
-    plan: list[tuple[str, object, object]] = []   # (what, config, call)
+    plan: list[tuple[str, Any, Callable[..., Awaitable[Any]]]] = []   # (what, config or (stream, config), call)
     problems: list[str] = []
     for config in streams:
+        assert config.name is not None
         try:
             have = (await jsm.stream_info(config.name)).config
         except NotFoundError:
@@ -184,15 +186,16 @@ async def provision(jsm: JetStreamManager, settings: RuntimeSettings,
         problems += stream_problems(have, config)
         if stream_drifted(have, config):
             plan.append((f"stream {config.name} updated", config, jsm.update_stream))
-    for stream, config in consumers:
+    for stream, wanted in consumers:
+        durable = wanted.durable_name or ""
         try:
-            have = (await jsm.consumer_info(stream, config.durable_name)).config
+            held = (await jsm.consumer_info(stream, durable)).config
         except NotFoundError:
-            plan.append((f"consumer {stream}/{config.durable_name} created", (stream, config), jsm.add_consumer))
+            plan.append((f"consumer {stream}/{durable} created", (stream, wanted), jsm.add_consumer))
             continue
-        problems += consumer_problems(stream, have, config)
-        if consumer_drifted(have, config):   # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
-            plan.append((f"consumer {stream}/{config.durable_name} updated", (stream, config), jsm.add_consumer))
+        problems += consumer_problems(stream, held, wanted)
+        if consumer_drifted(held, wanted):   # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
+            plan.append((f"consumer {stream}/{durable} updated", (stream, wanted), jsm.add_consumer))
     if problems:
         raise ProvisionError("cannot provision, nothing changed: " + "; ".join(problems))
     for what, config, call in plan:
@@ -224,7 +227,8 @@ async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerCo
 
 def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
                          symbols: list[str] | tuple[str, ...] = (),
-                         settings_for: Callable[[str], RuntimeSettings] | None = None) -> list[tuple[str, ConsumerConfig]]:
+                         settings_for: Callable[[str], RuntimeSettings] | None = None
+                         ) -> list[tuple[str, ConsumerConfig]]:
     """Every durable a deployment runs: each consuming service's on PIPELINE (or, for a service run as
     `replicas[name]` partitioned replicas over `symbols`, each replica's) and each one's advisories durable,
     with `settings`, or a service's own from `settings_for(name)` (ack_wait, max_deliver, ...)."""
@@ -281,20 +285,22 @@ async def await_provisioned(jsm: JetStreamManager, wanted: list[tuple[str, Consu
         try:
             await _api(jsm, jsm.stream_info(stream), f"$JS.API.STREAM.INFO.{stream}", watch)
             for name, config in wanted:
-                subject = f"$JS.API.CONSUMER.INFO.{name}.{config.durable_name}"
+                durable = config.durable_name or ""
+                subject = f"$JS.API.CONSUMER.INFO.{name}.{durable}"
                 try:
-                    have = (await _api(jsm, jsm.consumer_info(name, config.durable_name), subject, watch)).config
+                    have = (await _api(jsm, jsm.consumer_info(name, durable), subject, watch)).config
                 except NotFoundError:
-                    missing = f"consumer {name}/{config.durable_name}"
+                    missing = f"consumer {name}/{durable}"
                     break
                 if problems := consumer_problems(name, have, config):
                     raise ConfigError("; ".join(problems) + ": run `tradeflow init` with this service's settings")
                 if consumer_drifted(have, config):
                     raise ConfigError(
-                        f"consumer {name}/{config.durable_name} is declared with filters {_filters(have)}, "
-                        f"ack_wait {have.ack_wait}, max_deliver {have.max_deliver}, max_ack_pending "
-                        f"{have.max_ack_pending}; this service needs {_filters(config)}, {config.ack_wait}, "
-                        f"{config.max_deliver}, {config.max_ack_pending}: run `tradeflow init` with its settings")
+                        f"consumer {name}/{durable} is declared taking {consumed(have)} with filters "
+                        f"{_filters(have)}, ack_wait {have.ack_wait}, max_deliver {have.max_deliver}, max_ack_pending "
+                        f"{have.max_ack_pending}; this service needs {consumed(config)}, {_filters(config)}, "
+                        f"{config.ack_wait}, {config.max_deliver}, {config.max_ack_pending}: run `tradeflow init` "
+                        "with its settings")
         except NotFoundError:
             missing = f"stream {stream}"
         except _NOT_YET:
@@ -330,5 +336,6 @@ async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None
                                            wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
             with attempt:
                 return await provision(nc.jsm(timeout=10), settings, consumers)
+        raise AssertionError("unreachable: the last attempt's error is raised")
     finally:
         await nc.close()

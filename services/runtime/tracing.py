@@ -70,7 +70,8 @@ class Tracing:
         self._preset = preset
         self._trace = trace
         self._empty = Context
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service, "service.namespace": "tradeflow",
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service,
+                                                                 "service.namespace": "tradeflow",
                                                                  "service.version": version}),
                                        id_generator=PresetIds())
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

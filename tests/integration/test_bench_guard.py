@@ -14,13 +14,14 @@ import pytest
 import services.runtime.worker as worker_module
 from bench.guard import GUARD_LIMIT, PACED_LIMIT, measure
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]   # a CPU ratio: nothing else running
 
 MESSAGES = 3000
+ROUNDS = 5   # the median of five alternating rounds: one slow round on a shared machine does not decide
 
 
 async def test_the_hot_path_costs_at_most_the_guard_limit_over_raw_nats_py(tmp_path):
-    result = await measure(tmp_path, messages=MESSAGES, rounds=3)
+    result = await measure(tmp_path, messages=MESSAGES, rounds=ROUNDS)
     assert result.passed, (f"the worker's CPU per message is over its limit ({GUARD_LIMIT}x raw nats-py's draining a "
                            f"backlog, {PACED_LIMIT}x one at a time): {result}; profile it (bench/README.md)")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]   # whole benchmark runs, with a time limit
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = [sys.executable, str(ROOT / "bench" / "suite.py")]
@@ -92,7 +92,8 @@ def test_a_run_past_its_time_limit_stops_with_one_line_and_kills_what_it_started
 
 def test_the_runtime_bench_runs_small_and_prints_its_figures():
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "runtime_bench.py"), "--features", "20", "--size", "500",
-                          "--gets", "640", "--rounds", "3", "--latency", "0.02", "--bars", "600"], capture_output=True, text=True, timeout=180)
+                          "--gets", "640", "--rounds", "3", "--latency", "0.02", "--bars", "600"],
+                         capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "through the pool" in run.stdout and "event-loop lag meanwhile" in run.stdout
     assert re.search(r"near cache \(LOCAL_TTL=0\.5\)\s+[\d,]+ gets/s", run.stdout), run.stdout

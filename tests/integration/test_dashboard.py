@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 async def call(stack, method: str, path: str, body=None, token: str | None = "stack", raw: bytes | None = None):
-    headers = {} if token is None else {"Authorization": f"Bearer {stack.dashboard_token if token == 'stack' else token}"}
+    headers = {} if token is None else {
+        "Authorization": f"Bearer {stack.dashboard_token if token == 'stack' else token}"}
     async with aiohttp.ClientSession() as s:
         async with s.request(method, f"http://127.0.0.1:{stack.http_port(DASHBOARD)}{path}", headers=headers,
                              data=raw if raw is not None else (orjson.dumps(body) if body is not None else None)) as r:
@@ -37,12 +38,13 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     async def state_has_it() -> bool:
         status, state = await call(stack, "GET", "/v1/state")
         return (status == 200 and state.get("ready") and state["dead_letters"]["total"] >= 1
-                and all(s["up"] for s in state["services"]))
+                and all(s["up"] for s in state["services"]) and state["portfolio"] is not None)
 
     await wait_for(state_has_it, what="the dashboard to see every service and the dead letter")
     _, state = await call(stack, "GET", "/v1/state")
     assert [s["name"] for s in state["stages"]] == ["data", "strategy", "quant", "risk", "execution", "audit"]
-    assert {s["name"] for s in state["services"]} == {*SERVICES, DASHBOARD} and all(s["ready"] for s in state["services"])
+    assert ({s["name"] for s in state["services"]} == {*SERVICES, DASHBOARD}
+            and all(s["ready"] for s in state["services"]))
     assert {(d["service"], d["reason"]) for d in state["dead_letters"]["by"]} >= {("strategy", "undecodable")}
     assert state["portfolio"]["equity"] == 100000
 
@@ -57,7 +59,8 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
            (orjson.dumps({"action": "pause", "target": ["strategy"]}), 404, "no consumer"),
            (orjson.dumps({"action": "restart", "target": "nosuch"}), 404, "no running service"),
            (orjson.dumps({"action": "restart"}), 404, "no running service"),
-           (orjson.dumps({"action": "redrive"}), 400, "needs seq"), (orjson.dumps({"action": "redrive", "seq": "1"}), 400, "needs seq"),
+           (orjson.dumps({"action": "redrive"}), 400, "needs seq"),
+           (orjson.dumps({"action": "redrive", "seq": "1"}), 400, "needs seq"),
            (orjson.dumps({"action": "redrive", "seq": True}), 400, "needs seq"),
            (orjson.dumps({"action": "redrive", "seq": 999999}), 404, "no dead letter 999999"),
            (orjson.dumps({"action": "pause", "target": "x" * 5000}), 413, "at most 4096 bytes"),
@@ -76,7 +79,8 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
             assert r.status == 413
         async with s.post(url, data=chunks(b'{"action": "pause",', b' "target": "nosuch"}'), headers=headers) as r:
             assert r.status == 404 and "no consumer 'nosuch'" in (await r.json())["error"]
-    for query in ("symbol=not%20a%20symbol", "subject=a..b", "subject=%3E.a", "subject=" + "a" * 300, "symbol=" + "A" * 40):
+    for query in ("symbol=not%20a%20symbol", "subject=a..b", "subject=%3E.a", "subject=" + "a" * 300,
+                  "symbol=" + "A" * 40):
         assert (await call(stack, "GET", f"/v1/stream?{query}"))[0] == 400, query
     assert not any(c.paused for c in await jsm.consumers_info(PIPELINE_STREAM)), "a refused request paused something"
     assert (await call(stack, "GET", "/healthz", token=None))[0] == 200
@@ -85,7 +89,8 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     status, answer = await call(stack, "POST", "/v1/control", {"action": "pause", "target": "risk"})
     assert status == 200 and answer["message"] == "paused risk"
     assert (await jsm.consumer_info(PIPELINE_STREAM, "risk")).paused
-    assert (await call(stack, "POST", "/v1/control", {"action": "resume", "target": "risk"}))[1]["message"] == "resumed risk"
+    assert (await call(stack, "POST", "/v1/control",
+                       {"action": "resume", "target": "risk"}))[1]["message"] == "resumed risk"
     assert not (await jsm.consumer_info(PIPELINE_STREAM, "risk")).paused
     status, answer = await call(stack, "POST", "/v1/control", {"action": "pause", "target": "all"})
     assert status == 200 and {c.name for c in await jsm.consumers_info(PIPELINE_STREAM) if c.paused} == {

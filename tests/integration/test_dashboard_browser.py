@@ -61,7 +61,8 @@ async def test_the_dashboard_shows_the_flow_and_pauses_and_resumes_a_stage(make_
                     return None
 
             # the counters move: bars published, strategy processing, events in the tail
-            await until(lambda: _positive(number("[data-stage=data] [data-field=rate]")), what="data's rate on the page")
+            await until(lambda: _positive(number("[data-stage=data] [data-field=rate]")),
+                        what="data's rate on the page")
             await until(lambda: _positive(number("[data-stage=strategy] [data-field=rate]")), what="strategy's rate")
             await until(lambda: _count(page, "#tail li", 5), what="events in the live tail")
             assert await page.locator("#services [data-service=strategy]").inner_text() == "up"
@@ -84,7 +85,8 @@ async def test_the_dashboard_shows_the_flow_and_pauses_and_resumes_a_stage(make_
             await page.wait_for_selector("#message.ok:has-text('resumed strategy')", timeout=10_000)
             assert not (await nc.jsm().consumer_info(PIPELINE_STREAM, "strategy")).paused
             await until(lambda: _more(acked(nc, "strategy"), frozen), what="strategy to process again")
-            await page.wait_for_selector("[data-stage=strategy] [data-field=status]:has-text('flowing')", timeout=10_000)
+            await page.wait_for_selector("[data-stage=strategy] [data-field=status]:has-text('flowing')",
+                                         timeout=10_000)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
             # a control that cannot be done says so on the page

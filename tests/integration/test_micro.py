@@ -31,7 +31,8 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
         assert info["name"] == name and info["description"]
         assert {e["name"]: e["subject"] for e in info["endpoints"]} == {
             "health": f"tradeflow.{name}.health", "ready": f"tradeflow.{name}.ready",
-            "restart": f"tradeflow.{name}.restart", **({"portfolio": "tradeflow.audit.portfolio"} if name == "audit" else {})}
+            "restart": f"tradeflow.{name}.restart",
+            **({"portfolio": "tradeflow.audit.portfolio"} if name == "audit" else {})}
         assert int(info["metadata"]["http_port"]) == stack.http_port(name)
         health = orjson.loads((await nc.request(f"tradeflow.{name}.health", b"", timeout=2)).data)
         assert health["service"] == name and "event_loop_lag" in health and "tasks" in health

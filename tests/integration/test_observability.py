@@ -25,7 +25,8 @@ DOCUMENTED = {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_mess
               "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_quantile_seconds",
               "tradeflow_event_loop_lag_max_seconds", "tradeflow_offloop_seconds", "tradeflow_cache_requests",
               "tradeflow_consumer_pending", "tradeflow_consumer_ack_pending", "tradeflow_ready",
-              "tradeflow_state_rebuild_events", "tradeflow_process_cpu_seconds", "tradeflow_process_resident_memory_bytes"}
+              "tradeflow_state_rebuild_events", "tradeflow_process_cpu_seconds",
+              "tradeflow_process_resident_memory_bytes"}
 
 
 async def test_metrics_parse_are_named_consistently_and_cover_the_grafana_dashboard(make_stack):

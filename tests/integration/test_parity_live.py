@@ -26,7 +26,8 @@ async def test_live_pipeline_matches_backtesting_py_on_goog(make_stack):
     assert len(fills) == len(stats._trades) + 1 == 94
     for i, trade in enumerate(stats._trades.itertuples()):
         assert (fills[i].ts.date(), fills[i].price) == (trade.EntryTime.date(), trade.EntryPrice), f"trade {i} entry"
-        assert (fills[i + 1].ts.date(), fills[i + 1].price) == (trade.ExitTime.date(), trade.ExitPrice), f"trade {i} exit"
+        assert (fills[i + 1].ts.date(), fills[i + 1].price) == (trade.ExitTime.date(), trade.ExitPrice), (
+            f"trade {i} exit")
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     assert portfolio["equity"] == pytest.approx(stats["Equity Final [$]"], rel=1e-9)
     assert await observe.dead_letters(nc.jsm()) == 0

@@ -30,7 +30,8 @@ async def test_strategy_and_quant_replicas_share_the_symbols_and_match_the_predi
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     signals = sorted((e.symbol, e.ts, e.side) for e in (
-        decode(m.subject, m.data, m.headers).event for m in await stream_messages(nc, PIPELINE_STREAM, "signals_ready.>")))
+        decode(m.subject, m.data, m.headers).event
+        for m in await stream_messages(nc, PIPELINE_STREAM, "signals_ready.>")))
     assert signals == sorted((e.symbol, e.ts, e.side) for _, e in sim.events if isinstance(e, SignalGenerated))
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))

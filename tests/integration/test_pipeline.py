@@ -52,7 +52,8 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
     assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
-    fills = [decode(m.subject, m.data, m.headers).event for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
+    fills = [decode(m.subject, m.data, m.headers).event
+             for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
     order_ids = [f.order_id for f in fills]
     assert len(order_ids) == len(set(order_ids)), "an order was filled twice"
     assert await observe.dead_letters(nc.jsm()) == 0
@@ -75,6 +76,7 @@ async def test_every_stage_matches_the_pure_logic(make_stack):
     assert sim.counts["data_ready"] == len(bars) == 1200
 
 
+@pytest.mark.serial   # the restart must land mid-stream: a paced feed against the services' speed
 @pytest.mark.parametrize("service", ["strategy", "risk", "execution", "audit"])
 async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_stack, service):
     _, sim, _ = predicted(LOGIC_ENV)
@@ -94,6 +96,7 @@ async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_sta
     await assert_matches_prediction(stack, nc, sim)
 
 
+@pytest.mark.serial
 async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_stack):
     _, sim, _ = predicted(LOGIC_ENV)
     # acks sent while the server was down are lost; ack_wait decides how soon those messages come back

@@ -108,7 +108,7 @@ async def test_no_service_user_can_touch_what_others_depend_on_while_the_pipelin
         nc, errors = await connect_as(stack, user)
         try:
             ops = forbidden(user)
-            for what, subject in ops:
+            for _what, subject in ops:
                 with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
                     await nc.request(subject, b"{}", timeout=0.3)
             inbox = f"_INBOX_{'risk' if user == 'audit' else 'audit'}.>"   # another user's replies
@@ -119,7 +119,7 @@ async def test_no_service_user_can_touch_what_others_depend_on_while_the_pipelin
                 ops.append((f"subscribe to {pattern}", pattern))
             await nc.flush()
 
-            async def all_refused() -> bool:
+            async def all_refused(errors=errors, ops=ops) -> bool:
                 return all(any(f'"{subject.lower()}"' in e.lower() for e in errors) for _, subject in ops)
 
             await wait_for(all_refused, timeout=10, what=f"{user}: a refusal for each operation")

@@ -58,7 +58,11 @@ async def test_a_tls_deployment_works_for_clients_that_trust_its_ca(tmp_path):
             assert await observe.dead_letters(nc.jsm()) == 0
             assert stack.redis_url.startswith("rediss://")
             async with Redis.from_url(stack.redis_url, ssl_ca_certs=str(certs / "ca.pem")) as redis:
-                assert await redis.keys("tradeflow:done:quant:*"), "quant's marks, written over TLS"
+
+                async def marked() -> bool:   # marks follow the acks by up to 50 ms
+                    return bool(await redis.keys("tradeflow:done:quant:*"))
+
+                await wait_for(marked, timeout=10, what="quant's marks, written over TLS")
             with pytest.raises(RedisError):   # no CA to trust
                 async with Redis.from_url(stack.redis_url, socket_connect_timeout=3) as untrusted:
                     await untrusted.ping()

@@ -47,7 +47,8 @@ async def test_a_fills_journey_is_one_trace_of_parent_and_child_spans(make_stack
         env = LOGIC_ENV | {"OTEL_EXPORTER_OTLP_ENDPOINT": base, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         stack, nc = await make_stack(env=env, per_service={"data": DATA})
         await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=60)
-        fills = [decode(m.subject, m.data, m.headers) for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
+        fills = [decode(m.subject, m.data, m.headers)
+                 for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
         assert fills, "the bars made no fill: change the data"
         fill = fills[0]
 

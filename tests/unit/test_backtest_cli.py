@@ -28,7 +28,8 @@ def test_backtest_json_has_the_trades_and_final_equity_of_the_classic_example(tm
 def test_backtest_reads_a_plain_csv_file(tmp_path):
     path = tmp_path / "ABC.csv"
     rows = ["Date,Open,High,Low,Close,Volume"] + [
-        f"2024-01-{d:02d},{p},{p + 1},{p - 1},{p},100" for d, p in enumerate([10, 11, 12, 11, 10, 9, 10, 12, 13, 12], 1)]
+        f"2024-01-{d:02d},{p},{p + 1},{p - 1},{p},100"
+        for d, p in enumerate([10, 11, 12, 11, 10, 9, 10, 12, 13, 12], 1)]
     path.write_text("\n".join(rows) + "\n")
     out = tradeflow("backtest", "--data", str(path), "--param", "fast=2", "--param", "slow=3", "--json")
     assert out.returncode == 0, out.stderr
@@ -38,7 +39,8 @@ def test_backtest_reads_a_plain_csv_file(tmp_path):
 @pytest.mark.parametrize("args, message", [
     pytest.param(["--strategy", "nope"], "unknown strategy 'nope'", id="unknown-strategy"),
     pytest.param(["--param", "fast"], "expected NAME=VALUE", id="param-without-value"),
-    pytest.param(["--param", "speed=3"], "NAME one of fast, max_gap_seconds, periods_per_year, slow, vol_window", id="unknown-param"),
+    pytest.param(["--param", "speed=3"], "NAME one of fast, max_gap_seconds, periods_per_year, slow, vol_window",
+                 id="unknown-param"),
     pytest.param(["--param", "fast=ten"], "TRADEFLOW_STRATEGY_FAST", id="param-not-a-number"),
     pytest.param(["--param", "fast=30"], "fast (30) must be shorter than slow (20)", id="invalid-combination"),
     pytest.param(["--cash", "-5"], "--cash", id="negative-cash"),

@@ -78,7 +78,8 @@ def bar_at(minutes: int, open_: float) -> BarReceived:
                        low=open_ - 5, close=open_)
 
 
-@pytest.mark.parametrize("bar_first", [pytest.param(False, id="order-then-bar"), pytest.param(True, id="bar-then-order")])
+@pytest.mark.parametrize("bar_first", [pytest.param(False, id="order-then-bar"),
+                                       pytest.param(True, id="bar-then-order")])
 def test_next_open_fills_at_the_first_later_bar_whatever_arrives_first(bar_first):
     params = BrokerParams(commission_rate=0)
     broker = new_broker(params)
@@ -233,7 +234,8 @@ def test_a_later_fill_does_not_override_the_bar_mark():
 def run_simulation(min_strength: float = 0.2):
     return simulate(
         synthetic(["AAPL", "MSFT"], 200, seed=7),
-        strategy=StrategyAgent(sma_cross, SmaCrossParams(fast=3, slow=8)), quant=QuantAgent(QuantParams(min_strength=min_strength)),
+        strategy=StrategyAgent(sma_cross, SmaCrossParams(fast=3, slow=8)),
+        quant=QuantAgent(QuantParams(min_strength=min_strength)),
         risk=RiskAgent(RiskParams(max_order_notional=2500)), execution=ExecutionAgent(BrokerParams()),
         audit=AuditAgent(AuditSettings()),
     )

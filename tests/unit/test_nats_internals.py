@@ -7,6 +7,7 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -50,7 +51,7 @@ def test_a_nats_py_pull_subscription_is_laid_out_as_the_fast_path_expects():
         inner._pending_size += len(msg.data)
         assert await inner.next_msg(timeout=0.1) is msg          # taken at once, without nats-py's task
         assert inner._pending_size == 0 and inner._pending_queue.empty()
-        with pytest.raises(Exception):                            # an empty queue: nats-py's own wait and timeout
+        with pytest.raises(nats.errors.TimeoutError):             # an empty queue: nats-py's own wait and timeout
             await inner.next_msg(timeout=0.01)
 
     asyncio.run(go())
@@ -90,7 +91,8 @@ NATS_PY_PARSE = nats_internals._nats_py_parse.__func__ if isinstance(nats_intern
 HOSTILE_BLOCKS = [
     b"", b"\r\n", b"ce-id: a\r\nce-type: tradeflow.market_bar.v1\r\n\r\n", b"Name:Value\r\n", b"Name:\tValue\r\n",
     b"  padded  :  v  \r\n", b"na me: v\r\n", b"na\tme: v\r\n", b"n\x1cm: v\r\n", b"n\x01m: v\r\n", b"n\x7fm: v\r\n",
-    b"\xc3\xa9t\xc3\xa9: v\r\n", b"k: \xff\xfe bad utf8\r\n", b"k: caf\xc3\xa9\r\n", b"no colon here\r\n", b":empty name\r\n",
+    b"\xc3\xa9t\xc3\xa9: v\r\n", b"k: \xff\xfe bad utf8\r\n", b"k: caf\xc3\xa9\r\n",
+    b"no colon here\r\n", b":empty name\r\n",
     b"k:\r\n", b"k: a: b: c\r\n", b"dup: 1\r\ndup: 2\r\n", b"k: v\nwith lf\r\n", b"k: v\rcr\r\n", b"k\x0b: v\r\n",
     b"Nats-Msg-Id: x\r\n" * 40, b"k: " + b"v" * 70_000 + b"\r\n",
 ]

@@ -144,4 +144,5 @@ def test_the_compose_file_s_redis_users_are_the_code_s():
     for name, service in compose["services"].items():
         url = (service.get("environment") or {}).get("REDIS_URL")
         if url:   # each service with its own Redis user, strategy's replicas with strategy's
-            assert url.startswith(f"redis://{name.split('-')[0]}:${{TRADEFLOW_REDIS_PASSWORD_{name.split('-')[0].upper()}"), name
+            assert url.startswith(f"redis://{name.split('-')[0]}:"
+                                  f"${{TRADEFLOW_REDIS_PASSWORD_{name.split('-')[0].upper()}"), name

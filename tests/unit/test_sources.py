@@ -42,7 +42,8 @@ def test_mixed_case_headers_in_any_order_and_epoch_times(tmp_path):
     path = write(tmp_path, "Close,Volume,Timestamp,LOW,High,Open\n11,500,1704153600,9,12,10\n"
                            "10.5,,1704240000000,10,11.5,11\n")
     bars = read_csv(path, "ACME")
-    assert [b.ts for b in bars] == [datetime(2024, 1, 2, tzinfo=timezone.utc), datetime(2024, 1, 3, tzinfo=timezone.utc)]
+    assert [b.ts for b in bars] == [datetime(2024, 1, 2, tzinfo=timezone.utc),
+                                    datetime(2024, 1, 3, tzinfo=timezone.utc)]
     assert (bars[0].open, bars[0].high, bars[0].low, bars[0].close, bars[0].volume) == (10.0, 12.0, 9.0, 11.0, 500.0)
     assert bars[1].volume == 0.0
 

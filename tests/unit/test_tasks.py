@@ -68,8 +68,9 @@ async def test_an_unknown_calendar_stops_the_task_manager_at_start_when_a_task_s
 
 
 @pytest.mark.parametrize("every", [
-    dict(in_session=0, out_of_session=1), dict(in_session=-5, out_of_session=1), dict(in_session=math.nan, out_of_session=1),
-    dict(in_session=1, out_of_session=math.inf), dict(in_session="1", out_of_session=1), dict(in_session=True, out_of_session=1),
+    dict(in_session=0, out_of_session=1), dict(in_session=-5, out_of_session=1),
+    dict(in_session=math.nan, out_of_session=1), dict(in_session=1, out_of_session=math.inf),
+    dict(in_session="1", out_of_session=1), dict(in_session=True, out_of_session=1),
     dict(in_session=1, out_of_session=10 ** 9),
 ])
 def test_invalid_intervals_are_refused_at_registration(every):
@@ -102,7 +103,8 @@ def test_registration_refuses_a_second_task_of_one_name_and_a_bad_timeout():
     (EVENING, Priority.CRITICAL, Every(1, 30), 30, "idle"),
     (HOLIDAY, Priority.IMPORTANT, Every(5, 60), 60, "idle"),
     # nice-to-have work paused outside the session: next run at the next open
-    (EVENING, Priority.NICE_TO_HAVE, Every(5, None), (datetime(2024, 7, 8, 13, 30) - datetime(2024, 7, 5, 22, 0)).total_seconds(), "paused"),
+    (EVENING, Priority.NICE_TO_HAVE, Every(5, None),
+     (datetime(2024, 7, 8, 13, 30) - datetime(2024, 7, 5, 22, 0)).total_seconds(), "paused"),
     (HOLIDAY, Priority.NICE_TO_HAVE, Every(5, None), 22.5 * 3600, "paused"),
 ])
 def test_the_interval_follows_the_market_phase(when, priority, every, expected, state):

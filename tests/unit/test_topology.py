@@ -22,8 +22,8 @@ def filters_of(name: str, consumes) -> list[str]:
 
 def test_every_agent_of_several_stages_with_bars_has_an_unfiltered_durable_and_the_others_keep_their_filter():
     durables = {name: filters_of(name, registry.build(name).consumes) for name in registry.DURABLES}
-    assert durables == {"strategy": ["data_ready.>"], "quant": ["signals_ready.>"], "risk": [], "execution": [], "audit": [],
-                        "recorder": []}
+    assert durables == {"strategy": ["data_ready.>"], "quant": ["signals_ready.>"], "risk": [], "execution": [],
+                        "audit": [], "recorder": []}
 
 
 def test_a_partitioned_replica_keeps_the_filters_that_name_its_symbols():
