@@ -32,7 +32,14 @@ async def test_publish_and_tail_against_a_live_pipeline(make_stack):
     stack, nc = await make_stack()
     env = {"NATS_URL": stack.nats_url}
     tail = asyncio.create_task(tradeflow("tail", "data_ready.>", "--count", "1", env=env))
-    await asyncio.sleep(1.5)  # let tail subscribe
+
+    async def tail_subscribed() -> bool:   # nats-server's monitoring lists the tail's subscription
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{stack.ports['nats-monitor']}/subsz?subs=1") as r:
+            subs = (await r.json()).get("subscriptions_list") or []
+        return any(sub.get("subject") == "data_ready.>" for sub in subs)
+
+    await wait_for(tail_subscribed, what="tail to subscribe")
     code, out, err = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), "--id", "cli-1", env=env)
     assert code == 0, err
     assert "stream PIPELINE seq 1" in out

@@ -72,9 +72,13 @@ async def test_the_dashboard_shows_the_flow_and_pauses_and_resumes_a_stage(make_
             await page.wait_for_selector("#message.ok:has-text('paused strategy')", timeout=10_000)
             assert (await nc.jsm().consumer_info(PIPELINE_STREAM, "strategy")).paused
             await page.wait_for_selector("[data-stage=strategy] [data-field=status]:has-text('paused')", timeout=10_000)
-            await asyncio.sleep(1.5)    # what was delivered before the pause is done by now
+
+            async def nothing_in_flight() -> bool:   # what was delivered before the pause is done
+                return (await nc.jsm().consumer_info(PIPELINE_STREAM, "strategy")).num_ack_pending == 0
+
+            await until(nothing_in_flight, what="strategy to finish what it had before the pause")
             frozen = await acked(nc, "strategy")
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)   # a while with nothing acked: that is what paused means
             assert await acked(nc, "strategy") == frozen, "strategy went on processing while paused"
             await until(lambda: _above(number("[data-stage=strategy] [data-field=pending]"), 0),
                         what="strategy's pending count to grow on the page")
