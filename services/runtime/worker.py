@@ -562,17 +562,17 @@ class Worker:
                       "tradeflow.input.subject": inc.envelope.subject, "tradeflow.input.id": inc.id}
             if first == last:
                 tracing.hop(f"{self.service} {inc.envelope.subject.partition('.')[0]}", trace_id=inc.envelope.trace_id,
-                                 span_id=ce.span_id(f"{self.service}:{inc.id}"), parent_span_id=parent,
-                                 start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
+                            span_id=ce.span_id(f"{self.service}:{inc.id}"), parent_span_id=parent,
+                            start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
             for out in outgoing[first:last]:
                 event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
                 # an output may belong to an earlier input's journey (cause_of): its own trace, its own cause
                 trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
                 tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
-                                 span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
-                                 parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),
-                                 attributes={**common, "messaging.destination.name": out.subject,
-                                             "messaging.message.id": event_id})
+                            span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
+                            parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),
+                            attributes={**common, "messaging.destination.name": out.subject,
+                                        "messaging.message.id": event_id})
 
     # -- settling what is not done ----------------------------------------------
 
