@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
+from contracts.codec import decode
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, subject_for
 from replay.store import SqliteEventStore
 from replay.whatif import load_recorded, whatif
@@ -60,6 +61,22 @@ def _key(event_id: str | None, subject: str, body: bytes | None, event=None) -> 
     return "fill:" + (event.order_id if event is not None else json.loads(body)["order_id"])
 
 
+def _differing(enveloped, predicted_events) -> list[tuple[int, str, object, object]]:
+    """The stream's events whose body is not the one the logic predicts under their key (an event with the
+    right id but another price, size or time: a fill made at the wrong bar, an order sized from a lost state)."""
+    wanted = {_key(event_id, subject_for(event), None, event): event for event_id, event in predicted_events}
+    wrong = []
+    for m in enveloped:
+        key = _key(m.headers["ce-id"], m.subject, m.data)
+        event = wanted.get(key)
+        if event is None:
+            continue
+        got = decode(m.subject, m.data, m.headers).event
+        if got != event:
+            wrong.append((m.metadata.sequence.stream, key, got, event))
+    return wrong
+
+
 async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] | None = None,
                     data: dict[str, str] = DATA, per_service: dict[str, dict[str, str]] | None = None,
                     expected_dead: int = 0,
@@ -101,6 +118,8 @@ async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] 
              and fills[json.loads(m.data)["order_id"]] > 1]
     assert not duplicate_fills, f"{name}: {duplicate_fills} orders filled twice: {twice}"
     assert in_stream - expected == set(), f"{name}: events nobody predicted"
+    wrong = _differing(enveloped, sim.events)
+    assert not wrong, f"{name}: {len(wrong)} events in the stream differ from the logic's (stream, logic): {wrong[:3]}"
     stored_keys = {_key(m.headers["ce-id"], m.subject, m.data) for m in enveloped if m.headers["ce-id"] in recorded}
     assert stored_keys == in_stream, f"{name}: events in the stream but not in the store"
     assert dead == expected_dead, f"{name}: {dead} dead letters, expected {expected_dead}: {letters[:5]}"
