@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts.events import BarReceived, SignalGenerated  # noqa: E402
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
+from services.runtime.agent import Agent, Options  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
 from services.runtime import nats_internals  # noqa: E402
 from services.runtime.connect import nats_options  # noqa: E402
@@ -58,11 +59,11 @@ PACED_LIMIT = 1.6    # the same, one message at a time
 BATCH = 256
 
 
-class Relay:
+class Relay(Agent):
     """A stateful agent that turns each bar into one signal (the same output the raw hop makes)."""
 
     consumes = ("data_ready.>",)
-    stateful = True
+    options = Options(stateful=True)
 
     def __init__(self, name: str) -> None:
         self.name = name

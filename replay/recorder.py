@@ -24,7 +24,7 @@ from aiohttp import web
 from contracts.codec import Incoming
 from contracts.subjects import PIPELINE_SUBJECTS
 from replay.store import SqliteEventStore, StoredEvent
-from services.runtime.agent import AgentContext
+from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.settings import load
 
 STORE_FILE = "events.sqlite"
@@ -46,15 +46,14 @@ def store_location(environ: Mapping[str, str] | None = None) -> Path:
     return load(RecorderSettings, "TRADEFLOW_", environ).path
 
 
-class RecorderAgent:
+class RecorderAgent(Agent):
     """Turns each fetched batch into one store transaction."""
 
     name = "recorder"
     consumes = tuple(PIPELINE_SUBJECTS)
-    stateful = False
-    dedup = False            # insert-or-ignore by id already makes a redelivery a no-op
-    dead_letters = False     # bad input is dead-lettered by the stage that consumes it
-    linger = 0.25            # off the trading path: a transaction of many events, not one per event
+    # insert-or-ignore by id already makes a redelivery a no-op (no dedup); bad input is dead-lettered by
+    # the stage that consumes it; off the trading path: a transaction of many events, not one per event
+    options = Options(dedup=False, dead_letters=False, linger=0.25)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -73,6 +72,7 @@ class RecorderAgent:
 
     async def record(self) -> None:
         """Commit the batch (StoreUnavailable, a Transient, retries it in place)."""
+        assert self.store is not None, "open() opens the store"
         await self.store.append(self.queued)
         self.queued = []
 
@@ -80,11 +80,8 @@ class RecorderAgent:
         if self.store is not None:
             await self.store.close()
 
-    def snapshot(self) -> None:
-        return None
-
     def restore(self, snapshot: None) -> None:
-        self.queued = []
+        self.queued = []   # the batch is handled again from its start
 
     def routes(self) -> list[web.RouteDef]:
         """GET /v1/store: how many events the store holds, their span and per-stage counts."""

@@ -30,7 +30,7 @@ import msgspec
 from contracts.codec import Incoming, ce_type_of, decode_body
 from contracts.envelope import REPLAY_RUN, Envelope, rfc3339
 from contracts.errors import BadInput, ConfigError, TradeflowError
-from contracts.events import BarReceived, Event, OrderFilled
+from contracts.events import BarReceived, Event, OrderApproved, OrderFilled
 from contracts.subjects import DATA_READY, REJECTED, subject_for
 from replay.store import EventStore, StoredEvent, TimeColumn
 from services import registry
@@ -221,8 +221,9 @@ def _caused(rows: Iterable[StoredEvent], bar_ids: set[str], skipped: list[Skippe
         kept += chosen
     decoded = _decoded(kept, skipped)
     orders = belongs["approved_ready"]  # a fill's cause is its order (in older recordings, the bar it filled on)
+    order_ids = {event.order_id for _, event in decoded if isinstance(event, OrderApproved)}
     fills = [row for row in by_stage["executed_ready"] if row.causation_id in orders or row.causation_id in bar_ids]
-    decoded += [(row, fill) for row, fill in _decoded(fills, skipped) if fill.order_id in orders]
+    decoded += [(row, fill) for row, fill in _decoded(fills, skipped) if fill.order_id in order_ids]
     return [(row.id, event) for row, event in decoded]
 
 

@@ -89,9 +89,7 @@ def run(service: str) -> None:
     from services.runtime.settings import load
 
     settings = load(RuntimeSettings, "TRADEFLOW_")
-    agent = build(service)
-    producer = getattr(agent, "produce", None)
-    sys.exit(run_service(agent, settings, producer))
+    sys.exit(run_service(build(service), settings))
 
 
 def trading_options(command):

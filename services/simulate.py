@@ -25,7 +25,7 @@ from services.data.service import bar_id
 from services.execution.service import ExecutionAgent
 from services.quant.service import QuantAgent
 from services.risk.service import RiskAgent
-from services.runtime.agent import output_id
+from services.runtime.agent import output_id, unwrap
 from services.strategy.service import StrategyAgent
 
 
@@ -72,10 +72,9 @@ def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy:
             except BadInput:   # live, this input would be dead-lettered; the rest flows on
                 counts[f"dlq.{agent.name}"] += 1
                 continue
-            cause_of = getattr(agent, "cause_of", None)  # as the runtime asks: an output may name its cause
-            named = [cause_of(out) if cause_of else None for out in outputs]
-            for index, (out, cause) in enumerate(zip(outputs, named)):
-                out_id = output_id(agent, event_id, index, out)
+            for index, output in enumerate(outputs):   # as the runtime does: an output may name its key and cause
+                out_id = output_id(agent.name, event_id, index, output)
+                out, cause = unwrap(output)
                 causes[out_id] = cause[1] if cause else event_id
                 deliver(out_id, out)
 

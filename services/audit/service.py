@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
-from contracts.events import BarReceived, Event, OrderFilled
+from contracts.events import BarReceived, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY
 from services.audit import ledger as trades
 from services.audit.logic import Portfolio, in_event_time, report
 from services.audit.trail import AuditLog
-from services.runtime.agent import AgentContext
+from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.settings import load
 
 
@@ -28,26 +28,25 @@ class AuditSettings(msgspec.Struct, frozen=True, kw_only=True):
     log: str | None = None
 
 
-class AuditAgent:
+class AuditAgent(Agent):
     """Folds fills into the portfolio and marks it to every bar; reports in event time."""
 
     name = "audit"
     consumes = (f"{DATA_READY}.>", f"{EXECUTED_READY}.>")
-    stateful = True
-    linger = 0.1     # after the fill: the books may be a tenth of a second behind, in larger batches
+    options = Options(stateful=True, linger=0.1)   # after the fill: the books may be 0.1 s behind, in larger batches
 
     def __init__(self, settings: AuditSettings) -> None:
         self.cash = settings.cash
         self.log_path = settings.log
         # every fill and bar, append-only; the portfolio is folded from it when asked for,
         # in event time (fills order 0, bars 1), so a snapshot is just its length
-        self.log: list[tuple[datetime, int, Event]] = []
+        self.log: list[tuple[datetime, int, BarReceived | OrderFilled]] = []
         self.trades = trades.Ledger()   # fills paired into trades in arrival order, for the audit log
         self.lines: list[dict] = []      # audit log lines not yet written
         self.audit_log: AuditLog | None = None
 
     def handle(self, incoming: Incoming, now: datetime) -> list:
-        event = incoming.event
+        event = cast(BarReceived | OrderFilled, incoming.event)   # what audit consumes
         self.log.append((event.ts, 1 if isinstance(event, BarReceived) else 0, event))
         if isinstance(event, OrderFilled):
             self._log_fill(incoming, event, now)
@@ -70,6 +69,7 @@ class AuditAgent:
     async def record(self) -> None:
         """Append this batch's lines (and any the rebuild re-derived) to the audit log before acking."""
         if self.lines:
+            assert self.audit_log is not None, "open() opens the audit log"
             await self.audit_log.append(self.lines)
             self.lines = []
 

@@ -31,7 +31,6 @@ import logging
 import re
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Annotated, Any
@@ -48,7 +47,7 @@ from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, SYMBOL_RE, subject_m
 from services.deadletters import DeadLetter, RedriveRefused, redrive
 from services.observe import micro_services
 from services.registry import AGENTS, SERVICES
-from services.runtime.agent import ProducerContext
+from services.runtime.agent import Monitor, ProducerContext
 from services.runtime.metrics import quantile
 from services.runtime.micro import ask
 from services.runtime.publish import Publisher
@@ -115,20 +114,18 @@ class Client:
             self.dropped += 1
 
 
-class Dashboard:
+class Dashboard(Monitor):
     """Collects the pipeline's state and events, streams them to pages, and carries out controls."""
 
     name = "dashboard"
-    consumes: Sequence[str] = ()
-    stateful = False
 
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
         self.clients: set[Client] = set()
         self.state: dict[str, Any] = {"ready": False}
-        self.nc = None
-        self.jsm = None
-        self.js = None
+        self.nc: Any = None    # the runtime's connection and JetStream contexts, once watch() starts
+        self.jsm: Any = None
+        self.js: Any = None
         self._per_tick = max(1, round(settings.tail_rate / 4))
         self._arrivals: OrderedDict[str, float] = OrderedDict()
         self._hops: dict[str, deque[tuple[float, float]]] = {s: deque(maxlen=5000) for s in AGENTS}
@@ -142,16 +139,6 @@ class Dashboard:
         self._dlq_mark: tuple[int, int] | None = None
         self._portfolio: dict | None = None
         self._ticks = 0
-
-    # the runtime's agent interface: the dashboard consumes nothing
-    def handle(self, incoming, now):  # pragma: no cover - never called
-        return []
-
-    def snapshot(self) -> Any:
-        return None
-
-    def restore(self, snapshot: Any) -> None:
-        pass
 
     # events as they are published
     def _on_event(self, msg) -> None:
@@ -327,8 +314,8 @@ class Dashboard:
             "equity": list(self._equity), "errors": errors,
         }
 
-    # the loop the runtime runs (the dashboard's "producer")
-    async def produce(self, ctx: ProducerContext) -> None:
+    # the loop the runtime runs
+    async def watch(self, ctx: ProducerContext) -> None:
         self.nc, self.js, self.jsm = ctx.nc, ctx.js, ctx.jsm
         subs = [await self.nc.subscribe(subject, cb=self._on_message) for subject in WATCHED]
         tick = 0.25

@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, w
 from services.data import datasets, sources
 from services.data.polling import TIERS, Poller, parse_every, parse_priorities
 from services.data.providers import HttpProvider, Provider, SimulatedFeed, check_url
-from services.runtime.agent import ProducerContext
+from services.runtime.agent import Producer, ProducerContext
 from services.runtime.pause import pause
 from services.runtime.settings import Redacted, load
 
@@ -114,12 +114,10 @@ def bar_id(bar: BarReceived) -> str:
     return derive_id("data", f"{bar.symbol}@{bar.ts.isoformat()}", 0)
 
 
-class DataAgent:
-    """The data stage consumes nothing; it produces."""
+class DataAgent(Producer):
+    """The data stage: it consumes nothing, and publishes the bars."""
 
     name = "data"
-    consumes: Sequence[str] = ()
-    stateful = False
 
     def __init__(self, settings: DataSettings) -> None:
         self.settings = settings
@@ -139,15 +137,6 @@ class DataAgent:
             self.tiers = parse_priorities(settings.priorities, self.symbols)
             self.schedules = {tier: parse_every(f"TRADEFLOW_DATA_POLL_{tier.upper()}",
                                                 getattr(settings, f"poll_{tier}")) for tier in TIERS}
-
-    def handle(self, incoming, now):  # pragma: no cover - never called: consumes nothing
-        return []
-
-    def snapshot(self) -> Any:
-        return None
-
-    def restore(self, snapshot: Any) -> None:
-        pass
 
     async def _resume_points(self, jsm, symbols: Sequence[str] | None = None) -> dict[str, Any]:
         """The time of the last bar each symbol has in the stream."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from aiohttp import web
@@ -21,7 +21,7 @@ from contracts.events import BarReceived, OrderApproved, OrderFilled, Symbol
 from contracts.subjects import APPROVED_READY, DATA_READY
 from services.execution.ledger import FillLedger
 from services.execution.logic import BrokerParams, new_broker, on_bar, on_order
-from services.runtime.agent import AgentContext
+from services.runtime.agent import Agent, AgentContext, Options, Output
 from services.runtime.settings import load
 
 
@@ -38,13 +38,12 @@ class FillsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     symbol: Symbol | None = None
 
 
-class ExecutionAgent:
+class ExecutionAgent(Agent):
     """The paper broker; its account (orders seen, holdings, waiting orders) is rebuilt from history on start."""
 
     name = "execution"
     consumes = (f"{APPROVED_READY}.>", f"{DATA_READY}.>")
-    stateful = True
-    wait_for_dedup = True    # a fill is acked only once its input's mark is written: while Redis is away, none is
+    options = Options(stateful=True, wait_for_dedup=True)   # a fill is acked only once its input is marked done
 
     def __init__(self, params: BrokerParams, ledger_path: str | None = None) -> None:
         self.params = params
@@ -54,26 +53,21 @@ class ExecutionAgent:
         self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
         self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
         self.waiting: dict[str, tuple[str, str]] = {}  # a waiting order's id -> (its trace, its event id)
-        self.causes: dict[str, tuple[str, str]] = {}   # the last handle()'s fills of waiting orders -> the same
 
-    def handle(self, incoming: Incoming, now: datetime) -> list[OrderFilled]:
+    def handle(self, incoming: Incoming, now: datetime) -> list[Output]:
+        """Each fill keyed by its order: it is its order's, made once (the ledger), so its id comes from the
+        order whichever input made or re-published it (the order itself, the bar after it, or a redelivery of
+        either). A fill made on a later bar belongs to its order's trace, caused by the order, not the bar."""
         event = incoming.event
-        step = on_bar if isinstance(event, BarReceived) else on_order
-        self.broker, fills = step(self.broker, event, self.params, self.recorded)
+        if isinstance(event, BarReceived):
+            self.broker, fills = on_bar(self.broker, event, self.params, self.recorded)
+        else:
+            self.broker, fills = on_order(self.broker, cast(OrderApproved, event), self.params, self.recorded)
         self.queued += fills
         if isinstance(event, OrderApproved) and not fills:
             self.waiting[event.order_id] = (incoming.envelope.trace_id, incoming.id)
-        self.causes = {f.order_id: self.waiting.pop(f.order_id) for f in fills if f.order_id in self.waiting}
-        return fills
-
-    def output_key(self, event: OrderFilled) -> str:
-        """A fill is its order's, made once (the ledger): its id comes from the order, whichever input made or
-        re-published it (the order itself, the bar after it, or a redelivery of either)."""
-        return f"fill:{event.order_id}"
-
-    def cause_of(self, event: OrderFilled) -> tuple[str, str] | None:
-        """A fill made on the next bar belongs to its order's trace, caused by the order, not the bar."""
-        return self.causes.get(event.order_id)
+        return [Output(fill, key=f"fill:{fill.order_id}", cause=self.waiting.pop(fill.order_id, None))
+                for fill in fills]
 
     async def open(self, context: AgentContext) -> None:
         path = Path(self.ledger_path) if self.ledger_path else context.data_dir / "fills.sqlite"
@@ -85,12 +79,16 @@ class ExecutionAgent:
         ids = [inc.event.order_id for inc in inputs if isinstance(inc.event, OrderApproved)]
         bar_symbols = {inc.event.symbol for inc in inputs if isinstance(inc.event, BarReceived)}
         ids += [o.order_id for s in bar_symbols for o in self.broker.pending.get(s, ())]
-        self.recorded = await self.ledger.lookup(ids) if ids else {}
+        self.recorded = await self._ledger().lookup(ids) if ids else {}
 
     async def record(self) -> None:
         """Write this batch's fills to the ledger (insert-or-ignore by order id) before they are published."""
-        await self.ledger.record(self.queued)
+        await self._ledger().record(self.queued)
         self.queued = []
+
+    def _ledger(self) -> FillLedger:
+        assert self.ledger is not None, "open() opens the ledger"
+        return self.ledger
 
     async def close(self) -> None:
         if self.ledger is not None:

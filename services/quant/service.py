@@ -12,26 +12,25 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from contracts.codec import Incoming
-from contracts.events import Event
+from contracts.events import Event, SignalGenerated
 from contracts.subjects import SIGNALS_READY
 from services.quant.logic import REGIMES, Accepted, QuantParams, measure, validate
-from services.runtime.agent import AgentContext
+from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.cache import Cache
 from services.runtime.settings import load
 
 log = logging.getLogger(__name__)
 
 
-class QuantAgent:
+class QuantAgent(Agent):
     """Judges each signal, remembering each symbol's last accepted one."""
 
     name = "quant"
     consumes = (f"{SIGNALS_READY}.>",)
-    stateful = True
-    partitionable = True   # state per symbol only: replicas may share the symbols out
+    options = Options(stateful=True, partitionable=True)   # state per symbol only: replicas may share them out
 
     def __init__(self, params: QuantParams) -> None:
         self.params = params
@@ -42,9 +41,9 @@ class QuantAgent:
         self.caching: asyncio.Task | None = None  # the last batch's regimes on their way to the cache
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Event]:
-        signal = incoming.event
+        signal = cast(SignalGenerated, incoming.event)   # what quant consumes
         last, decision = validate(signal, self.params, self.accepted.get(signal.symbol),
-                                  self.cached.get(signal.symbol))
+                                  self.cached.get(signal.symbol))  # type: ignore[arg-type]   # REGIMES only
         if last is not None:
             self.accepted[signal.symbol] = last
         volatility, regime = measure(signal, self.params)
@@ -59,7 +58,8 @@ class QuantAgent:
         """Read the cached regime of the symbols whose signals carry no volatility (once the last batch's are in)."""
         await self._cached()
         self.measured = {}
-        wanted = [inc.event.symbol for inc in inputs if "volatility" not in inc.event.features]
+        signals = [cast(SignalGenerated, inc.event) for inc in inputs]
+        wanted = [signal.symbol for signal in signals if "volatility" not in signal.features]
         found = await self.cache.get_many("regime", wanted) if self.cache and wanted else {}
         self.cached = {s: v["regime"] for s, v in found.items()
                        if isinstance(v, dict) and v.get("regime") in REGIMES}

@@ -8,26 +8,27 @@ it to market (equity, the day's loss); on start the book is rebuilt from that hi
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
 from contracts.envelope import derive_id
-from contracts.events import BarReceived, Event, OrderFilled
+from contracts.events import BarReceived, Event, OrderFilled, SignalValidated
 from contracts.subjects import DATA_READY, EXECUTED_READY, VALIDATED_READY
 from services.risk.logic import (Book, RiskParams, committed_equity, equity, new_book, on_bar, on_fill, on_signal,
                                  unrealized)
+from services.runtime.agent import Agent, Options
 from services.runtime.settings import load
 
 
-class RiskAgent:
+class RiskAgent(Agent):
     """Sizes and limits orders against the book."""
 
     name = "risk"
     consumes = (f"{VALIDATED_READY}.>", f"{EXECUTED_READY}.>", f"{DATA_READY}.>")
-    stateful = True
+    options = Options(stateful=True)
 
     def __init__(self, params: RiskParams) -> None:
         self.params = params
@@ -41,8 +42,8 @@ class RiskAgent:
         if isinstance(event, OrderFilled):
             self.book = on_fill(self.book, event)
             return []
-        # the order id is the id the runtime gives this output (index 0)
-        self.book, decision = on_signal(self.book, event, derive_id(self.name, incoming.id, 0), self.params)
+        signal = cast(SignalValidated, event)   # the third stage risk consumes
+        self.book, decision = on_signal(self.book, signal, order_id(incoming.id), self.params)
         return [decision]
 
     def snapshot(self) -> Any:
@@ -58,6 +59,12 @@ class RiskAgent:
             return web.json_response(book_view(self.book))
 
         return [web.get("/v1/book", book)]
+
+
+def order_id(signal_id: str) -> str:
+    """An order's id: one per validated signal, derived from the signal's event id (the same on every
+    delivery, replay and simulation of it), whatever ids the runtime gives events."""
+    return derive_id("order", signal_id, 0)
 
 
 def book_view(book: Book) -> dict:

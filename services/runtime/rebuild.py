@@ -20,6 +20,7 @@ done, and handles anything else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from contracts.codec import decode
+from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, Transient
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
@@ -91,16 +92,44 @@ async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: Abs
     folded = 0
     now = datetime.now(timezone.utc)
     async with SqliteEventStore.open(path, read_only=True) as store:
+        batch: list[Incoming] = []
         async for e in store.query(subjects=list(agent.consumes), by="stream_seq", before_seq=below):
             if e.stream_seq in dead:
                 continue
             try:
-                agent.handle(decode(e.subject, e.body, e.headers, sequence=e.stream_seq), now)
-                folded += 1
-            except Exception:  # noqa: BLE001 - bad input or a handler error: it was dead-lettered live
+                batch.append(decode(e.subject, e.body, e.headers, sequence=e.stream_seq))
+            except BadInput:   # it was dead-lettered live
                 continue
+            if len(batch) >= 1000:
+                folded += fold(agent, batch, now)
+                batch = []
+        folded += fold(agent, batch, now)
     log.info("state rebuilt from the event store", extra={"events": folded, "below_seq": below, "store": str(path)})
     return folded
+
+
+def fold(agent: Agent, inputs: Sequence[Incoming], now: datetime) -> int:
+    """Fold inputs into the agent's state through handle(), all or nothing per input, as live: what a
+    rejected input changed stands, an input the handler fails on is left out (the state put back, and the
+    rest folded again without it: live, it failed too, and was dead-lettered). How many were folded."""
+    snapshot = agent.snapshot()
+    failed: set[int] = set()
+    while True:
+        folded = 0
+        for position, inc in enumerate(inputs):
+            if position in failed:
+                continue
+            try:
+                agent.handle(inc, now)
+                folded += 1
+            except BadInput:
+                continue
+            except Exception:  # noqa: BLE001 - see above
+                failed.add(position)
+                break
+        else:
+            return folded
+        agent.restore(snapshot)
 
 
 class _StreamFold:
@@ -166,15 +195,13 @@ class _StreamFold:
             except BadInput:
                 continue  # was dead-lettered when it first came
         done_above = await self.dedup.seen([inc.id for seq, inc in decoded if seq > self.floor])
-        for seq, inc in decoded:   # nothing above may fail now: the batch is judged whole or not at all
+        done = []   # nothing below may fail now: the batch is judged whole or not at all
+        for seq, inc in decoded:
             if seq in self.dead:
                 continue
             if seq <= self.floor or inc.id in done_above:
                 self.tracking.add((seq,))   # done live, whether or not it folds now
-                try:
-                    self.agent.handle(inc, self.now)
-                    self.folded += 1
-                except Exception:  # noqa: BLE001 - it failed live too, and was dead-lettered
-                    continue
+                done.append(inc)
+        self.folded += fold(self.agent, done, self.now)
         if msgs:
             self.reached = max(self.reached, min(msgs[-1].metadata.sequence.stream, self.last))

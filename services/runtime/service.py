@@ -27,7 +27,7 @@ from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM
 from replay.recorder import store_location
 from services.permissions import inbox_prefix
 from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
-from services.runtime.agent import Agent, AgentContext, Producer
+from services.runtime.agent import Agent, AgentContext, Component, Monitor, Producer, Run
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import (
@@ -63,27 +63,31 @@ EXIT_RESTART = 75  # asked to restart (EX_TEMPFAIL): the supervisor or the conta
 
 
 class Service:
-    """Runs one agent (a consumer) and/or one producer until SIGTERM."""
+    """Runs one component until SIGTERM: an agent (a consumer), a producer or a monitor."""
 
-    def __init__(self, agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> None:
-        self.agent = agent
+    def __init__(self, component: Component, settings: RuntimeSettings) -> None:
+        self.component = component
+        self.stage = component if isinstance(component, Agent) else None   # what consumes the pipeline
         self.settings = settings
-        self.producer = producer
-        self.name = agent.name
+        self.producer: Run | None = component.produce if isinstance(component, Producer) else \
+            component.watch if isinstance(component, Monitor) else None
+        self.name = component.name
         self.consumer = self.name           # its durable; a partitioned replica has one of its own
+        stage = self.stage
         if settings.partition is not None:
-            if not getattr(agent, "partitionable", False):
+            if stage is None or not stage.options.partitionable:
                 raise ConfigError(f"TRADEFLOW_PARTITION: {self.name} keeps state across symbols and runs as one "
                                   "replica (only strategy and quant can be partitioned)")
             partition = Partition.parse(settings.partition, settings.symbols)
             self.consumer = partition.durable(self.name)
-            agent.consumes = partition.filters(agent.consumes)   # its consumer, its rebuild: its symbols only
+            stage.consumes = partition.filters(stage.consumes)   # its consumer, its rebuild: its symbols only
         self.metrics = Metrics(self.name)
         self.stop = asyncio.Event()
         self._closing = asyncio.Event()   # set when the service shuts down: background loops end
         self.failure: BaseException | None = None
         self.restart_requested = False
-        self._checks = {"nats": False, "redis": False, "consumer": not agent.consumes, "state": not agent.stateful}
+        self._checks = {"nats": False, "redis": False, "consumer": stage is None,
+                        "state": stage is None or not stage.options.stateful}
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
         self.cache: Cache | None = None
@@ -138,7 +142,7 @@ class Service:
         routes = [web.get("/v1/health", self._health_view)]
         runner, self.http_port = await start_http(
             s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
-            routes=routes + (self.agent.routes() if hasattr(self.agent, "routes") else []))
+            routes=routes + self.component.routes())
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
         background: list[asyncio.Task] = [asyncio.create_task(self.loop_lag.watch(stop=self._closing),
                                                               name="loop-lag")]
@@ -157,27 +161,28 @@ class Service:
                 return 0
             js = self.nc.jetstream(timeout=s.publish_timeout)
             jsm = self.nc.jsm()
-            wanted = [(PIPELINE_STREAM, consumer_config(self.consumer, list(self.agent.consumes), s)),
-                      (ADVISORY_STREAM, advisory_consumer_config(self.consumer, s, terminated=getattr(
-                          self.agent, "dead_letters", True)))] if self.agent.consumes else []
+            stage = self.stage
+            wanted = [(PIPELINE_STREAM, consumer_config(self.consumer, list(stage.consumes), s)),
+                      (ADVISORY_STREAM, advisory_consumer_config(self.consumer, s,
+                                                                 terminated=stage.options.dead_letters)),
+                      ] if stage is not None else []
             if await self._until_stopped(await_provisioned(jsm, wanted, watch=watch)) is None and self.stop.is_set():
                 return 0
             self.micro = await start_micro(
-                self.nc, self.name, description=(type(self.agent).__doc__ or self.name).strip().splitlines()[0],
-                meta={"consumer": self.consumer if self.agent.consumes else "", "http_port": self.http_port,
+                self.nc, self.name, description=(type(self.component).__doc__ or self.name).strip().splitlines()[0],
+                meta={"consumer": self.consumer if stage is not None else "", "http_port": self.http_port,
                       "partition": s.partition or "", "pid": os.getpid()},
                 metrics=self.metrics, health=self.health, ready=self.ready, restart=self._restart,
-                extra=self.agent.micro_endpoints() if hasattr(self.agent, "micro_endpoints") else None)
+                extra=self.component.micro_endpoints())
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
-            if hasattr(self.agent, "open"):
-                await self.agent.open(self._context(redis))
-                opened = True
+            await self.component.open(self._context(redis))
+            opened = True
             main: list[asyncio.Task] = []
-            if self.agent.consumes:
+            if stage is not None:
                 tracking = None
-                if self.agent.stateful:
-                    rebuilt = await self._until_stopped(rebuild_state(self.agent, js, jsm, self.consumer, dedup,
+                if stage.options.stateful:
+                    rebuilt = await self._until_stopped(rebuild_state(stage, js, jsm, self.consumer, dedup,
                                                                       store=store_location()))
                     if rebuilt is None:   # stopped while it waited for NATS or Redis
                         return 0
@@ -189,7 +194,7 @@ class Service:
                 self._checks["consumer"] = True
                 self.tasks.register("consumer-lag", lambda: self._read_lag(jsm), priority=Priority.IMPORTANT,
                                     every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0, 2.0, 5.0))
-                self.worker = Worker(self.agent, sub, publisher=publisher, dedup=dedup, metrics=self.metrics,
+                self.worker = Worker(stage, sub, publisher=publisher, dedup=dedup, metrics=self.metrics,
                                      settings=s, consumer=self.consumer, tracing=self.tracing, tracking=tracking,
                                      reconnects=functools.partial(_reconnects, self.nc))
                 main.append(asyncio.create_task(self.worker.run(), name="worker"))
@@ -201,7 +206,7 @@ class Service:
                 main.append(asyncio.create_task(self.producer(context), name="producer"))
             for task in main:
                 task.add_done_callback(self._on_main_done)
-            log.info("service ready", extra={"consumes": list(self.agent.consumes)})
+            log.info("service ready", extra={"consumes": list(stage.consumes) if stage is not None else []})
             await self.stop.wait()
             log.info("stopping: draining in-flight work")
             if self.worker is not None:
@@ -236,8 +241,8 @@ class Service:
                     await self.nc.close()
                 except Exception as exc:  # noqa: BLE001 - nats-py writes to a transport a lost connection closed
                     log.warning("nats connection closed uncleanly", extra={"error": repr(exc)})
-            if opened and hasattr(self.agent, "close"):
-                await self.agent.close()
+            if opened:
+                await self.component.close()
             await redis.aclose()
             await self.pool.close()
             if self.tracing is not None:
@@ -284,7 +289,7 @@ class Service:
             market |= {"phase": at.phase, "reason": at.reason,
                        "next_change": at.next_change.isoformat() if at.next_change else None}
         return {
-            "service": self.name, "consumer": self.consumer if self.agent.consumes else None,
+            "service": self.name, "consumer": self.consumer if self.stage is not None else None,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "checks": self.ready(),
             "time": datetime.now(timezone.utc).isoformat(),
@@ -354,10 +359,10 @@ def _reconnects(nc: NATS) -> int:
     return int(nc.stats["reconnects"])
 
 
-def run(agent: Agent, settings: RuntimeSettings, producer: Producer | None = None) -> int:
+def run(component: Component, settings: RuntimeSettings) -> int:
     """Run a service to completion under uvloop when available; returns the exit code."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(Service(agent, settings, producer).run())
-    return uvloop.run(Service(agent, settings, producer).run())
+        return asyncio.run(Service(component, settings).run())
+    return uvloop.run(Service(component, settings).run())

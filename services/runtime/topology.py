@@ -239,7 +239,7 @@ def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | N
     for name in DURABLES:
         agent = type(build(name, {}))
         count = (replicas or {}).get(name, 1)
-        if count > 1 and not getattr(agent, "partitionable", False):
+        if count > 1 and not agent.options.partitionable:
             raise ConfigError(f"{name} cannot run as replicas (only strategy and quant can be partitioned)")
         shares = [(name, list(agent.consumes))] if count == 1 else [
             (p.durable(name), list(p.filters(agent.consumes)))
@@ -248,7 +248,7 @@ def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | N
         for durable, filters in shares:
             out.append((PIPELINE_STREAM, consumer_config(durable, filters, own)))
             out.append((ADVISORY_STREAM, advisory_consumer_config(durable, own,
-                                                                  terminated=getattr(agent, "dead_letters", True))))
+                                                                  terminated=agent.options.dead_letters)))
     return out
 
 

@@ -41,7 +41,7 @@ from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
 from contracts.subjects import matcher
 from services.deadletters import dead_letter_copy
 from services.runtime import nats_internals
-from services.runtime.agent import Agent, output_id
+from services.runtime.agent import Agent, output_id, unwrap
 from services.runtime.config import RuntimeSettings
 from services.runtime.decisions import (after_handler_error, backoff_delay, lost_deliveries, mark_before_ack,
                                         mark_failed, marks_due, segments, undelivered)
@@ -91,7 +91,8 @@ class Worker:
         """`tracking`: what the rebuilt state of a stateful agent holds (an empty record if not given);
         `reconnects`: how often the NATS connection was made again (its stats)."""
         self.agent = agent
-        self.tracking = (tracking or Tracking()) if agent.stateful else None
+        self.options = options = agent.options
+        self.tracking = (tracking or Tracking()) if options.stateful else None
         self.tracing = tracing
         self.sub = sub
         self.fast_fetch = nats_internals.take_queued_first(sub)
@@ -106,9 +107,9 @@ class Worker:
         self.reconnects = reconnects or (lambda: 0)        # how often the connection was made again
         self._reconnects_seen = self.reconnects()
         self._ahead: asyncio.Task | None = None           # the next batch's fetch, under way while one is processed
-        self.uses_dedup = getattr(agent, "dedup", True)   # False: the agent's own effects are idempotent by id
-        self.waits_for_dedup = getattr(agent, "wait_for_dedup", False)
-        self.linger = float(getattr(agent, "linger", 0.0))  # off the trading path: let small batches fill
+        self.uses_dedup = options.dedup                   # False: the agent's own effects are idempotent by id
+        self.waits_for_dedup = options.wait_for_dedup
+        self.linger = options.linger                      # off the trading path: let small batches fill
         self.takes = matcher(agent.consumes)               # its inputs; its durable may deliver more (stream_filters)
         self.unmarked: list[str] = []                      # acked, not yet marked (to write together, or later)
         self._marked_at = time.monotonic()
@@ -149,9 +150,10 @@ class Worker:
                     log.warning("fetch failed", extra={"error": repr(exc)})
                     await pause(backoff_delay(self.settings.backoff, failures), self.stopping)
                     continue
-                lost = self._lost_on_the_way(msgs) if self.agent.stateful else 0
+                lost = self._lost_on_the_way(msgs) if self.options.stateful else 0
                 reconnected = self._reconnected()
-                if (failures or lost or reconnected) and self.agent.stateful and await self._deliveries_in_limbo(msgs):
+                stateful = self.options.stateful
+                if (failures or lost or reconnected) and stateful and await self._deliveries_in_limbo(msgs):
                     failures = 0
                     continue
                 failures = 0
@@ -378,15 +380,26 @@ class Worker:
             return set()
 
     async def _handle(self, segment: list[Item]) -> Outcome:
-        """Run the agent's handler on each input not seen before; the state as it was is kept to roll back to."""
+        """Run the agent's handler on each input not seen before; the state as it was is kept to roll back to.
+        All or nothing: when the handler fails on an input, a stateful agent's state is put back and the
+        segment handled again without it, so no input leaves half its changes behind."""
         seen = await self._seen(segment)
-        agent, service, tracing = self.agent, self.service, self.tracing
-        outcome = Outcome(agent.snapshot())
-        prepare = getattr(agent, "prepare", None)
-        if prepare is not None:
-            await prepare([inc for _, inc in segment if inc.id not in seen] if seen else [inc for _, inc in segment])
+        agent = self.agent
+        snapshot = agent.snapshot()
+        await agent.prepare([inc for _, inc in segment if inc.id not in seen] if seen else [inc for _, inc in segment])
         now = datetime.now(timezone.utc)
-        cause_of = getattr(agent, "cause_of", None)
+        failed: dict[int, BaseException] = {}
+        while True:
+            outcome = Outcome(snapshot)
+            if await self._handle_each(segment, seen, failed, outcome, now) or not self.options.stateful:
+                return outcome
+            agent.restore(snapshot)
+
+    async def _handle_each(self, segment: list[Item], seen: set[str], failed: dict[int, BaseException],
+                           outcome: Outcome, now: datetime) -> bool:
+        """One pass of the handler over the segment, the inputs in `failed` left out; False when it failed
+        on another (added to `failed`), for a stateful agent, whose pass ends there."""
+        agent, service, tracing, stateful = self.agent, self.service, self.tracing, self.options.stateful
         outgoing = outcome.outgoing
         for position, (msg, inc) in enumerate(segment, 1):
             if not position % _YIELD_EVERY:   # let heartbeats, health checks and metrics in during a long batch
@@ -394,29 +407,36 @@ class Worker:
             if seen and inc.id in seen:
                 outcome.duplicates.append(msg)
                 continue
+            if position in failed:
+                outcome.failed.append((msg, inc, failed[position]))
+                continue
             try:
                 self._inject_faults(inc)
                 events = agent.handle(inc, now)
-            except BadInput as err:
+            except BadInput as err:   # the handler judged it: what it changed stands
                 outcome.rejected.append((msg, err))
                 if tracing is not None:
                     outcome.traced.append((inc, 0, 0, f"{err.reason}: {err}"))
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug or a bad day: retry later, DLQ at the last attempt
+                failed[position] = exc
+                if stateful:
+                    return False
                 outcome.failed.append((msg, inc, exc))
                 continue
             if tracing is not None:
                 outcome.traced.append((inc, len(outgoing), len(outgoing) + len(events), None))
             replay_run = inc.headers.get(ce.REPLAY_RUN)
-            for index, event in enumerate(events):
-                trace_id, causation_id = (cause_of and cause_of(event)) or (inc.envelope.trace_id, inc.id)
-                out = envelope_out(event, service=service, event_id=output_id(agent, inc.id, index, event),
+            for index, output in enumerate(events):
+                event, cause = unwrap(output)
+                trace_id, causation_id = cause or (inc.envelope.trace_id, inc.id)
+                out = envelope_out(event, service=service, event_id=output_id(service, inc.id, index, output),
                                    trace_id=trace_id, causation_id=causation_id, now=now)
                 if replay_run:  # what a replayed event leads to is part of the replay
                     out.headers[ce.REPLAY_RUN] = replay_run
                 outgoing.append(out)
             outcome.done.append((msg, inc))
-        return outcome
+        return True
 
     async def _commit(self, outcome: Outcome) -> None:
         """Make the segment durable: the agent's effects, then the outputs (every PubAck), then, for an agent
@@ -431,7 +451,7 @@ class Worker:
             raise
 
     def _marks_first(self, outcome: Outcome) -> bool:
-        return mark_before_ack(stateful=self.agent.stateful, waits_for_dedup=self.waits_for_dedup,
+        return mark_before_ack(stateful=self.options.stateful, waits_for_dedup=self.waits_for_dedup,
                                outputs=bool(outcome.outgoing), gap_below=bool(self.naked), kept=len(self.unmarked),
                                limit=_MAX_UNMARKED)
 
@@ -497,7 +517,7 @@ class Worker:
         try:
             await self.dedup.mark(pending)
         except RedisUnavailable:
-            if mark_failed(stateful=self.agent.stateful, waits_for_dedup=self.waits_for_dedup,
+            if mark_failed(stateful=self.options.stateful, waits_for_dedup=self.waits_for_dedup,
                            pending=len(pending), limit=_MAX_UNMARKED) == "retry":
                 raise
             self.unmarked = pending
@@ -540,11 +560,8 @@ class Worker:
             raise RuntimeError(f"fault injected on {inc.id}")
 
     async def _record(self) -> None:
-        record = getattr(self.agent, "record", None)
-        if record is None:
-            return
         try:
-            await record()
+            await self.agent.record()
         except (Transient, asyncio.CancelledError):
             raise
         except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
@@ -566,7 +583,7 @@ class Worker:
                             start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
             for out in outgoing[first:last]:
                 event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
-                # an output may belong to an earlier input's journey (cause_of): its own trace, its own cause
+                # an output may belong to an earlier input's journey (Output.cause): its own trace, its own cause
                 trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
                 tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
                             span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
@@ -578,7 +595,7 @@ class Worker:
 
     async def _bad_input(self, msg: Msg, err: BadInput) -> None:
         """Dead-letter undecodable input, unless the agent leaves that to the stage that consumes it."""
-        if getattr(self.agent, "dead_letters", True):
+        if self.options.dead_letters:
             await self.dead_letter(msg, err.reason, str(err))
             return
         self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
@@ -595,7 +612,7 @@ class Worker:
         if action == "dead_letter":
             await self.dead_letter(msg, "max_deliveries", f"{type(exc).__name__}: {exc}")
             return
-        if self.agent.stateful:   # a gap below what is acked next: marks go first until it closes
+        if self.options.stateful:   # a gap below what is acked next: marks go first until it closes
             self.naked.add(inc.envelope.sequence)
         await self._quietly(msg.nak(delay=delay))
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -29,7 +29,7 @@ from contracts.codec import Incoming
 from contracts.errors import ConfigError
 from contracts.events import BarReceived, SignalGenerated
 from contracts.subjects import DATA_READY
-from services.runtime.agent import AgentContext
+from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.pool import ComputePool
 from services.runtime.settings import load
 from services.strategy.logic import GapRejected, StrategyParams, Window
@@ -59,13 +59,12 @@ def fold(step: Step, params: StrategyParams, jobs: Sequence[tuple[Window, Sequen
     return out, time.perf_counter() - started
 
 
-class StrategyAgent:
+class StrategyAgent(Agent):
     """Keeps a rolling window per symbol and runs the configured strategy on each bar."""
 
     name = "strategy"
     consumes = (f"{DATA_READY}.>",)
-    stateful = True
-    partitionable = True   # state per symbol only: replicas may share the symbols out
+    options = Options(stateful=True, partitionable=True)   # state per symbol only: replicas may share them out
 
     def __init__(self, step: Step, params: msgspec.Struct, offload: str = "auto", offload_min_ms: float = 5.0) -> None:
         self.step = step
@@ -79,7 +78,7 @@ class StrategyAgent:
         self._pool_failed = False
 
     def handle(self, incoming: Incoming, now: datetime) -> list[SignalGenerated]:
-        bar = incoming.event
+        bar = cast(BarReceived, incoming.event)   # what strategy consumes
         before = self.windows.get(bar.symbol, EMPTY)
         ready = self._ready.pop(incoming.id, None)
         if ready is not None and ready[0] is before:
@@ -87,7 +86,7 @@ class StrategyAgent:
         else:
             started = time.perf_counter()
             try:
-                window, signals = self.step(before, bar, self.params)
+                window, signals = self.step(before, bar, self.params)  # type: ignore[arg-type]   # its own params
             except GapRejected as gap:
                 self.windows[bar.symbol] = gap.window  # the bar is dead-lettered; warm-up starts again after it
                 raise
@@ -113,9 +112,10 @@ class StrategyAgent:
         self._ready = {}
         if not self._offloads(len(inputs)):
             return
+        assert self.pool is not None   # _offloads says so
         by_symbol: dict[str, list[Incoming]] = {}
         for inc in inputs:
-            by_symbol.setdefault(inc.event.symbol, []).append(inc)
+            by_symbol.setdefault(cast(BarReceived, inc.event).symbol, []).append(inc)
         symbols = list(by_symbol)
         parts = min(len(symbols), 2 * self.pool.settings.workers)   # a few calls per worker, not one per symbol
         chunks = [symbols[i::parts] for i in range(parts)]

@@ -18,6 +18,7 @@ from contracts.codec import Incoming, encode
 from contracts.events import BarReceived, OrderApproved, SignalGenerated
 from contracts.subjects import PIPELINE_STREAM, PIPELINE_SUBJECTS
 from services.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
+from services.runtime.agent import Agent, Options
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry
 from services.runtime.metrics import Metrics
@@ -92,12 +93,11 @@ async def test_init_refuses_a_stream_someone_else_configured_and_changes_nothing
     assert again.returncode == 0 and "nothing changed" in again.stdout
 
 
-class FlakyAgent:
+class FlakyAgent(Agent):
     """Echoes signals as validated, except one symbol whose handler always raises."""
 
     name = "flaky"
     consumes = ("signals_ready.>",)
-    stateful = False
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
@@ -108,12 +108,6 @@ class FlakyAgent:
         if sig.symbol == "BOOM":
             raise RuntimeError("feature store returned garbage")
         return []
-
-    def snapshot(self):
-        return None
-
-    def restore(self, snapshot) -> None:
-        pass
 
 
 @contextlib.asynccontextmanager
@@ -168,7 +162,7 @@ class Tally(FlakyAgent):
     """A stateful agent that counts what it handles."""
 
     name = "tally"
-    stateful = True
+    options = Options(stateful=True)
 
 
 async def test_a_stateful_worker_takes_what_its_state_holds_as_done_and_handles_the_rest(make_stack, tmp_path):

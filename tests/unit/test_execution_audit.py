@@ -106,12 +106,11 @@ def test_a_fill_on_the_next_bar_belongs_to_its_orders_trace():
     assert agent.handle(_in(order("buy"), "approved-1", "b" * 32), TS) == []
     before = agent.snapshot()
     [filled_] = agent.handle(_in(bar_at(1, 101.0), "bar-1", "c" * 32), TS)
-    assert agent.cause_of(filled_) == ("b" * 32, "approved-1")
+    assert filled_.cause == ("b" * 32, "approved-1") and filled_.key == f"fill:{filled_.event.order_id}"
     agent.restore(before)   # a batch rolled back: the order waits again, with its cause
     [again] = agent.handle(_in(bar_at(1, 101.0), "bar-1", "c" * 32), TS)
-    assert again == filled_ and agent.cause_of(again) == ("b" * 32, "approved-1")
-    agent.handle(_in(bar_at(2, 102.0), "bar-2", "d" * 32), TS)
-    assert agent.cause_of(again) is None and agent.waiting == {}   # nothing kept once it is used
+    assert again == filled_
+    assert agent.handle(_in(bar_at(2, 102.0), "bar-2", "d" * 32), TS) == [] and agent.waiting == {}
 
 
 def test_equity_fraction_flattens_then_goes_all_in_as_backtesting_py():

@@ -16,7 +16,7 @@ from contracts.subjects import STAGES, subject_for
 from services.execution.ledger import FillLedger
 from services.execution.logic import BrokerParams
 from services.execution.service import ExecutionAgent
-from services.runtime.agent import AgentContext, output_id
+from services.runtime.agent import AgentContext, Output, output_id
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 
@@ -47,8 +47,9 @@ async def open_agent(path: Path, **params) -> ExecutionAgent:
     return agent
 
 
-async def batch(agent: ExecutionAgent, *inputs: Incoming) -> list[OrderFilled]:
-    """What the runtime does with one batch, up to publishing: prepare, handle each, record."""
+async def batch(agent: ExecutionAgent, *inputs: Incoming) -> list[Output]:
+    """What the runtime does with one batch, up to publishing: prepare, handle each, record (the fills, each
+    with its id key and cause)."""
     await agent.prepare(list(inputs))
     out = [f for inc in inputs for f in agent.handle(inc, TS)]
     await agent.record()
@@ -81,7 +82,7 @@ async def test_a_fill_recorded_but_never_published_is_replayed_not_refilled(tmp_
     try:
         assert await batch(second, incoming(order(), "e-1")) == [original]
         assert second.broker.holdings["GOOG"].quantity == 10.0
-        assert second.broker.cash == pytest.approx(100_000 - original.commission)
+        assert second.broker.cash == pytest.approx(100_000 - original.event.commission)
         assert await batch(second, incoming(order(), "e-1-again")) == []   # the same order id: nothing
         assert await second.ledger.count() == 1
     finally:
@@ -93,7 +94,7 @@ async def test_an_order_waiting_for_its_bar_takes_the_recorded_fill_of_that_bar(
     first = await open_agent(path)
     assert await batch(first, incoming(order(), "e-1")) == []           # waits for the next bar's open
     [original] = await batch(first, incoming(bar(1, 101.0), "b-1"))
-    assert (original.price, original.ts) == (101.0, TS + timedelta(days=1))
+    assert (original.event.price, original.event.ts) == (101.0, TS + timedelta(days=1))
     await first.close()
     # rebuilt with the order (acknowledged) but not the bar (its batch died after the ledger write)
     second = await open_agent(path, slippage_bps=100)
@@ -118,8 +119,8 @@ async def test_a_recorded_fill_published_again_from_another_input_keeps_its_even
         second.handle(incoming(order(), "e-1"), TS)   # folded in; the bar it was filled on was not
         [again] = await batch(second, incoming(bar(2, 105.0), "b-2"))
         assert again == original
-        ids = {output_id(first, "b-1", 0, original), output_id(second, "b-2", 0, again),
-               output_id(second, "e-1", 0, again)}
+        ids = {output_id(first.name, "b-1", 0, original), output_id(second.name, "b-2", 0, again),
+               output_id(second.name, "e-1", 0, again)}
         assert len(ids) == 1, ids
     finally:
         await second.close()

@@ -19,8 +19,7 @@ import pytest
 from contracts.codec import decode_body, encode
 from contracts.envelope import REPLAY_OF, REPLAY_RUN, derive_id
 from contracts.errors import ConfigError
-from contracts.events import BarReceived, OrderFilled, SignalGenerated
-from contracts.subjects import subject_for
+from contracts.events import BarReceived, OrderApproved, OrderFilled, SignalGenerated
 from replay.simulated import as_recorded as recorded_rows
 from replay.store import SqliteEventStore, StoredEvent
 from replay.whatif import WhatIf, WhatIfError, load_recorded, overrides_env, whatif
@@ -112,7 +111,7 @@ async def test_a_tighter_limit_turns_approvals_into_rejections(tmp_path, goog):
         recorded = await load_recorded(store)
     w = whatif(recorded, overrides_env(FIXED, sets=("TRADEFLOW_RISK_MAX_POSITION=5",)))
     counts = {s.stage: s for s in w.stages}
-    approved = {i for i, e in recorded.outputs if subject_for(e).startswith("approved_ready.")}
+    approved = {i for i, e in recorded.outputs if isinstance(e, OrderApproved)}   # the same ids as the rejections
     assert len(approved) == counts["approved_ready"].recorded > 0
     assert of_kind(w, "approved_ready", "removed") == approved == of_kind(w, "rejected.risk", "added")
     assert {d.simulated.rule for d in w.differences if d.stage == "rejected.risk"} == {"max_position"}
@@ -178,7 +177,7 @@ async def test_a_window_takes_the_outputs_its_bars_caused(store, goog, goog_run)
     assert signals == {i for i, e in goog_run.events if isinstance(e, SignalGenerated) and goog_run.causes[i] in bars}
     assert "typed-by-hand" not in signals
     fills = [e for _, e in recorded.outputs if isinstance(e, OrderFilled)]
-    approved = {i for i, e in recorded.outputs if subject_for(e).startswith("approved_ready.")}
+    approved = {e.order_id for _, e in recorded.outputs if isinstance(e, OrderApproved)}
     assert fills and all(f.order_id in approved and since <= f.ts < until for f in fills)
     by_time = await load_recorded(store, since=since, until=until, by="time")  # recorded at bar time here
     assert (by_time.bars, by_time.outputs) == (recorded.bars, recorded.outputs)
@@ -187,11 +186,12 @@ async def test_a_window_takes_the_outputs_its_bars_caused(store, goog, goog_run)
 async def test_fills_are_matched_by_order_whichever_input_made_them(tmp_path, goog, goog_run):
     """Live, bars run ahead: execution usually fills an order when the order comes (simulate: at the next
     bar), so the recorded fill's id derives from the order, not the bar; the fill itself is the same."""
+    orders = {e.order_id: i for i, e in goog_run.events if isinstance(e, OrderApproved)}   # order id -> its event
     rows = []
     for row in as_recorded(goog_run):
         if row.stage == "executed_ready":
-            order_id = decode_body("executed_ready", row.body).order_id
-            row = msgspec.structs.replace(row, id=derive_id("execution", order_id, 0), causation_id=order_id)
+            order = orders[decode_body("executed_ready", row.body).order_id]
+            row = msgspec.structs.replace(row, id=derive_id("execution", order, 0), causation_id=order)
         rows.append(row)
     async with SqliteEventStore.open(tmp_path / "live.sqlite") as store:
         await store.append(rows)
