@@ -8,8 +8,8 @@ import msgspec
 
 from contracts.events import BarReceived, OrderFilled
 from services.accounting import trade_into
-from services.audit import ledger as trades
-from services.audit.ledger import Ledger
+from services.audit import trades
+from services.audit.trades import Trades
 
 
 class Position(msgspec.Struct, frozen=True):
@@ -30,7 +30,7 @@ class Portfolio(msgspec.Struct, frozen=True, kw_only=True):
     commissions: float = 0.0
     fills: int = 0
     bars: int = 0
-    ledger: Ledger = Ledger()
+    trades: Trades = Trades()
     peak_equity: float = 0.0
     max_drawdown: float = 0.0   # largest fall from a peak, as a fraction of that peak
     exposed_bars: int = 0       # bars that closed with a position open
@@ -54,7 +54,7 @@ def on_fill(pf: Portfolio, f: OrderFilled) -> Portfolio:
         pf, cash=pf.cash - signed * f.price - f.commission, positions=positions,
         realized_pnl=pf.realized_pnl + realized - f.commission, commissions=pf.commissions + f.commission,
         fills=pf.fills + 1, last_price={**pf.last_price, f.symbol: pf.last_price.get(f.symbol, f.price)},
-        ledger=trades.on_fill(pf.ledger, f),
+        trades=trades.on_fill(pf.trades, f),
     )
 
 
@@ -99,8 +99,8 @@ def summary(pf: Portfolio) -> dict:
         "return_pct": round((eq / pf.initial_cash - 1) * 100, 6),
         "max_drawdown_pct": round(pf.max_drawdown * 100, 6),
         "exposure_pct": round(pf.exposed_bars / pf.bars * 100, 6) if pf.bars else 0.0,
-        "trade_count": len(pf.ledger.closed),
-        "win_rate_pct": None if (rate := trades.win_rate(pf.ledger)) is None else round(rate * 100, 6),
+        "trade_count": len(pf.trades.closed),
+        "win_rate_pct": None if (rate := trades.win_rate(pf.trades)) is None else round(rate * 100, 6),
         "positions": {s: {"quantity": p.quantity, "avg_price": round(p.avg_price, 6),
                           "last_price": pf.last_price.get(s)} for s, p in sorted(pf.positions.items())},
     }
@@ -113,5 +113,5 @@ def report(pf: Portfolio) -> dict:
     out["trades"] = [
         {"symbol": t.symbol, "size": t.size, "entry_time": t.entry_time.isoformat(),
          "exit_time": t.exit_time.isoformat(), "entry_price": t.entry_price, "exit_price": t.exit_price,
-         "pnl": round(t.pnl, 6), "commission": round(t.commission, 6)} for t in pf.ledger.closed]
+         "pnl": round(t.pnl, 6), "commission": round(t.commission, 6)} for t in pf.trades.closed]
     return out

@@ -14,7 +14,7 @@ from aiohttp import web
 from contracts.codec import Incoming
 from contracts.events import BarReceived, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY
-from services.audit import ledger as trades
+from services.audit import trades
 from services.audit.logic import Portfolio, in_event_time, report
 from services.audit.trail import AuditLog
 from services.runtime.agent import Agent, AgentContext, Options
@@ -41,7 +41,7 @@ class AuditAgent(Agent):
         # every fill and bar, append-only; the portfolio is folded from it when asked for,
         # in event time (fills order 0, bars 1), so a snapshot is just its length
         self.log: list[tuple[datetime, int, BarReceived | OrderFilled]] = []
-        self.trades = trades.Ledger()   # fills paired into trades in arrival order, for the audit log
+        self.trades = trades.Trades()   # fills paired into trades in arrival order, for the audit log
         self.lines: list[dict] = []      # audit log lines not yet written
         self.audit_log: AuditLog | None = None
 

@@ -81,7 +81,7 @@ def test_sma_cross_matches_backtesting_py(data, fast, slow, commission, closed):
         sizes.append(abs(opened - abs(trade.Size)))
         held = opened
     assert max(sizes) == 0, "an all-in size differs"
-    ledger = sim.audit.report().ledger.closed  # audit's own pairing of the fills into trades
+    ledger = sim.audit.report().trades.closed  # audit's own pairing of the fills into trades
     assert [(t.size, t.entry_price, t.exit_price) for t in ledger] == [
         (float(t.Size), t.EntryPrice, t.ExitPrice) for t in trades.itertuples()]
     assert [t.pnl for t in ledger] == pytest.approx(list(trades.PnL), abs=1e-6)
@@ -96,5 +96,5 @@ def test_sma_cross_matches_backtesting_py(data, fast, slow, commission, closed):
     assert stats_ours["return_pct"] == pytest.approx(stats["Return [%]"], abs=1e-6)
     # by definition, backtesting.py leaves the trade still open at the end out of its exposure and
     # commission totals; tradeflow counts the open position's bars and the commission it already paid
-    open_trade = sim.audit.report().ledger.open[data]
+    open_trade = sim.audit.report().trades.open[data]
     assert stats_ours["commissions"] == pytest.approx(stats["Commissions [$]"] + open_trade.commission, abs=1e-6)

@@ -201,13 +201,13 @@ def test_whole_story_marked_to_the_last_bar():
         # 10,095 / 10,000; no bar below the peak; a position open at both bars; 2 closed trades, 1 won
         "return_pct": 0.95, "max_drawdown_pct": 0.0, "exposure_pct": 100.0, "trade_count": 2, "win_rate_pct": 50.0,
     }
-    first, second = pf.ledger.closed
+    first, second = pf.trades.closed
     # 5 of the 20 @ 105 closed at 120: commission 2 x 5/20 on entry + 1 on exit = 1.5; pnl 5 x 15 - 1.5
     assert (first.size, first.entry_price, first.exit_price, first.commission, first.pnl) == (5, 105, 120, 1.5, 73.5)
     # the other 15 closed at 100: commission 1.5 left on entry + 2 x 15/25 on exit = 2.7; pnl 15 x -5 - 2.7
     assert (second.size, second.exit_price) == (15, 100)
     assert second.commission == pytest.approx(2.7) and second.pnl == pytest.approx(-77.7)
-    [(symbol, still_open)] = pf.ledger.open.items()
+    [(symbol, still_open)] = pf.trades.open.items()
     assert (symbol, still_open.size, still_open.entry_price) == ("GOOG", -10, 100)  # the reversal's remainder
 
 

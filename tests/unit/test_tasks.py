@@ -183,8 +183,10 @@ async def test_work_submitted_twice_with_one_signature_runs_once_at_a_time():
 async def test_stop_cancels_and_awaits_every_task():
     _, tasks = schedule(OPEN)
     cancelled = []
+    running = asyncio.Semaphore(0)
 
     async def long_job() -> None:
+        running.release()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -194,7 +196,8 @@ async def test_stop_cancels_and_awaits_every_task():
     tasks.register("periodic", long_job, priority=Priority.CRITICAL, every=Every(1, 1), timeout=120)
     oneoff = tasks.submit("backfill", long_job)
     await tasks.start()
-    await asyncio.sleep(0.05)
+    for _ in range(2):   # both under way
+        await asyncio.wait_for(running.acquire(), timeout=10)
     await tasks.stop()
     assert oneoff.done() and tasks._periodic["periodic"].task.done()
     assert len(cancelled) == 2

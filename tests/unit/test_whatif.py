@@ -100,7 +100,7 @@ async def test_other_parameters_give_what_a_fresh_run_gives(store, goog, goog_ru
     assert of_kind(w, "signals_ready", "added")
     assert w.after.equity == summary(fresh.audit.report())["equity"]
     assert w.before.equity == summary(goog_run.audit.report())["equity"] == pytest.approx(56_263.52, abs=0.005)
-    assert w.after.trades == len(fresh.audit.report().ledger.closed) != w.before.trades
+    assert w.after.trades == len(fresh.audit.report().trades.closed) != w.before.trades
     text = format_diff(w)
     assert "first 20 of" in text and "equity" in text and NO_DIFFERENCES not in text
     json.dumps(w.to_dict())  # JSON-able as it is

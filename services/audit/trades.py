@@ -1,4 +1,6 @@
-"""The trade ledger: fills paired into entry/exit trades, per symbol. Pure and synchronous.
+"""Trades: fills paired into entry/exit round trips, per symbol. Pure and synchronous.
+
+(The fill ledger, the SQLite record of every fill, is execution's: services/execution/ledger.py.)
 
 A fill on the side of the open trade adds to it (weighted entry price); a fill against it
 closes up to its size and opens the remainder, so a reversal is one close and one open.
@@ -36,20 +38,20 @@ class ClosedTrade(msgspec.Struct, frozen=True):
     commission: float
 
 
-class Ledger(msgspec.Struct, frozen=True):
+class Trades(msgspec.Struct, frozen=True):
     """Open trades per symbol and closed trades in the order they closed."""
 
     open: dict[str, OpenTrade] = {}
     closed: tuple[ClosedTrade, ...] = ()
 
 
-def on_fill(ledger: Ledger, fill: OrderFilled) -> Ledger:
-    """The ledger after one fill."""
+def on_fill(trades: Trades, fill: OrderFilled) -> Trades:
+    """The trades after one fill."""
     signed = fill.quantity if fill.side == "buy" else -fill.quantity
     per_unit = fill.commission / fill.quantity
-    current = ledger.open.get(fill.symbol)
-    opened = dict(ledger.open)
-    closed = ledger.closed
+    current = trades.open.get(fill.symbol)
+    opened = dict(trades.open)
+    closed = trades.closed
     if current is not None and current.size * signed < 0:
         closing = min(abs(signed), abs(current.size))
         share = closing / abs(current.size)
@@ -72,11 +74,11 @@ def on_fill(ledger: Ledger, fill: OrderFilled) -> Ledger:
                                             held.entry_time, held.commission + per_unit * abs(signed))
         else:
             opened[fill.symbol] = OpenTrade(signed, fill.price, fill.ts, per_unit * abs(signed))
-    return Ledger(opened, closed)
+    return Trades(opened, closed)
 
 
-def win_rate(ledger: Ledger) -> float | None:
+def win_rate(trades: Trades) -> float | None:
     """Share of closed trades with a positive PnL; None before the first."""
-    if not ledger.closed:
+    if not trades.closed:
         return None
-    return sum(1 for t in ledger.closed if t.pnl > 0) / len(ledger.closed)
+    return sum(1 for t in trades.closed if t.pnl > 0) / len(trades.closed)
