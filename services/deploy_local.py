@@ -37,6 +37,7 @@ import yaml
 from contracts.errors import ConfigError
 from services.supervisor import (
     Proc,
+    RestartPolicy,
     Supervisor,
     free_port,
     nats_server_binary,
@@ -312,7 +313,10 @@ class LocalDeployment:
             environ = service_env(host, **{**image_env, **env, "TRADEFLOW_HTTP_HOST": "127.0.0.1",
                                            "TRADEFLOW_HTTP_PORT": str(self.http_ports[name])})
             argv = [sys.executable, "-m", "services.cli", *args]
-        restart = str(svc.get("restart", "no")) in ("always", "unless-stopped", "on-failure")
+        try:
+            restart = RestartPolicy.parse(svc.get("restart", "no"))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.files[0]}: service {name}: {exc}") from exc
         proc = Proc(name, argv, environ, self.home / "logs" / f"{name}.log", restart=restart)
         proc.http_port = self.http_ports.get(name)
         return proc

@@ -1,7 +1,16 @@
 """Local process supervision: nats-server, redis-server and one OS process per service.
 
-Used by `tradeflow up`/`demo` and by the integration tests. A service that exits
-without being asked to is restarted with exponential backoff.
+Used by `tradeflow up`/`demo`, `tradeflow deploy local` and the integration tests. A process that
+exits without being asked to is restarted as its restart policy says, with the words Compose uses:
+
+  no              never restarted
+  on-failure[:N]  restarted when it exits non-zero (a crash, a signal, EXIT_RESTART), at most N times in a row
+  always          restarted whatever it exits with (what `tradeflow up` gives every process)
+  unless-stopped  the same as always here: a process this supervisor stops is never restarted
+
+Restarts back off exponentially (0.5 s doubling to 30 s). A run that stayed up HEALTHY_AFTER seconds
+(10, as Docker counts) was a healthy one: the next crash starts the backoff again. After CRASH_LOOP
+failed runs in a row (or N, for on-failure:N) the supervisor gives up on the process, loudly.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import aiohttp
 
@@ -92,6 +102,46 @@ async def wait_port(host: str, port: int, timeout: float, proc: asyncio.subproce
     raise ConfigError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+When = Literal["no", "on-failure", "always", "unless-stopped"]
+HEALTHY_AFTER = 10.0   # seconds up after which a run counts as healthy: the backoff starts again
+CRASH_LOOP = 10        # failed runs in a row after which the supervisor gives up
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a process that exited unasked is started again (Compose's `restart:`)."""
+
+    when: When = "always"
+    max_retries: int | None = None   # on-failure:N; None: CRASH_LOOP
+
+    @classmethod
+    def parse(cls, text: str) -> RestartPolicy:
+        """`no`, `on-failure`, `on-failure:N`, `always` or `unless-stopped`; ConfigError otherwise."""
+        when, colon, retries = str(text).strip().partition(":")
+        if when not in get_args(When) or (colon and (when != "on-failure" or not retries.isdigit())):
+            raise ConfigError(f"restart: {text!r} is not a restart policy (no, on-failure[:N], always, "
+                              "unless-stopped)")
+        return cls(when, int(retries) if retries else None)  # type: ignore[arg-type]   # checked above
+
+    def restarts_after(self, code: int) -> bool:
+        """Whether a run that ended with exit status `code` (negative: killed by that signal) is restarted."""
+        return self.when in ("always", "unless-stopped") or (self.when == "on-failure" and code != 0)
+
+    def gives_up(self, failed_in_a_row: int) -> bool:
+        """Whether so many failed runs in a row are a crash loop to give up on."""
+        return failed_in_a_row > (self.max_retries if self.max_retries is not None else CRASH_LOOP)
+
+
+def failed_in_a_row(before: int, ran: float, healthy_after: float = HEALTHY_AFTER) -> int:
+    """The count of failed runs in a row after one that ran `ran` seconds: a healthy run starts it again."""
+    return 1 if ran >= healthy_after else before + 1
+
+
+def backoff(failed: int) -> float:
+    """Seconds before restarting after `failed` failed runs in a row: 0.5, 1, 2, ... up to 30."""
+    return min(30.0, 0.5 * 2 ** min(max(failed, 1) - 1, 6))
+
+
 @dataclass
 class Proc:
     """One supervised OS process."""
@@ -100,10 +150,13 @@ class Proc:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
-    restart: bool = True
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     exits: list[int] = field(default_factory=list)   # the exit codes it ended with unasked, oldest first
+    failed: int = 0                                  # failed runs in a row (reset by a healthy one)
+    gave_up: bool = False                            # a crash loop: no longer restarted
+    started_at: float = 0.0
     stopping: bool = False
     http_port: int | None = None
     watcher: asyncio.Task | None = field(default=None, repr=False)
@@ -114,6 +167,7 @@ class Proc:
 
     async def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
@@ -123,13 +177,14 @@ class Proc:
 class Supervisor:
     """Starts processes, restarts the ones that crash, and stops them all in order."""
 
-    def __init__(self, grace: float = 15.0) -> None:
+    def __init__(self, grace: float = 15.0, healthy_after: float = HEALTHY_AFTER) -> None:
         self.procs: dict[str, Proc] = {}
         self.grace = grace
+        self.healthy_after = healthy_after
 
     async def start(self, proc: Proc) -> Proc:
         self.procs[proc.name] = proc
-        proc.stopping = False
+        proc.stopping = proc.gave_up = False
         await proc.spawn()
         proc.watcher = asyncio.create_task(self._watch(proc), name=f"watch-{proc.name}")
         return proc
@@ -138,11 +193,21 @@ class Supervisor:
         while True:
             assert proc.process is not None
             code = await proc.process.wait()
-            if proc.stopping or not proc.restart:
+            if proc.stopping:
                 return
             proc.exits.append(code)
+            policy = proc.restart
+            if not policy.restarts_after(code):
+                log.warning("%s exited with %s; not restarted (restart: %s)", proc.name, code, policy.when)
+                return
+            proc.failed = failed_in_a_row(proc.failed, time.monotonic() - proc.started_at, self.healthy_after)
+            if policy.gives_up(proc.failed):
+                proc.gave_up = True
+                log.critical("%s exited with %s, %d failed runs in a row: giving up on it (see %s)", proc.name,
+                             code, proc.failed, proc.log_path)
+                return
             proc.restarts += 1
-            delay = min(30.0, 0.5 * 2 ** min(proc.restarts - 1, 6))
+            delay = backoff(proc.failed)
             log.warning("%s exited with %s; restart %d in %.1fs", proc.name, code, proc.restarts, delay)
             await asyncio.sleep(delay)
             if proc.stopping:
