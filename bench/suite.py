@@ -58,11 +58,11 @@ from contracts.events import BarReceived  # noqa: E402
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
 from services.data.service import bar_id  # noqa: E402
 from services.data.sources import synthetic  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
+from services.ops.supervisor import Proc, port_open  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
 from services.runtime.publish import Publisher, envelope_out  # noqa: E402
 from services.runtime.topology import ensure_streams  # noqa: E402
-from services.stack import Stack  # noqa: E402
-from services.supervisor import Proc, port_open  # noqa: E402
 
 SYSTEMS = ("raw", "faststream", "tradeflow")
 HOPS = ("strategy", "quant", "risk", "execution", "audit")

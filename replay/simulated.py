@@ -14,7 +14,7 @@ from contracts.envelope import Envelope, headers_for, trace_id_for
 from contracts.events import BarReceived
 from contracts.subjects import subject_for
 from replay.store import StoredEvent
-from services.simulate import Simulation
+from services.offline.simulate import Simulation
 
 
 def as_recorded(sim: Simulation, *, source: str = "simulation",

@@ -2,7 +2,7 @@
 
 `load_recorded` reads a window of bars from the event store and every output those bars caused,
 only through the store's query API (nothing here writes). `whatif` builds the five consuming agents
-from a settings mapping, runs them over the bars with their recorded ids (`services.simulate`), so
+from a settings mapping, runs them over the bars with their recorded ids (`services.offline.simulate`), so
 each output gets the id the live runtime derived for it, and diffs per stage: added (simulated
 only), removed (recorded only), changed (same key, another event; compared decoded, so JSON
 formatting does not matter). Fills are matched by order id: a fill's own id derives from whichever
@@ -37,9 +37,9 @@ from services import registry
 from services.audit.logic import Portfolio, summary
 from services.audit.service import AuditAgent, AuditSettings
 from services.execution.logic import BrokerParams
+from services.offline.simulate import simulate
 from services.quant.logic import QuantParams
 from services.risk.logic import RiskParams
-from services.simulate import simulate
 from services.strategy.logic import COMMON
 from services.strategy.service import StrategyChoice
 from services.strategy.strategies import STRATEGIES

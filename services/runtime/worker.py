@@ -39,10 +39,10 @@ from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
 from contracts.subjects import matcher
-from services.deadletters import dead_letter_copy
 from services.runtime import nats_internals
 from services.runtime.agent import Agent, output_id
 from services.runtime.config import RuntimeSettings
+from services.runtime.deadletters import dead_letter_copy
 from services.runtime.decisions import (after_handler_error, backoff_delay, lost_deliveries, mark_before_ack,
                                         mark_failed, marks_due, segments, undelivered)
 from services.runtime.dedup import DedupRegistry

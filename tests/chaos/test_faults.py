@@ -14,11 +14,11 @@ import psutil
 import pytest
 
 from contracts.codec import decode
+from contracts.deadletters import DLQ_REASON, DLQ_SUBJECT
 from contracts.errors import BadInput
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
 from services import registry
-from services.deadletters import DLQ_REASON, DLQ_SUBJECT
-from services.supervisor import http_json, wait_port
+from services.ops.supervisor import http_json, wait_port
 from tests.chaos.conftest import Compound
 from tests.chaos.harness import DATA, ENV, kill_plan, run_fault
 from tests.integration.conftest import stream_messages, wait_for

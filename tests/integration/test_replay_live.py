@@ -15,9 +15,10 @@ from contracts.codec import decode, encode
 from contracts.envelope import Envelope, headers_for
 from contracts.subjects import PIPELINE_STREAM, subject_for
 from replay.store import SqliteEventStore, StoredEvent
-from services import observe, registry
+from services import registry
 from services.data.service import DataSettings, bar_id, load_bars
-from services.simulate import simulate
+from services.offline.simulate import simulate
+from services.ops import observe
 from tests.integration.conftest import stream_messages, wait_for
 from tests.unit.test_backtesting_parity import PARITY_ENV
 

@@ -12,7 +12,7 @@ import psutil
 SUPERVISOR = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from services.supervisor import Proc, Supervisor
+    from services.ops.supervisor import Proc, Supervisor
 
     async def main():
         supervisor = Supervisor()

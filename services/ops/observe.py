@@ -12,6 +12,7 @@ from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from services.runtime.micro import micro_services
 from services.runtime.topology import consumed
 
 
@@ -96,28 +97,6 @@ async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout:
         last_seq = seq
         await asyncio.sleep(settle)
     raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
-
-
-async def micro_services(nc, timeout: float = 0.5, verb: str = "INFO", name: str | None = None) -> list[dict]:
-    """Every answer to `$SRV.<verb>[.<name>]` within `timeout`: one per running service (and replica)."""
-    inbox = nc.new_inbox()
-    answers: list[dict] = []
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(f"$SRV.{verb}" + (f".{name}" if name else ""), b"", reply=inbox)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except TimeoutError:
-                break
-            try:
-                answers.append(orjson.loads(msg.data))
-            except orjson.JSONDecodeError:
-                continue
-    finally:
-        await sub.unsubscribe()
-    return sorted(answers, key=lambda a: (str(a.get("name")), str(a.get("id"))))
 
 
 async def status(nc, timeout: float = 0.5) -> dict:

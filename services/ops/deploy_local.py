@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from contracts.errors import ConfigError
-from services.supervisor import (
+from services.ops.supervisor import (
     Proc,
     Supervisor,
     free_port,
