@@ -47,7 +47,7 @@ from services.ops.supervisor import (
     wait_ready,
 )
 
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "deploy" / "compose" / "compose.yaml"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "compose.yaml"
 IMAGE_DEFAULTS = {"TRADEFLOW_HTTP_HOST": "0.0.0.0", "TRADEFLOW_HTTP_PORT": "8080",   # deploy/Dockerfile's ENV
                   "TRADEFLOW_DATA_DIR": "/var/lib/tradeflow"}
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|"
