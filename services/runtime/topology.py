@@ -182,15 +182,10 @@ async def provision(jsm: JetStreamManager, settings: RuntimeSettings,
         if stream_drifted(have, config):
             plan.append((f"stream {config.name} updated", config, jsm.update_stream))
     for stream, wanted in consumers:
-        durable = wanted.durable_name or ""
-        try:
-            held = (await jsm.consumer_info(stream, durable)).config
-        except NotFoundError:
-            plan.append((f"consumer {stream}/{durable} created", (stream, wanted), jsm.add_consumer))
-            continue
-        problems += consumer_problems(stream, held, wanted)
-        if consumer_drifted(held, wanted):   # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
-            plan.append((f"consumer {stream}/{durable} updated", (stream, wanted), jsm.add_consumer))
+        found, change = await consumer_change(jsm, stream, wanted)
+        problems += found
+        if change:   # CONSUMER.CREATE creates it, or with an existing name updates it (server >= 2.10)
+            plan.append((f"consumer {stream}/{wanted.durable_name or ''} {change}", (stream, wanted), jsm.add_consumer))
     if problems:
         raise ProvisionError("cannot provision, nothing changed: " + "; ".join(problems))
     for what, config, call in plan:
@@ -204,20 +199,25 @@ async def ensure_streams(jsm: JetStreamManager, settings: RuntimeSettings) -> No
     await provision(jsm, settings)
 
 
+async def consumer_change(jsm: JetStreamManager, stream: str, wanted: ConsumerConfig) -> tuple[list[str], str | None]:
+    """What declaring the durable `wanted` on `stream` takes: the problems an update cannot solve (none if it
+    is missing), and "created" if it is missing, "updated" if its settings drifted, else None."""
+    try:
+        held = (await jsm.consumer_info(stream, wanted.durable_name or "")).config
+    except NotFoundError:
+        return [], "created"
+    return consumer_problems(stream, held, wanted), "updated" if consumer_drifted(held, wanted) else None
+
+
 async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:
     """Create the durable if missing, update it if its settings drifted, else leave it."""
     assert config.durable_name
-    try:
-        info = await jsm.consumer_info(stream, config.durable_name)
-    except NotFoundError:
-        await jsm.add_consumer(stream, config)
-        log.info("consumer created", extra={"consumer": config.durable_name})
-        return
-    if problems := consumer_problems(stream, info.config, config):
+    problems, change = await consumer_change(jsm, stream, config)
+    if problems:
         raise ProvisionError("; ".join(problems))
-    if consumer_drifted(info.config, config):
+    if change:
         await jsm.add_consumer(stream, config)
-        log.info("consumer updated", extra={"consumer": config.durable_name})
+        log.info(f"consumer {change}", extra={"consumer": config.durable_name})
 
 
 NOT_YET = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, ServiceUnavailableError)
