@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from contracts.envelope import trace_id_for  # noqa: E402
 from contracts.events import BarReceived  # noqa: E402
-from contracts.subjects import PIPELINE_STREAM  # noqa: E402
+from contracts.subjects import PIPELINE_STREAM, stage_of  # noqa: E402
 from services.data.service import bar_id  # noqa: E402
 from services.data.sources import synthetic  # noqa: E402
 from services.ops.stack import Stack  # noqa: E402
@@ -268,7 +268,7 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
     async def on_event(msg) -> None:
         now = time.monotonic()
         event = decode(msg.data)
-        arrived[msg.subject.partition(".")[0]].setdefault((event.symbol, event.ts), now)
+        arrived[stage_of(msg.subject)].setdefault((event.symbol, event.ts), now)
 
     subs = [await nc.subscribe(f"{stage}.>", cb=on_event) for stage in STAGES]
     meter, servers = Meter(dep.procs()), Meter(dep.servers())

@@ -31,7 +31,7 @@ from contracts.codec import Incoming, ce_type_of, decode_body
 from contracts.envelope import REPLAY_RUN, Envelope, rfc3339
 from contracts.errors import BadInput, ConfigError, TradeflowError
 from contracts.events import BarReceived, Event, OrderFilled
-from contracts.subjects import DATA_READY, REJECTED, subject_for
+from contracts.subjects import DATA_READY, stage_of, subject_for
 from replay.store import EventStore, StoredEvent, TimeColumn
 from services import registry
 from services.audit.logic import Portfolio, summary
@@ -201,18 +201,11 @@ def _decoded(rows: Iterable[StoredEvent], skipped: list[Skipped]) -> list[tuple[
     return out
 
 
-def _stage_key(subject: str) -> str:
-    """`rejected.<stage>` for a rejection, else the stage: how outputs are grouped."""
-    if subject.startswith(f"{REJECTED}."):
-        return ".".join(subject.split(".", 2)[:2])
-    return subject.partition(".")[0]
-
-
 def _caused(rows: Iterable[StoredEvent], bar_ids: set[str], skipped: list[Skipped]) -> list[tuple[str, Event]]:
     """(id, event) of the rows caused, stage by stage, by the bars `bar_ids`."""
     by_stage: dict[str, list[StoredEvent]] = defaultdict(list)
     for row in rows:
-        by_stage[_stage_key(row.subject)].append(row)
+        by_stage[stage_of(row.subject, by_origin=True)].append(row)
     belongs: dict[str, set[str]] = {DATA_READY: bar_ids}
     kept: list[StoredEvent] = []
     for stage in OUTPUT_STAGES[:-1]:
@@ -269,7 +262,7 @@ def _keyed(outputs: Iterable[tuple[str, Event]]) -> dict[str, dict[str, Event]]:
     """Outputs per stage, by key."""
     keyed: dict[str, dict[str, Event]] = {stage: {} for stage in OUTPUT_STAGES}
     for event_id, event in outputs:
-        keyed[_stage_key(subject_for(event))][_key(event_id, event)] = event
+        keyed[stage_of(subject_for(event), by_origin=True)][_key(event_id, event)] = event
     return keyed
 
 

@@ -22,7 +22,7 @@ import orjson
 
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
-from contracts.subjects import STAGES
+from contracts.subjects import STAGES, stage_of
 from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
 from services.audit import trail
 from services.cli.common import connect, run_async
@@ -96,7 +96,7 @@ def check_pattern(pattern: str) -> None:
         subject_match(pattern)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--subject") from None
-    first = pattern.split(".")[0]
+    first = stage_of(pattern)
     if first not in ("*", ">") and first not in STAGE_NAMES:
         raise click.BadParameter(f"unknown subject pattern {pattern!r}: subjects begin with one of "
                                  f"{', '.join(STAGE_NAMES)}", param_hint="--subject")

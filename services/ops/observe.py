@@ -11,7 +11,7 @@ import orjson
 from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
-from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, stage_of
 from services.runtime.micro import micro_services
 from services.runtime.topology import consumed
 
@@ -29,9 +29,7 @@ def stage_totals(counts: dict[str, int]) -> Counter:
     """Per-subject counts summed by stage (first token; rejected.<stage> kept apart)."""
     totals: Counter = Counter()
     for subject, n in counts.items():
-        parts = subject.split(".")
-        key = ".".join(parts[:2]) if parts[0] in ("rejected", "dlq") else parts[0]
-        totals[key] += n
+        totals[stage_of(subject, by_origin=True)] += n
     return totals
 
 

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from contracts import envelope as ce
 from contracts.errors import ConfigError
 from contracts.events import Event
-from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM
+from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM, stage_of
 from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
 from services.runtime.agent import Agent, AgentContext, Producer
 from services.runtime.cache import Cache, CacheSettings
@@ -328,7 +328,7 @@ class Service:
                      for event_id, event in events]
             await publisher.publish(batch)
             for out in batch:
-                metrics.messages_out.labels(service, out.subject.partition(".")[0]).inc()
+                metrics.messages_out.labels(service, stage_of(out.subject)).inc()
             if tracing is not None:   # a journey starts here: a root span per event
                 end_ns = time.time_ns()
                 for (event_id, _), out in zip(events, batch):

@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
-from contracts.subjects import matcher
+from contracts.subjects import matcher, stage_of
 from services.runtime import nats_internals
 from services.runtime.agent import Agent, output_id
 from services.runtime.config import RuntimeSettings
@@ -581,14 +581,14 @@ class Worker:
         if getattr(self.agent, "dead_letters", True):
             await self.dead_letter(msg, err.reason, str(err))
             return
-        self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
+        self.metrics.messages_failed.labels(self.service, stage_of(msg.subject), err.reason).inc()
         log.info("bad input skipped", extra={"subject": msg.subject, "reason": err.reason, "error": str(err)[:200]})
         self._given_up(msg.metadata.sequence.stream)
         await self._quietly(msg.term())
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
         attempt = inc.envelope.attempt
-        self.metrics.messages_failed.labels(self.service, inc.envelope.subject.partition(".")[0], "handler_error").inc()
+        self.metrics.messages_failed.labels(self.service, stage_of(inc.envelope.subject), "handler_error").inc()
         log.error("handler failed", extra={"event_id": inc.id, "subject": inc.envelope.subject,
                                             "attempt": attempt, "error": repr(exc)})
         action, delay = after_handler_error(attempt, self.settings.max_deliver, self.settings.backoff)
@@ -632,6 +632,6 @@ class Worker:
 def _by_stage(subjects: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for subject in subjects:
-        stage = subject.partition(".")[0]
+        stage = stage_of(subject)
         counts[stage] = counts.get(stage, 0) + 1
     return counts

@@ -11,7 +11,7 @@ from contracts.codec import Incoming
 from contracts.envelope import Envelope
 from contracts.errors import Rejected
 from contracts.events import BarReceived, OrderApproved, OrderFilled
-from contracts.subjects import STAGES, subject_for
+from contracts.subjects import STAGES, stage_of, subject_for
 from services.audit.logic import equity, new_portfolio, on_bar, on_fill, summary
 from services.audit.service import AuditAgent, AuditSettings
 from services.data.sources import synthetic
@@ -96,7 +96,7 @@ def test_next_open_fills_at_the_first_later_bar_whatever_arrives_first(bar_first
 
 def _in(event, event_id: str, trace: str) -> Incoming:
     subject = subject_for(event)
-    env = Envelope(id=event_id, type=STAGES[subject.partition(".")[0]][1], source="t", time=TS, subject=subject,
+    env = Envelope(id=event_id, type=STAGES[stage_of(subject)][1], source="t", time=TS, subject=subject,
                    trace_id=trace)
     return Incoming(env, event)
 
