@@ -1,4 +1,5 @@
-"""`tradeflow events | trace | store`: read the event store (read-only), compact and export it.
+"""`tradeflow events | trace | store | replay | whatif`: the recorded history. Read the event store
+(read-only), compact and export it, re-drive a window of it, re-run the logic over it with other settings.
 
 Every read command opens the store read-only, so it can never change it, even while the
 recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
