@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nats  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from services.runtime.metrics import quantile  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
+from services.ops.supervisor import Proc, Supervisor, free_port, nats_server_binary, wait_port  # noqa: E402
 from services.registry import CONSUMERS  # noqa: E402
 from services.runtime.dedup import DedupRegistry  # noqa: E402
-from services.stack import Stack  # noqa: E402
-from services.supervisor import Proc, Supervisor, free_port, nats_server_binary, wait_port  # noqa: E402
+from services.runtime.metrics import quantile  # noqa: E402
 
 BATCH = 64
 

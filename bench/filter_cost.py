@@ -25,7 +25,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from services.supervisor import free_port, nats_server_binary, wait_port  # noqa: E402
+from services.ops.supervisor import free_port, nats_server_binary, wait_port  # noqa: E402
 
 STAGES = ["data_ready", "signals_ready", "validated_ready", "approved_ready", "executed_ready", "rejected"]
 FILTERS = {"none": [], "bars (strategy)": ["data_ready.>"],

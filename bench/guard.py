@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contracts.events import BarReceived, SignalGenerated  # noqa: E402
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
 from services.runtime.agent import Agent, Options  # noqa: E402
-from services.runtime.config import RuntimeSettings  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
 from services.runtime import nats_internals  # noqa: E402
+from services.runtime.config import RuntimeSettings  # noqa: E402
 from services.runtime.connect import nats_options  # noqa: E402
 from services.runtime.dedup import DedupRegistry  # noqa: E402
 from services.runtime.metrics import Metrics  # noqa: E402
@@ -50,7 +51,6 @@ from services.runtime.publish import Publisher, envelope_out  # noqa: E402
 from services.runtime.topology import consumer_config, ensure_consumer, ensure_streams  # noqa: E402
 from services.runtime.tracking import Tracking  # noqa: E402
 from services.runtime.worker import Worker  # noqa: E402
-from services.stack import Stack  # noqa: E402
 
 # tradeflow's CPU per message over raw's draining a backlog, servers included (bench/README.md): the same code
 # measured 1.07-1.39 over a day's runs here; the drop to catch (+50 % CPU an event) lands at 1.6 and over

@@ -18,6 +18,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts.events import BarReceived, OrderApproved, OrderFilled, SignalGenerated  # noqa: E402
+from contracts.subjects import stage_of  # noqa: E402
 from services.strategy.logic import SmaCrossParams, Window, sma_cross  # noqa: E402
 
 FILTERS = {
@@ -42,7 +43,7 @@ class Hop:
         self.params = SmaCrossParams()
 
     def handle(self, subject: str, data: bytes, seq: int) -> list[tuple[str, str, bytes]]:
-        stage = subject.partition(".")[0]
+        stage = stage_of(subject)
         out_id = f"{self.name}-{seq}"
         if self.name == "strategy":
             bar = _bar(data)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
 from replay.store import SqliteEventStore  # noqa: E402
 from services import registry  # noqa: E402
-from services.stack import Stack  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
 
 
 async def pending(jsm, name: str) -> int:

@@ -43,15 +43,15 @@ from services.data.polling import Poller  # noqa: E402
 from services.data.providers import SimulatedFeed  # noqa: E402
 from services.data.service import bar_id  # noqa: E402
 from services.data.sources import synthetic  # noqa: E402
-from services.strategy.service import build as build_strategy  # noqa: E402
-from tests.unit.test_strategy import incoming  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
 from services.runtime.cache import Cache, CacheSettings  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
 from services.runtime.metrics import Metrics, quantile  # noqa: E402
 from services.runtime.pool import ComputePool, PoolSettings  # noqa: E402
 from services.runtime.publish import Publisher, envelope_out  # noqa: E402
 from services.runtime.topology import ensure_streams  # noqa: E402
-from services.stack import Stack  # noqa: E402
+from services.strategy.service import build as build_strategy  # noqa: E402
+from tests.unit.test_strategy import incoming  # noqa: E402
 
 LAG_TARGET_MS, SPEEDUP_TARGET, GETS_TARGET, POLL_TARGET = 2.0, 1.7, 10_000, 4.0
 

@@ -55,14 +55,14 @@ sys.path.insert(0, str(ROOT))
 
 from contracts.envelope import trace_id_for  # noqa: E402
 from contracts.events import BarReceived  # noqa: E402
-from contracts.subjects import PIPELINE_STREAM  # noqa: E402
+from contracts.subjects import PIPELINE_STREAM, stage_of  # noqa: E402
 from services.data.service import bar_id  # noqa: E402
 from services.data.sources import synthetic  # noqa: E402
+from services.ops.stack import Stack  # noqa: E402
+from services.ops.supervisor import Proc, port_open  # noqa: E402
 from services.runtime.config import RuntimeSettings  # noqa: E402
 from services.runtime.publish import Publisher, envelope_out  # noqa: E402
 from services.runtime.topology import ensure_streams  # noqa: E402
-from services.stack import Stack  # noqa: E402
-from services.supervisor import Proc, port_open  # noqa: E402
 
 SYSTEMS = ("raw", "faststream", "tradeflow")
 HOPS = ("strategy", "quant", "risk", "execution", "audit")
@@ -268,7 +268,7 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
     async def on_event(msg) -> None:
         now = time.monotonic()
         event = decode(msg.data)
-        arrived[msg.subject.partition(".")[0]].setdefault((event.symbol, event.ts), now)
+        arrived[stage_of(msg.subject)].setdefault((event.symbol, event.ts), now)
 
     subs = [await nc.subscribe(f"{stage}.>", cb=on_event) for stage in STAGES]
     meter, servers = Meter(dep.procs()), Meter(dep.servers())

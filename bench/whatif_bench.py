@@ -30,9 +30,9 @@ from replay.simulated import as_recorded
 from replay.store import SqliteEventStore, StoredEvent
 from replay.whatif import load_recorded, whatif
 from services import registry
-from services.backtest import settings_env
 from services.data.sources import synthetic
-from services.simulate import Simulation, simulate
+from services.offline.backtest import settings_env
+from services.offline.simulate import Simulation, simulate
 
 STORE_READ_TARGET = 50_000   # events/s
 WHATIF_TARGET = 20_000       # bars/s

@@ -70,6 +70,16 @@ def parse_subject(subject: str) -> tuple[str, str]:
     return stage, rest
 
 
+def stage_of(subject: str, *, by_origin: bool = False) -> str:
+    """The stage a subject belongs to: its first token, a key of STAGES (`data_ready`, ..., `rejected`) or
+    `dlq`, as `parse_subject` has it. With `by_origin`, rejections and dead letters are told apart by who
+    rejected or dead-lettered them (`rejected.quant`, `dlq.strategy`): how counts per stage are kept."""
+    stage, _, rest = subject.partition(".")
+    if by_origin and rest and stage in (REJECTED, DLQ):
+        return f"{stage}.{rest.partition('.')[0]}"
+    return stage
+
+
 def dlq_subject(service: str, original: str) -> str:
     """Where `service` dead-letters a message that came in on `original`."""
     return f"{DLQ}.{service}.{original}"

@@ -36,7 +36,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import envelope as ce
 from contracts.errors import TradeflowError
-from contracts.subjects import PIPELINE_STREAM, STAGES
+from contracts.subjects import PIPELINE_STREAM, STAGES, stage_of
 from replay.store import StoredEvent
 from services.runtime.publish import Outgoing, Publisher
 from services.runtime.topology import consumed
@@ -100,7 +100,7 @@ async def check_target(jsm: JetStreamManager, stages: Sequence[str], isolate: st
     live = set()
     for info in await jsm.consumers_info(PIPELINE_STREAM):
         if info.num_waiting > 0 and (info.config.durable_name or "") != "recorder":
-            live.update(f.split(".")[0] for f in consumed(info.config))
+            live.update(stage_of(f) for f in consumed(info.config))
     idle = [stage for stage in stages if stage not in live and ">" not in live]
     if idle:
         raise ReplayError(f"no service is consuming {', '.join(idle)} right now: start the pipeline "
@@ -148,5 +148,5 @@ async def replay(events: AsyncIterator[StoredEvent], js: JetStreamContext, *, ru
 
 def stages_of(subjects: Sequence[str]) -> list[str]:
     """The pipeline stages a set of subject patterns can reach."""
-    firsts = {s.split(".")[0] for s in subjects}
+    firsts = {stage_of(s) for s in subjects}
     return list(STAGES) if firsts & {"*", ">"} else [s for s in STAGES if s in firsts]

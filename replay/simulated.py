@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from contracts.codec import ce_type_of, encode
 from contracts.envelope import Envelope, headers_for, trace_id_for
 from contracts.events import BarReceived
-from contracts.subjects import subject_for
+from contracts.subjects import stage_of, subject_for
 from replay.store import StoredEvent
-from services.simulate import Simulation
+from services.offline.simulate import Simulation
 
 
 def as_recorded(sim: Simulation, *, source: str = "simulation",
@@ -31,7 +31,7 @@ def as_recorded(sim: Simulation, *, source: str = "simulation",
         subject = subject_for(event)
         env = Envelope(id=event_id, type=ce_type_of(event), source=source, time=event.ts, subject=subject,
                        trace_id=traces[event_id], causation_id=sim.causes.get(event_id), sequence=seq)
-        rows.append(StoredEvent(id=event_id, type=env.type, subject=subject, stage=subject.partition(".")[0],
+        rows.append(StoredEvent(id=event_id, type=env.type, subject=subject, stage=stage_of(subject),
                                 symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts,
                                 trace_id=env.trace_id, causation_id=env.causation_id, stream_seq=seq,
                                 headers=headers_for(env), body=encode(event), recorded_at=recorded_at))

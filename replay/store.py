@@ -31,6 +31,7 @@ import orjson
 from contracts.codec import Incoming
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError, Transient
+from contracts.subjects import stage_of
 
 SCHEMA_VERSION = 1
 TimeColumn = Literal["time", "event_ts"]
@@ -95,7 +96,7 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
         env, event = incoming.envelope, incoming.event
         body = incoming.body if body is None else body
         headers = incoming.headers if headers is None else headers
-        return cls(id=env.id, type=env.type, subject=env.subject, stage=env.subject.partition(".")[0],
+        return cls(id=env.id, type=env.type, subject=env.subject, stage=stage_of(env.subject),
                    symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts, trace_id=env.trace_id,
                    causation_id=env.causation_id, stream_seq=env.sequence, headers=dict(headers), body=body,
                    recorded_at=recorded_at)

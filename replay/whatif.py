@@ -2,7 +2,7 @@
 
 `load_recorded` reads a window of bars from the event store and every output those bars caused,
 only through the store's query API (nothing here writes). `whatif` builds the five consuming agents
-from a settings mapping, runs them over the bars with their recorded ids (`services.simulate`), so
+from a settings mapping, runs them over the bars with their recorded ids (`services.offline.simulate`), so
 each output gets the id the live runtime derived for it, and diffs per stage: added (simulated
 only), removed (recorded only), changed (same key, another event; compared decoded, so JSON
 formatting does not matter). Fills are matched by order id: a fill's own id derives from whichever
@@ -31,15 +31,15 @@ from contracts.codec import Incoming, ce_type_of, decode_body
 from contracts.envelope import REPLAY_RUN, Envelope, rfc3339
 from contracts.errors import BadInput, ConfigError, TradeflowError
 from contracts.events import BarReceived, Event, OrderApproved, OrderFilled
-from contracts.subjects import DATA_READY, REJECTED, subject_for
+from contracts.subjects import DATA_READY, stage_of, subject_for
 from replay.store import EventStore, StoredEvent, TimeColumn
 from services import registry
 from services.audit.logic import Portfolio, summary
 from services.audit.service import AuditAgent, AuditSettings
 from services.execution.logic import BrokerParams
+from services.offline.simulate import simulate
 from services.quant.logic import QuantParams
 from services.risk.logic import RiskParams
-from services.simulate import simulate
 from services.strategy.logic import COMMON
 from services.strategy.service import StrategyChoice
 from services.strategy.strategies import STRATEGIES
@@ -201,18 +201,11 @@ def _decoded(rows: Iterable[StoredEvent], skipped: list[Skipped]) -> list[tuple[
     return out
 
 
-def _stage_key(subject: str) -> str:
-    """`rejected.<stage>` for a rejection, else the stage: how outputs are grouped."""
-    if subject.startswith(f"{REJECTED}."):
-        return ".".join(subject.split(".", 2)[:2])
-    return subject.partition(".")[0]
-
-
 def _caused(rows: Iterable[StoredEvent], bar_ids: set[str], skipped: list[Skipped]) -> list[tuple[str, Event]]:
     """(id, event) of the rows caused, stage by stage, by the bars `bar_ids`."""
     by_stage: dict[str, list[StoredEvent]] = defaultdict(list)
     for row in rows:
-        by_stage[_stage_key(row.subject)].append(row)
+        by_stage[stage_of(row.subject, by_origin=True)].append(row)
     belongs: dict[str, set[str]] = {DATA_READY: bar_ids}
     kept: list[StoredEvent] = []
     for stage in OUTPUT_STAGES[:-1]:
@@ -270,7 +263,7 @@ def _keyed(outputs: Iterable[tuple[str, Event]]) -> dict[str, dict[str, Event]]:
     """Outputs per stage, by key."""
     keyed: dict[str, dict[str, Event]] = {stage: {} for stage in OUTPUT_STAGES}
     for event_id, event in outputs:
-        keyed[_stage_key(subject_for(event))][_key(event_id, event)] = event
+        keyed[stage_of(subject_for(event), by_origin=True)][_key(event_id, event)] = event
     return keyed
 
 

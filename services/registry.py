@@ -11,11 +11,10 @@ SERVICES = (*AGENTS, "recorder")    # the recorder writes every pipeline event t
 DURABLES = (*CONSUMERS, "recorder")  # every durable consumer on PIPELINE: drained when all have caught up
 DASHBOARD = "dashboard"              # the live web page and controls (tradeflow up starts it too)
 RUNNABLE = (*SERVICES, DASHBOARD)   # what `tradeflow run` can run
-_MODULES = {"recorder": "replay.recorder"}
 
 
 def build(name: str, environ: Mapping[str, str] | None = None):
     """The agent of service `name`, configured from the environment."""
     if name not in RUNNABLE:
         raise KeyError(name)
-    return importlib.import_module(_MODULES.get(name, f"services.{name}.service")).build(environ)
+    return importlib.import_module(f"services.{name}.service").build(environ)

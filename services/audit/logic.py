@@ -7,9 +7,9 @@ from datetime import datetime
 import msgspec
 
 from contracts.events import BarReceived, OrderFilled
-from services.accounting import trade_into
 from services.audit import trades
 from services.audit.trades import Trades
+from services.domain.accounting import trade_into
 
 
 class Position(msgspec.Struct, frozen=True):

@@ -43,13 +43,13 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts import envelope as ce
+from contracts.deadletters import DeadLetter
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, SYMBOL_RE, subject_matches
-from services.deadletters import DeadLetter, RedriveRefused, redrive
-from services.observe import micro_services
 from services.registry import AGENTS, SERVICES
 from services.runtime.agent import Monitor, ProducerContext
+from services.runtime.deadletters import RedriveRefused, redrive
 from services.runtime.metrics import quantile
-from services.runtime.micro import ask
+from services.runtime.micro import ask, micro_services
 from services.runtime.publish import Publisher
 from services.runtime.settings import Redacted, load
 

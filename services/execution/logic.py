@@ -14,7 +14,6 @@ Cash is margin-style, as in backtesting.py: it moves by realised PnL and commiss
 from __future__ import annotations
 
 import bisect
-
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -24,7 +23,7 @@ import msgspec
 
 from contracts.errors import Rejected
 from contracts.events import BarReceived, OrderApproved, OrderFilled
-from services.accounting import trade_into
+from services.domain.accounting import trade_into
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from contracts.events import BarReceived, OrderApproved, OrderFilled, SignalRejected, SignalValidated
-from services.accounting import trade_into
+from services.domain.accounting import trade_into
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 

@@ -30,15 +30,16 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from contracts.deadletters import DLQ_SEQUENCE
 from contracts.errors import PublishDenied
 from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, dlq_subject
-from services.deadletters import DLQ_SEQUENCE, dead_letter_copy
-from services.permissions import advisory_consumer
 from services.runtime.config import RuntimeSettings
+from services.runtime.deadletters import dead_letter_copy
+from services.runtime.decisions import backoff_delay
 from services.runtime.metrics import Metrics
 from services.runtime.pause import pause
+from services.runtime.permissions import advisory_consumer
 from services.runtime.publish import Publisher
-from services.runtime.decisions import backoff_delay
 
 log = logging.getLogger(__name__)
 

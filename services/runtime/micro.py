@@ -15,11 +15,13 @@ each request; `$SRV.INFO.<service>.<id>` reaches one replica in particular.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any
 
 import msgspec
+import orjson
 from nats.micro import Request, add_service
 from nats.micro.service import EndpointStats, Service
 
@@ -83,6 +85,28 @@ async def start_micro(nc, name: str, *, description: str, meta: dict[str, Any], 
 
         await group.add_endpoint(name=endpoint, handler=on_extra)
     return service
+
+
+async def micro_services(nc, timeout: float = 0.5, verb: str = "INFO", name: str | None = None) -> list[dict]:
+    """Every answer to `$SRV.<verb>[.<name>]` within `timeout`: one per running service (and replica)."""
+    inbox = nc.new_inbox()
+    answers: list[dict] = []
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(f"$SRV.{verb}" + (f".{name}" if name else ""), b"", reply=inbox)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except TimeoutError:
+                break
+            try:
+                answers.append(orjson.loads(msg.data))
+            except orjson.JSONDecodeError:
+                continue
+    finally:
+        await sub.unsubscribe()
+    return sorted(answers, key=lambda a: (str(a.get("name")), str(a.get("id"))))
 
 
 async def ask(nc, subject: str, timeout: float = 2.0) -> Any:

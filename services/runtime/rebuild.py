@@ -36,10 +36,10 @@ from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, Transient
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
-from services.permissions import rebuild_consumer
 from services.runtime.advisories import given_up
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
+from services.runtime.permissions import rebuild_consumer
 from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,7 @@ from nats.aio.client import Client as NATS
 from contracts import envelope as ce
 from contracts.errors import ConfigError
 from contracts.events import Event
-from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM
-from replay.recorder import store_location
-from services.permissions import inbox_prefix
+from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM, stage_of
 from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
 from services.runtime.agent import Agent, AgentContext, Component, Monitor, Producer, Run
 from services.runtime.cache import Cache, CacheSettings
@@ -47,10 +45,12 @@ from services.runtime.metrics import Metrics
 from services.runtime.micro import start_micro, version
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
+from services.runtime.permissions import inbox_prefix
 from services.runtime.pool import ComputePool, PoolSettings
 from services.runtime.publish import Publisher, envelope_out
 from services.runtime.rebuild import rebuild_state
 from services.runtime.settings import load
+from services.runtime.store import store_location
 from services.runtime.tasks import Every, Priority, TaskManager
 from services.runtime.topology import await_provisioned, consumer_config
 from services.runtime.tracing import Tracing
@@ -333,7 +333,7 @@ class Service:
                      for event_id, event in events]
             await publisher.publish(batch)
             for out in batch:
-                metrics.messages_out.labels(service, out.subject.partition(".")[0]).inc()
+                metrics.messages_out.labels(service, stage_of(out.subject)).inc()
             if tracing is not None:   # a journey starts here: a root span per event
                 end_ns = time.time_ns()
                 for (event_id, _), out in zip(events, batch):

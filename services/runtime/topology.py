@@ -5,19 +5,16 @@ declares the streams and every durable a deployment runs: each consuming service
 replicas') on PIPELINE and its advisories durable on ADVISORIES. It first reads what is there and
 stops, changing nothing, if a stream or consumer was configured with settings tradeflow cannot
 update (another retention or storage, subjects that are not tradeflow's, another ack policy). The
-services themselves declare nothing: their NATS users may not (services/permissions.py).
+services themselves declare nothing: their NATS users may not (services/runtime/permissions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import nats
-from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamManager
@@ -31,14 +28,12 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import NotFoundError, ServiceUnavailableError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.errors import ConfigError
-from contracts.subjects import ADVISORY_STREAM, DATA_READY, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
-from services.runtime.advisories import advisory_consumer_config, advisory_stream
+from contracts.subjects import DATA_READY, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+from services.runtime.advisories import advisory_stream
 from services.runtime.config import RuntimeSettings
-from services.runtime.connect import PermissionWatch, nats_options
-from services.runtime.settings import redact
+from services.runtime.connect import PermissionWatch
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +182,10 @@ async def provision(jsm: JetStreamManager, settings: RuntimeSettings,
         if stream_drifted(have, config):
             plan.append((f"stream {config.name} updated", config, jsm.update_stream))
     for stream, wanted in consumers:
-        durable = wanted.durable_name or ""
-        try:
-            held = (await jsm.consumer_info(stream, durable)).config
-        except NotFoundError:
-            plan.append((f"consumer {stream}/{durable} created", (stream, wanted), jsm.add_consumer))
-            continue
-        problems += consumer_problems(stream, held, wanted)
-        if consumer_drifted(held, wanted):   # CONSUMER.CREATE with an existing name updates it (server >= 2.10)
-            plan.append((f"consumer {stream}/{durable} updated", (stream, wanted), jsm.add_consumer))
+        found, change = await consumer_change(jsm, stream, wanted)
+        problems += found
+        if change:   # CONSUMER.CREATE creates it, or with an existing name updates it (server >= 2.10)
+            plan.append((f"consumer {stream}/{wanted.durable_name or ''} {change}", (stream, wanted), jsm.add_consumer))
     if problems:
         raise ProvisionError("cannot provision, nothing changed: " + "; ".join(problems))
     for what, config, call in plan:
@@ -209,50 +199,28 @@ async def ensure_streams(jsm: JetStreamManager, settings: RuntimeSettings) -> No
     await provision(jsm, settings)
 
 
+async def consumer_change(jsm: JetStreamManager, stream: str, wanted: ConsumerConfig) -> tuple[list[str], str | None]:
+    """What declaring the durable `wanted` on `stream` takes: the problems an update cannot solve (none if it
+    is missing), and "created" if it is missing, "updated" if its settings drifted, else None."""
+    try:
+        held = (await jsm.consumer_info(stream, wanted.durable_name or "")).config
+    except NotFoundError:
+        return [], "created"
+    return consumer_problems(stream, held, wanted), "updated" if consumer_drifted(held, wanted) else None
+
+
 async def ensure_consumer(jsm: JetStreamManager, stream: str, config: ConsumerConfig) -> None:
     """Create the durable if missing, update it if its settings drifted, else leave it."""
     assert config.durable_name
-    try:
-        info = await jsm.consumer_info(stream, config.durable_name)
-    except NotFoundError:
-        await jsm.add_consumer(stream, config)
-        log.info("consumer created", extra={"consumer": config.durable_name})
-        return
-    if problems := consumer_problems(stream, info.config, config):
+    problems, change = await consumer_change(jsm, stream, config)
+    if problems:
         raise ProvisionError("; ".join(problems))
-    if consumer_drifted(info.config, config):
+    if change:
         await jsm.add_consumer(stream, config)
-        log.info("consumer updated", extra={"consumer": config.durable_name})
+        log.info(f"consumer {change}", extra={"consumer": config.durable_name})
 
 
-def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
-                         symbols: list[str] | tuple[str, ...] = (),
-                         settings_for: Callable[[str], RuntimeSettings] | None = None
-                         ) -> list[tuple[str, ConsumerConfig]]:
-    """Every durable a deployment runs: each consuming service's on PIPELINE (or, for a service run as
-    `replicas[name]` partitioned replicas over `symbols`, each replica's) and each one's advisories durable,
-    with `settings`, or a service's own from `settings_for(name)` (ack_wait, max_deliver, ...)."""
-    from services.registry import DURABLES, build   # the agents' classes: what each consumes
-    from services.runtime.partition import Partition
-
-    out = []
-    for name in DURABLES:
-        agent = type(build(name, {}))
-        count = (replicas or {}).get(name, 1)
-        if count > 1 and not agent.options.partitionable:
-            raise ConfigError(f"{name} cannot run as replicas (only strategy and quant can be partitioned)")
-        shares = [(name, list(agent.consumes))] if count == 1 else [
-            (p.durable(name), list(p.filters(agent.consumes)))
-            for p in (Partition.parse(f"{i}/{count}", symbols) for i in range(count))]
-        own = settings_for(name) if settings_for is not None else settings
-        for durable, filters in shares:
-            out.append((PIPELINE_STREAM, consumer_config(durable, filters, own)))
-            out.append((ADVISORY_STREAM, advisory_consumer_config(durable, own,
-                                                                  terminated=agent.options.dead_letters)))
-    return out
-
-
-_NOT_YET = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, ServiceUnavailableError)
+NOT_YET = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, ServiceUnavailableError)
 _WAIT_LOG_EVERY = 10.0   # seconds between "still waiting for tradeflow init" lines
 
 
@@ -303,7 +271,7 @@ async def await_provisioned(jsm: JetStreamManager, wanted: list[tuple[str, Consu
                         "with its settings")
         except NotFoundError:
             missing = f"stream {stream}"
-        except _NOT_YET:
+        except NOT_YET:
             missing = "an answer from JetStream"
         if missing is None:
             return
@@ -312,30 +280,3 @@ async def await_provisioned(jsm: JetStreamManager, wanted: list[tuple[str, Consu
             log.warning("waiting for `tradeflow init` to declare what this service uses", extra={"missing": missing})
             since = now
         await asyncio.sleep(0.5)
-
-
-async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
-               tls: ssl.SSLContext | None = None,
-               settings_for: Callable[[str], RuntimeSettings] | None = None) -> list[str]:
-    """`tradeflow init`: connect to settings.nats_url (the operator's user) and provision the streams and
-    every durable of a deployment whose partitioned services run as `replicas` over settings.symbols
-    (`settings_for`: a service's own settings, where they differ)."""
-    consumers = deployment_consumers(settings, replicas, settings.symbols, settings_for)
-
-    async def quietly(exc: Exception) -> None:   # the failure is raised once, below, in one line
-        log.debug("nats error", extra={"error": repr(exc)})
-
-    try:
-        nc = await nats.connect(**nats_options(settings.nats_url), name="tradeflow-init", connect_timeout=5,
-                                max_reconnect_attempts=3, reconnect_time_wait=0.5, tls=tls, error_cb=quietly)
-    except (NatsError, OSError) as exc:
-        raise ConfigError(f"NATS_URL: cannot reach NATS at {redact(settings.nats_url)} ({exc})") from None
-    try:
-        # a cluster that has just started answers only once it has a JetStream meta leader: ask again
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(_NOT_YET), stop=stop_after_delay(60),
-                                           wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
-            with attempt:
-                return await provision(nc.jsm(timeout=10), settings, consumers)
-        raise AssertionError("unreachable: the last attempt's error is raised")
-    finally:
-        await nc.close()

@@ -38,11 +38,11 @@ from nats.js import JetStreamContext
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
 from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
-from contracts.subjects import matcher
-from services.deadletters import dead_letter_copy
+from contracts.subjects import matcher, stage_of
 from services.runtime import nats_internals
 from services.runtime.agent import Agent, output_id, unwrap
 from services.runtime.config import RuntimeSettings
+from services.runtime.deadletters import dead_letter_copy
 from services.runtime.decisions import (after_handler_error, backoff_delay, lost_deliveries, mark_before_ack,
                                         mark_failed, marks_due, segments, undelivered)
 from services.runtime.dedup import DedupRegistry
@@ -598,14 +598,14 @@ class Worker:
         if self.options.dead_letters:
             await self.dead_letter(msg, err.reason, str(err))
             return
-        self.metrics.messages_failed.labels(self.service, msg.subject.partition(".")[0], err.reason).inc()
+        self.metrics.messages_failed.labels(self.service, stage_of(msg.subject), err.reason).inc()
         log.info("bad input skipped", extra={"subject": msg.subject, "reason": err.reason, "error": str(err)[:200]})
         self._given_up(msg.metadata.sequence.stream)
         await self._quietly(msg.term())
 
     async def _retry_or_dead_letter(self, msg: Msg, inc: Incoming, exc: BaseException) -> None:
         attempt = inc.envelope.attempt
-        self.metrics.messages_failed.labels(self.service, inc.envelope.subject.partition(".")[0], "handler_error").inc()
+        self.metrics.messages_failed.labels(self.service, stage_of(inc.envelope.subject), "handler_error").inc()
         log.error("handler failed", extra={"event_id": inc.id, "subject": inc.envelope.subject,
                                             "attempt": attempt, "error": repr(exc)})
         action, delay = after_handler_error(attempt, self.settings.max_deliver, self.settings.backoff)
@@ -649,6 +649,6 @@ class Worker:
 def _by_stage(subjects: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for subject in subjects:
-        stage = subject.partition(".")[0]
+        stage = stage_of(subject)
         counts[stage] = counts.get(stage, 0) + 1
     return counts

@@ -17,14 +17,15 @@ from contracts.codec import decode
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, subject_for
 from replay.store import SqliteEventStore
 from replay.whatif import load_recorded, whatif
-from services import observe, registry
+from services import registry
 from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
-from services.demo import wait_published
 from services.execution.ledger import FillLedger
+from services.offline.simulate import simulate
+from services.ops import observe
+from services.ops.demo import wait_published
+from services.ops.supervisor import http_json, wait_ready
 from services.runtime.settings import load
-from services.simulate import simulate
-from services.supervisor import http_json, wait_ready
 from tests.chaos.conftest import RESULTS, Figures
 from tests.integration.conftest import stream_messages
 from tests.integration.test_pipeline import LOGIC_ENV

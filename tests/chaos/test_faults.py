@@ -14,11 +14,11 @@ import psutil
 import pytest
 
 from contracts.codec import decode
+from contracts.deadletters import DLQ_REASON, DLQ_SUBJECT
 from contracts.errors import BadInput
-from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, stage_of
 from services import registry
-from services.deadletters import DLQ_REASON, DLQ_SUBJECT
-from services.supervisor import http_json, wait_port
+from services.ops.supervisor import http_json, wait_port
 from tests.chaos.conftest import Compound
 from tests.chaos.harness import DATA, ENV, kill_plan, run_fault
 from tests.integration.conftest import stream_messages, wait_for
@@ -136,9 +136,9 @@ def poison() -> list[tuple[str, bytes]]:
 
 
 def consumers_of(subject: str) -> int:
-    stage = subject.split(".")[0]
+    stage = stage_of(subject)
     agents = [registry.build(name, ENV) for name in registry.CONSUMERS]
-    return sum(any(p.split(".")[0] == stage for p in agent.consumes) for agent in agents)
+    return sum(any(stage_of(p) == stage for p in agent.consumes) for agent in agents)
 
 
 async def test_poison_of_every_kind_mixed_into_the_stream(make_stack):

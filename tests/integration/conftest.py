@@ -12,10 +12,10 @@ import pytest
 import pytest_asyncio
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
-from services import observe
+from services.ops import observe
+from services.ops.stack import Stack
 from services.registry import CONSUMERS
 from services.runtime.connect import nats_options
-from services.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from services.ops.supervisor import free_port
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.metrics import Metrics
-from services.supervisor import free_port
 
 pytestmark = pytest.mark.integration
 

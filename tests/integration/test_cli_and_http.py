@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.ops.supervisor import http_json
 from services.registry import SERVICES
-from services.supervisor import http_json
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import nats
 import pytest
 
 from contracts.subjects import PIPELINE_STREAM
+from services.ops.stack import Stack
+from services.ops.supervisor import http_json
 from services.runtime.connect import nats_options
-from services.stack import Stack
-from services.supervisor import http_json
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_matches_prediction, predicted
 

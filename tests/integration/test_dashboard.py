@@ -10,8 +10,9 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
-from services import observe
+from services.ops import observe
 from services.registry import DASHBOARD, SERVICES
+from services.runtime.micro import micro_services
 from tests.integration.conftest import wait_for
 from tests.integration.test_cli_and_http import BAR
 
@@ -112,12 +113,12 @@ async def test_the_snapshot_controls_and_hostile_requests(make_stack):
     await wait_for(back_in_dlq, what="the redriven letter to be dead-lettered again")
 
     # restart: the service exits 75, comes back under a new id, and the dashboard counts it
-    [before] = await observe.micro_services(nc, 0.5, "PING", "quant")
+    [before] = await micro_services(nc, 0.5, "PING", "quant")
     status, answer = await call(stack, "POST", "/v1/control", {"action": "restart", "target": "quant"})
     assert status == 200 and answer["message"].startswith("restarting quant")
 
     async def restarted() -> bool:
-        pings = await observe.micro_services(nc, 0.5, "PING", "quant")
+        pings = await micro_services(nc, 0.5, "PING", "quant")
         return len(pings) == 1 and pings[0]["id"] != before["id"]
 
     await wait_for(restarted, what="quant to come back")

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 from redis.asyncio import Redis
 
+from services.ops.supervisor import wait_port
 from services.runtime.dedup import DedupRegistry
-from services.supervisor import wait_port
 
 pytestmark = pytest.mark.integration
 

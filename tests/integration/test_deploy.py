@@ -11,11 +11,11 @@ import nats
 import pytest
 
 from contracts.errors import ConfigError
-from services.backtest import run_backtest
-from services.deploy_local import LocalDeployment, interpolate, load_files
-from services.observe import wait_drained
+from services.offline.backtest import run_backtest
+from services.ops.deploy_local import LocalDeployment, interpolate, load_files
+from services.ops.observe import wait_drained
+from services.ops.supervisor import http_json
 from services.runtime.connect import nats_options
-from services.supervisor import http_json
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

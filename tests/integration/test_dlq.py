@@ -11,9 +11,10 @@ import sys
 import orjson
 import pytest
 
+from contracts.deadletters import DeadLetter
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
-from services import observe
-from services.deadletters import DeadLetter, redriven
+from services.ops import observe
+from services.runtime.deadletters import redriven
 from services.runtime.publish import Publisher
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 

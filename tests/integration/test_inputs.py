@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from contracts.deadletters import DLQ_ERROR, DLQ_REASON, DLQ_SERVICE, DLQ_SUBJECT
 from contracts.subjects import DLQ_STREAM
-from services import observe
-from services.deadletters import DLQ_ERROR, DLQ_REASON, DLQ_SERVICE, DLQ_SUBJECT
-from services.supervisor import http_json
+from services.ops import observe
+from services.ops.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 
 pytestmark = pytest.mark.integration

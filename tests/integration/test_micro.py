@@ -9,9 +9,10 @@ import orjson
 import pytest
 from nats.errors import NoRespondersError
 
-from services import observe
-from services.permissions import inbox_prefix
+from services.ops import observe
 from services.registry import SERVICES
+from services.runtime.micro import micro_services
+from services.runtime.permissions import inbox_prefix
 from tests.integration.conftest import wait_for
 from tests.integration.test_cli_and_http import BAR, tradeflow
 
@@ -22,12 +23,12 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
     stack, nc = await make_stack()
     await nc.publish("data_ready.AAPL", json.dumps(BAR).encode())
     await nc.flush()
-    pings = await observe.micro_services(nc, 1.0, "PING")
+    pings = await micro_services(nc, 1.0, "PING")
     assert sorted(p["name"] for p in pings) == sorted(SERVICES)
     assert {p["version"] for p in pings} == {"0.1.0"} and all(p["type"] == "io.nats.micro.v1.ping_response"
                                                              for p in pings)
     for name in SERVICES:
-        [info] = await observe.micro_services(nc, 1.0, "INFO", name)
+        [info] = await micro_services(nc, 1.0, "INFO", name)
         assert info["name"] == name and info["description"]
         assert {e["name"]: e["subject"] for e in info["endpoints"]} == {
             "health": f"tradeflow.{name}.health", "ready": f"tradeflow.{name}.ready",
@@ -42,17 +43,17 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
     assert portfolio["equity"] == portfolio["cash"] and portfolio["trades"] == []
 
     async def strategy_counted() -> bool:
-        [stats] = await observe.micro_services(nc, 1.0, "STATS", "strategy")
+        [stats] = await micro_services(nc, 1.0, "STATS", "strategy")
         return stats["endpoints"][0]["data"]["messages_in"] >= 1
 
     await wait_for(strategy_counted, what="strategy's micro stats to count the bar")
-    [stats] = await observe.micro_services(nc, 1.0, "STATS", "strategy")
+    [stats] = await micro_services(nc, 1.0, "STATS", "strategy")
     health_ep = next(e for e in stats["endpoints"] if e["name"] == "health")
     assert health_ep["num_requests"] >= 1 and health_ep["num_errors"] == 0
     # the dashboard's user may ask; a service's user may not answer for another service
     dash = await nats.connect(stack.nats_url_for("dashboard"), inbox_prefix=inbox_prefix("dashboard"))
     try:
-        assert len(await observe.micro_services(dash, 1.0, "PING")) == len(SERVICES)
+        assert len(await micro_services(dash, 1.0, "PING")) == len(SERVICES)
         assert orjson.loads((await dash.request("tradeflow.risk.ready", b"", timeout=2)).data)["ready"]
     finally:
         await dash.close()

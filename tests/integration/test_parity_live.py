@@ -6,9 +6,9 @@ import pytest
 
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
-from services import observe
-from services.demo import wait_published
-from services.supervisor import http_json
+from services.ops import observe
+from services.ops.demo import wait_published
+from services.ops.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages
 from tests.unit.test_backtesting_parity import PARITY_ENV, backtesting_py_sma_cross
 

@@ -8,10 +8,10 @@ import pytest
 from contracts.codec import decode
 from contracts.events import SignalGenerated
 from contracts.subjects import PIPELINE_STREAM
-from services import observe
 from services.audit.logic import report
-from services.demo import wait_published
-from services.supervisor import http_json
+from services.ops import observe
+from services.ops.demo import wait_published
+from services.ops.supervisor import http_json
 from tests.integration.conftest import stream_messages
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
 

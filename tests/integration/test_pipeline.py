@@ -11,15 +11,16 @@ import pytest
 
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
-from services import observe, registry
+from services import registry
 from services.audit import trail
 from services.audit.logic import report
-from services.risk.service import book_view
 from services.data.service import DataSettings, load_bars
-from services.demo import wait_published
+from services.offline.simulate import simulate
+from services.ops import observe
+from services.ops.demo import wait_published
+from services.ops.supervisor import http_json
+from services.risk.service import book_view
 from services.runtime.settings import load
-from services.simulate import simulate
-from services.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 
 pytestmark = pytest.mark.integration

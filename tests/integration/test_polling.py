@@ -10,7 +10,7 @@ from aiohttp import web
 
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
-from services.supervisor import http_json
+from services.ops.supervisor import http_json
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_matches_prediction, predicted
 from tests.local_http import serving

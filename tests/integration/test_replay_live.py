@@ -13,11 +13,12 @@ import pytest
 from contracts import envelope as ce
 from contracts.codec import decode, encode
 from contracts.envelope import Envelope, headers_for
-from contracts.subjects import PIPELINE_STREAM, subject_for
+from contracts.subjects import PIPELINE_STREAM, stage_of, subject_for
 from replay.store import SqliteEventStore, StoredEvent
-from services import observe, registry
+from services import registry
 from services.data.service import DataSettings, bar_id, load_bars
-from services.simulate import simulate
+from services.offline.simulate import simulate
+from services.ops import observe
 from tests.integration.conftest import stream_messages, wait_for
 from tests.unit.test_backtesting_parity import PARITY_ENV
 
@@ -67,7 +68,7 @@ async def test_a_window_replayed_twice_yields_its_outputs_once(make_stack, tmp_p
     after_second = await stream_messages(nc, PIPELINE_STREAM)
 
     assert [m.headers["ce-id"] for m in after_second] == [m.headers["ce-id"] for m in after_first]
-    stages = Counter(m.subject.split(".")[0] for m in after_second)
+    stages = Counter(stage_of(m.subject) for m in after_second)
     assert stages["data_ready"] == len(in_window)
     for stage in ("signals_ready", "validated_ready", "approved_ready", "executed_ready"):
         assert stages[stage] == expected[stage] > 0, stage

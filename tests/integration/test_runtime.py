@@ -15,9 +15,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from redis.asyncio import Redis
 
 from contracts.codec import Incoming, encode
+from contracts.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
 from contracts.events import BarReceived, OrderApproved, SignalGenerated
 from contracts.subjects import PIPELINE_STREAM, PIPELINE_SUBJECTS
-from services.deadletters import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON
 from services.runtime.agent import Agent, Options
 from services.runtime.config import RuntimeSettings
 from services.runtime.dedup import DedupRegistry

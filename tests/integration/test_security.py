@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
-from services import observe
-from services.permissions import inbox_prefix
+from services.ops import observe
 from services.runtime.config import RuntimeSettings
+from services.runtime.permissions import inbox_prefix
 from services.runtime.topology import ensure_streams
 from tests.integration.conftest import wait_for
 

@@ -15,9 +15,9 @@ import pytest
 
 from contracts.subjects import PIPELINE_STREAM
 from replay.store import SqliteEventStore
-from services import observe
+from services.ops import observe
+from services.ops.supervisor import http_json
 from services.registry import DURABLES
-from services.supervisor import http_json
 from services.risk.service import book_view
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted

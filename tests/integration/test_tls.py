@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contracts.subjects import PIPELINE_STREAM
-from services import observe
-from services.stack import Stack
+from services.ops import observe
+from services.ops.stack import Stack
 from tests.integration.conftest import stream_messages, wait_for
 
 pytestmark = pytest.mark.integration

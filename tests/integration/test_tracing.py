@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from contracts import envelope as ce
 from contracts.codec import decode
 from contracts.subjects import PIPELINE_STREAM
-from services import observe
+from services.ops import observe
 from services.registry import CONSUMERS
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import LOGIC_ENV

@@ -17,7 +17,7 @@ import pytest
 
 from services import registry
 from services.data.service import DataSettings, load_bars
-from services.simulate import simulate
+from services.offline.simulate import simulate
 
 backtesting = pytest.importorskip("backtesting")
 

@@ -8,19 +8,9 @@ import pytest
 
 from contracts import envelope as ce
 from contracts.codec import decode
+from contracts.deadletters import DLQ_ORIGINAL_ID, REDRIVE_COUNT, REDRIVE_OF, DeadLetter, redrive_id
 from contracts.subjects import subject_matches
-from services.deadletters import (
-    DLQ_ORIGINAL_ID,
-    REDRIVE_COUNT,
-    REDRIVE_OF,
-    DeadLetter,
-    RedriveRefused,
-    Selection,
-    dead_letter_copy,
-    redrive_id,
-    redriven,
-    select,
-)
+from services.runtime.deadletters import RedriveRefused, Selection, dead_letter_copy, redriven, select
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=timezone.utc)
 BAR = b'{"symbol":"AAPL","ts":"2024-01-02T14:30:00Z","open":1,"high":2,"low":0.5,"close":1.5,"volume":10}'

@@ -10,18 +10,19 @@ import pytest
 from contracts.codec import Incoming
 from contracts.envelope import Envelope
 from contracts.errors import Rejected
-from contracts.subjects import STAGES, subject_for
 from contracts.events import BarReceived, OrderApproved, OrderFilled
+from contracts.subjects import STAGES, stage_of, subject_for
 from services.audit.logic import equity, new_portfolio, on_bar, on_fill, summary
 from services.audit.service import AuditAgent, AuditSettings
 from services.data.sources import synthetic
-from services.execution.logic import BrokerParams, new_broker, on_bar as broker_bar, on_order
+from services.execution.logic import BrokerParams, new_broker, on_order
+from services.execution.logic import on_bar as broker_bar
 from services.execution.service import ExecutionAgent
+from services.offline.simulate import simulate
 from services.quant.logic import QuantParams
 from services.quant.service import QuantAgent
 from services.risk.logic import RiskParams
 from services.risk.service import RiskAgent
-from services.simulate import simulate
 from services.strategy.logic import SmaCrossParams, sma_cross
 from services.strategy.service import StrategyAgent
 
@@ -95,7 +96,7 @@ def test_next_open_fills_at_the_first_later_bar_whatever_arrives_first(bar_first
 
 def _in(event, event_id: str, trace: str) -> Incoming:
     subject = subject_for(event)
-    env = Envelope(id=event_id, type=STAGES[subject.partition(".")[0]][1], source="t", time=TS, subject=subject,
+    env = Envelope(id=event_id, type=STAGES[stage_of(subject)][1], source="t", time=TS, subject=subject,
                    trace_id=trace)
     return Incoming(env, event)
 

@@ -12,7 +12,7 @@ from contracts.codec import Incoming
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError
 from contracts.events import BarReceived, Event, OrderApproved, OrderFilled
-from contracts.subjects import STAGES, subject_for
+from contracts.subjects import STAGES, stage_of, subject_for
 from services.execution.ledger import FillLedger
 from services.execution.logic import BrokerParams
 from services.execution.service import ExecutionAgent
@@ -32,7 +32,7 @@ def bar(day: int, open_: float) -> BarReceived:
 
 def incoming(event: Event, event_id: str) -> Incoming:
     subject = subject_for(event)
-    env = Envelope(id=event_id, type=STAGES[subject.partition(".")[0]][1], source="t", time=TS, subject=subject,
+    env = Envelope(id=event_id, type=STAGES[stage_of(subject)][1], source="t", time=TS, subject=subject,
                    trace_id="1" * 32)
     return Incoming(env, event)
 

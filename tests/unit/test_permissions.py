@@ -1,4 +1,4 @@
-"""The NATS permissions, as written: one source (services/permissions.py) for nats.conf, the Kubernetes
+"""The NATS permissions, as written: one source (services/runtime/permissions.py) for nats.conf, the Kubernetes
 manifest and `tradeflow up`; no service's user names another's consumer, outputs or dead letters."""
 
 from pathlib import Path
@@ -10,8 +10,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from services import registry
 from services.cli import cli
+from services.ops.provision import deployment_consumers
 from services.runtime.agent import Agent
-from services.permissions import (
+from services.runtime.config import RuntimeSettings
+from services.runtime.permissions import (
     BEGIN,
     COMPOSE_DURABLES,
     END,
@@ -22,11 +24,9 @@ from services.permissions import (
     service_permissions,
     with_authorization,
 )
-from services.runtime.config import RuntimeSettings
 from services.runtime.topology import (
     consumer_drifted,
     consumer_problems,
-    deployment_consumers,
     pipeline_stream,
     stream_drifted,
     stream_problems,
@@ -130,7 +130,7 @@ def test_init_against_no_nats_is_one_line_naming_the_setting_without_its_passwor
 
 
 def test_the_compose_file_s_redis_users_are_the_code_s():
-    from services.permissions import REDIS_USERS, redis_acl
+    from services.runtime.permissions import REDIS_USERS, redis_acl
 
     compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
     args = compose["services"]["redis"]["command"]

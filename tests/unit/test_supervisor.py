@@ -13,13 +13,13 @@ import psutil
 import pytest
 
 from contracts.errors import ConfigError
-from services.supervisor import (CRASH_LOOP, HEALTHY_AFTER, Proc, RestartPolicy, Supervisor, backoff,
+from services.ops.supervisor import (CRASH_LOOP, HEALTHY_AFTER, Proc, RestartPolicy, Supervisor, backoff,
                                  failed_in_a_row)
 
 SUPERVISOR = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from services.supervisor import Proc, Supervisor
+    from services.ops.supervisor import Proc, Supervisor
 
     async def main():
         supervisor = Supervisor()

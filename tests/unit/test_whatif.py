@@ -26,10 +26,10 @@ from replay.whatif import WhatIf, WhatIfError, load_recorded, overrides_env, wha
 from replay.whatif_report import NO_DIFFERENCES, format_diff
 from services import registry
 from services.audit.logic import summary
-from services.backtest import settings_env
 from services.data.service import DataSettings, bar_id, load_bars
 from services.data.sources import synthetic
-from services.simulate import Simulation, simulate
+from services.offline.backtest import settings_env
+from services.offline.simulate import Simulation, simulate
 
 pytest.importorskip("backtesting")  # ships the GOOG bars
 

@@ -19,7 +19,7 @@ from contracts.codec import Incoming
 from contracts.envelope import Envelope
 from contracts.errors import BadInput
 from contracts.events import BarReceived, Event
-from contracts.subjects import STAGES, subject_for
+from contracts.subjects import STAGES, stage_of, subject_for
 from services.audit.service import AuditAgent
 from services.data.service import bar_id
 from services.execution.service import ExecutionAgent
@@ -42,7 +42,7 @@ class Simulation(msgspec.Struct):
 
 def _incoming(event_id: str, event: Event) -> Incoming:
     subject = subject_for(event)
-    stage = subject.partition(".")[0]
+    stage = stage_of(subject)
     env = Envelope(id=event_id, type=STAGES[stage][1], source="simulation", time=datetime.now(timezone.utc),
                    subject=subject, trace_id=event_id)
     return Incoming(env, event)
@@ -54,7 +54,7 @@ def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy:
     routes: dict[str, list] = {}
     for agent in (strategy, quant, risk, execution, audit):
         for pattern in agent.consumes:
-            routes.setdefault(pattern.partition(".")[0], []).append(agent)
+            routes.setdefault(stage_of(pattern), []).append(agent)
     counts: Counter = Counter()
     events: list[tuple[str, Event]] = []
     causes: dict[str, str] = {}
@@ -62,11 +62,10 @@ def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy:
 
     def deliver(event_id: str, event: Event) -> None:
         subject = subject_for(event)
-        key = ".".join(subject.split(".")[:2]) if subject.startswith("rejected.") else subject.partition(".")[0]
-        counts[key] += 1
+        counts[stage_of(subject, by_origin=True)] += 1
         events.append((event_id, event))
         incoming = _incoming(event_id, event)
-        for agent in routes.get(subject.partition(".")[0], []):
+        for agent in routes.get(stage_of(subject), []):
             try:
                 outputs = agent.handle(incoming, now)
             except BadInput:   # live, this input would be dead-lettered; the rest flows on

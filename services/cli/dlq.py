@@ -18,11 +18,13 @@ import msgspec
 import orjson
 from nats.js.errors import NotFoundError
 
+from contracts.deadletters import DeadLetter
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import DLQ_STREAM
-from services.deadletters import MAX_REDRIVES, DeadLetter, RedriveRefused, Selection, select
-from services.deadletters import redrive as redrive_one
+from services.cli.common import connect, run_async
+from services.runtime.deadletters import MAX_REDRIVES, RedriveRefused, Selection, select
+from services.runtime.deadletters import redrive as redrive_one
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -76,7 +78,7 @@ async def _letters(nc, selection: Selection) -> list[DeadLetter]:
                 raise TradeflowError(f"no dead letter {seq} in the DLQ stream (tradeflow dlq list)") from None
             letters.append(DeadLetter.of(raw.seq, raw.subject, raw.headers, raw.data, raw.time))
     else:
-        from services.observe import stream_messages
+        from services.ops.observe import stream_messages
 
         letters = [DeadLetter.of(m.metadata.sequence.stream, m.subject, m.headers, m.data, m.metadata.timestamp)
                    for m in await stream_messages(nc, DLQ_STREAM, "dlq.>")]
@@ -105,16 +107,15 @@ def dlq() -> None:
 
 def _on_letters(selection: Selection, act: Callable[[Any, list[DeadLetter]], Awaitable[None]]) -> None:
     """Connect, read the dead letters `selection` picks, and `act` on them (with the connection)."""
-    from services.cli import _connect, _run_async
 
     async def main() -> None:
-        nc = await _connect()
+        nc = await connect()
         try:
             await act(nc, await _letters(nc, selection))
         finally:
             await nc.close()
 
-    _run_async(main())
+    run_async(main())
 
 
 @dlq.command("list")

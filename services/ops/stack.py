@@ -17,15 +17,8 @@ from pathlib import Path
 import orjson
 
 from contracts.errors import ConfigError
-from services.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
-from services.permissions import USERS as NATS_USERS
-from services.registry import DURABLES, SERVICES
-from services.runtime.config import RuntimeSettings
-from services.runtime.connect import TlsSettings
-from services.runtime.partition import Partition
-from services.runtime.settings import load
-from services.runtime.topology import init
-from services.supervisor import (
+from services.ops.provision import init
+from services.ops.supervisor import (
     ROOT,
     Proc,
     Supervisor,
@@ -38,7 +31,13 @@ from services.supervisor import (
     wait_port,
     wait_ready,
 )
-
+from services.registry import DURABLES, SERVICES
+from services.runtime.config import RuntimeSettings
+from services.runtime.connect import TlsSettings
+from services.runtime.partition import Partition
+from services.runtime.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
+from services.runtime.permissions import USERS as NATS_USERS
+from services.runtime.settings import load
 
 SETTINGS_FILE = "settings.env"
 TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT", "RISK", "EXECUTION", "AUDIT"))

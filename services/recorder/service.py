@@ -13,7 +13,7 @@ dead-letters it, so the recorder only counts it and moves on rather than dead-le
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,7 @@ from contracts.codec import Incoming
 from contracts.subjects import PIPELINE_SUBJECTS
 from replay.store import SqliteEventStore, StoredEvent
 from services.runtime.agent import Agent, AgentContext, Options
-from services.runtime.settings import load
-
-STORE_FILE = "events.sqlite"
-
-
-class RecorderSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """TRADEFLOW_STORE: the event store's file (default: <data dir>/recorder/events.sqlite)."""
-
-    store: str | None = None
-    data_dir: str = "var"
-
-    @property
-    def path(self) -> Path:
-        return Path(self.store) if self.store else Path(self.data_dir) / "recorder" / STORE_FILE
-
-
-def store_location(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the event store is: TRADEFLOW_STORE, else <TRADEFLOW_DATA_DIR>/recorder/events.sqlite."""
-    return load(RecorderSettings, "TRADEFLOW_", environ).path
+from services.runtime.store import store_location
 
 
 class RecorderAgent(Agent):

@@ -11,7 +11,8 @@ import orjson
 from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
-from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
+from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, stage_of
+from services.runtime.micro import micro_services
 from services.runtime.topology import consumed
 
 
@@ -28,9 +29,7 @@ def stage_totals(counts: dict[str, int]) -> Counter:
     """Per-subject counts summed by stage (first token; rejected.<stage> kept apart)."""
     totals: Counter = Counter()
     for subject, n in counts.items():
-        parts = subject.split(".")
-        key = ".".join(parts[:2]) if parts[0] in ("rejected", "dlq") else parts[0]
-        totals[key] += n
+        totals[stage_of(subject, by_origin=True)] += n
     return totals
 
 
@@ -96,28 +95,6 @@ async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout:
         last_seq = seq
         await asyncio.sleep(settle)
     raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
-
-
-async def micro_services(nc, timeout: float = 0.5, verb: str = "INFO", name: str | None = None) -> list[dict]:
-    """Every answer to `$SRV.<verb>[.<name>]` within `timeout`: one per running service (and replica)."""
-    inbox = nc.new_inbox()
-    answers: list[dict] = []
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(f"$SRV.{verb}" + (f".{name}" if name else ""), b"", reply=inbox)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except TimeoutError:
-                break
-            try:
-                answers.append(orjson.loads(msg.data))
-            except orjson.JSONDecodeError:
-                continue
-    finally:
-        await sub.unsubscribe()
-    return sorted(answers, key=lambda a: (str(a.get("name")), str(a.get("id"))))
 
 
 async def status(nc, timeout: float = 0.5) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+
 OPERATOR, INJECTOR, DASHBOARD = "operator", "injector", "dashboard"
 
 # what each service publishes, besides its dead letters (dlq.<service>.>)
@@ -159,7 +160,8 @@ def redis_acl(user: str, password: str) -> str:
             "+@read +@write +@connection +evalsha +script|load -@dangerous")
 
 
-BEGIN = "# --- authorization: written by `tradeflow permissions` (services/permissions.py); do not edit by hand ---"
+BEGIN = ("# --- authorization: written by `tradeflow permissions` (services/runtime/permissions.py); "
+         "do not edit by hand ---")
 END = "# --- end of authorization ---"
 
 

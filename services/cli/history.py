@@ -1,4 +1,5 @@
-"""`tradeflow events | trace | store`: read the event store (read-only), compact and export it.
+"""`tradeflow events | trace | store | replay | whatif`: the recorded history. Read the event store
+(read-only), compact and export it, re-drive a window of it, re-run the logic over it with other settings.
 
 Every read command opens the store read-only, so it can never change it, even while the
 recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
@@ -22,10 +23,11 @@ import orjson
 
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
-from contracts.subjects import STAGES
-from replay.recorder import store_location
+from contracts.subjects import STAGES, stage_of
 from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
 from services.audit import trail
+from services.cli.common import connect, run_async
+from services.runtime.store import store_location
 
 STAGE_NAMES = tuple(STAGES)
 
@@ -95,7 +97,7 @@ def check_pattern(pattern: str) -> None:
         subject_match(pattern)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--subject") from None
-    first = pattern.split(".")[0]
+    first = stage_of(pattern)
     if first not in ("*", ">") and first not in STAGE_NAMES:
         raise click.BadParameter(f"unknown subject pattern {pattern!r}: subjects begin with one of "
                                  f"{', '.join(STAGE_NAMES)}", param_hint="--subject")
@@ -161,7 +163,6 @@ def table_rows(events: list[StoredEvent]) -> list[str]:
 def events(store_path, since, until, by, subjects, symbol, trace_id, limit, everything, last, as_json,
            count_only) -> None:
     """Query the event store: a time window, subject patterns, a symbol, a trace."""
-    from services.cli import _run_async
 
     filters = filters_of(since, until, by, subjects, symbol, trace_id)
 
@@ -175,7 +176,7 @@ def events(store_path, since, until, by, subjects, symbol, trace_id, limit, ever
             if not shown:
                 raise TradeflowError(await nothing_matched(store, filters))
 
-    _run_async(main())
+    run_async(main())
 
 
 async def _emit(rows: AsyncIterator[StoredEvent], as_json: bool) -> int:
@@ -258,7 +259,6 @@ def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_jso
     EVENT_OR_TRACE_ID is a trace id or the id of any event on it (e.g. the bar's). A stage's
     time runs from its cause's publish time to its own; audit's, from the fill to its log line.
     """
-    from services.cli import _run_async
 
     async def main() -> None:
         async with SqliteEventStore.open(store_path, read_only=True) as store:
@@ -281,7 +281,7 @@ def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_jso
             took = "" if s.after_cause_ms is None else f"{s.after_cause_ms:,.1f}"
             click.echo(f"  {s.stage:<16} {took:>12} {s.since_start_ms:>12,.1f}  {s.id:<32} {s.fields}")
 
-    _run_async(main())
+    run_async(main())
 
 
 @click.group("store")
@@ -294,7 +294,6 @@ def store() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def stats(store_path: str, as_json: bool) -> None:
     """How many events the store holds, their time span and the count per stage."""
-    from services.cli import _run_async
 
     async def main() -> None:
         async with SqliteEventStore.open(store_path, read_only=True) as s:
@@ -309,7 +308,7 @@ def stats(store_path: str, as_json: bool) -> None:
             for stage, n in st.stages.items():
                 click.echo(f"  {stage:<16} {n:>10,}")
 
-    _run_async(main())
+    run_async(main())
 
 
 @store.command("compact")
@@ -319,7 +318,6 @@ def stats(store_path: str, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
     """Delete events older than --before and give the space back (export them first to keep them)."""
-    from services.cli import _run_async
 
     async def main() -> None:
         async with SqliteEventStore.open(store_path, read_only=True) as s:
@@ -333,7 +331,7 @@ def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
             left = await s.count()
         click.echo(f"deleted {deleted:,} events before {rfc3339(before)}; {left:,} left")
 
-    _run_async(main())
+    run_async(main())
 
 
 @store.command("export")
@@ -344,7 +342,6 @@ def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
               help="The file to write ('-' for standard output, JSON lines only).")
 def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output) -> None:
     """Write the matching events to a JSON lines or Parquet file, for archiving."""
-    from services.cli import _run_async
 
     filters = filters_of(since, until, by, subjects, symbol, trace_id)
     if output == "-" and fmt == "parquet":
@@ -361,7 +358,7 @@ def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output
                 raise TradeflowError(str(exc)) from None
         click.echo(f"exported {n:,} events to {output}", err=True)
 
-    _run_async(main())
+    run_async(main())
 
 
 ISOLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -383,7 +380,6 @@ def replay_command(store_path, since, until, by, subjects, symbol, trace_id, spe
     publishes nothing the second time.
     """
     from replay.replay import check_target, replay, run_id_for, stages_of
-    from services.cli import _connect, _run_async
 
     filters = filters_of(since, until, by, subjects or ("data_ready.>",), symbol, trace_id)
     if isolate is not None and not ISOLATE_NAME.fullmatch(isolate):
@@ -397,7 +393,7 @@ def replay_command(store_path, since, until, by, subjects, symbol, trace_id, spe
             total = await s.count(**filters)
             if not total:
                 raise TradeflowError(await nothing_matched(s, filters))
-            nc = await _connect()
+            nc = await connect()
             try:
                 await check_target(nc.jsm(), stages_of(filters["subjects"]), isolate)
                 with click.progressbar(length=total, label=f"replay {run_id}", file=sys.stderr,
@@ -411,7 +407,7 @@ def replay_command(store_path, since, until, by, subjects, symbol, trace_id, spe
                    f"published, {result.duplicates:,} already there (replayed before), {result.seconds:.1f}s, "
                    f"{rate:,.0f} events/s")
 
-    _run_async(main())
+    run_async(main())
 
 
 def read_settings(path: Path) -> dict[str, str]:
@@ -458,8 +454,7 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
     """
     from replay.whatif import load_recorded, overrides_env, whatif
     from replay.whatif_report import format_diff
-    from services.cli import _run_async
-    from services.stack import SETTINGS_FILE
+    from services.ops.stack import SETTINGS_FILE
 
     check_window(since, until)
     base = {k: v for k, v in os.environ.items() if k.startswith("TRADEFLOW_")}
@@ -475,7 +470,7 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
                                            run=replay_run)
         return await asyncio.to_thread(whatif, recorded, env, recorded_env=recorded_env)
 
-    result = _run_async(main())
+    result = run_async(main())
     if result is None:
         sys.exit(130)
     if as_json:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from contracts.errors import ConfigError
-from services.supervisor import (
+from services.ops.supervisor import (
     Proc,
     RestartPolicy,
     Supervisor,
@@ -48,7 +48,7 @@ from services.supervisor import (
     wait_ready,
 )
 
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "deploy" / "compose" / "compose.yaml"
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "compose.yaml"
 IMAGE_DEFAULTS = {"TRADEFLOW_HTTP_HOST": "0.0.0.0", "TRADEFLOW_HTTP_PORT": "8080",   # deploy/Dockerfile's ENV
                   "TRADEFLOW_DATA_DIR": "/var/lib/tradeflow"}
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|"

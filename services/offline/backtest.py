@@ -12,7 +12,7 @@ from contracts.errors import ConfigError
 from services import registry
 from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
-from services.simulate import simulate
+from services.offline.simulate import simulate
 from services.strategy.strategies import STRATEGIES
 
 ALL_IN = "0.9999999999999998"  # 1 - machine epsilon: backtesting.py's "whole equity"

@@ -1,66 +1,24 @@
 """The `tradeflow` command line: run one service, bring up a deployment, demo, publish, tail;
-the event store's commands (events, trace, store, ...) come from `replay.cli`, the dead letters'
-from `services.dlq_cli`."""
+the event store's commands (events, trace, store, ...) come from `services.cli.history`, the dead letters'
+from `services.cli.dlq`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
 
 import click
 import msgspec
 import orjson
-from nats.errors import Error as NatsError
 
 from contracts.errors import TradeflowError
+from services.cli.common import cli_settings, connect, fail, run_async
+from services.cli.dlq import dlq
+from services.cli.history import COMMANDS
 from services.registry import DASHBOARD, DURABLES, RUNNABLE, SERVICES
-
-
-class CliSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """What the CLI reads from the environment."""
-
-    ENV_NAMES: ClassVar[dict[str, str]] = {"nats_url": "NATS_URL", "redis_url": "REDIS_URL"}
-    nats_url: str | None = None     # None: `up` starts its own server; publish/tail use 127.0.0.1:4222
-    redis_url: str | None = None
-
-    @property
-    def nats(self) -> str:
-        return self.nats_url or "nats://127.0.0.1:4222"
-
-
-def _settings() -> CliSettings:
-    from services.runtime.settings import load
-
-    return load(CliSettings, "TRADEFLOW_")
-
-
-def _fail(message: str) -> None:
-    raise click.ClickException(message)
-
-
-def _run_async(coro) -> object:
-    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly; connection errors become one-line messages
-    (tradeflow's own errors are turned into one by `Cli.invoke`)."""
-
-    async def main():
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        return await coro
-
-    try:
-        return asyncio.run(main())
-    except asyncio.CancelledError:
-        click.echo("stopped", err=True)
-        return None
-    except (OSError, TimeoutError, NatsError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
 
 
 class Cli(click.Group):
@@ -111,7 +69,7 @@ def trading_options(command):
 
 
 def _trading_env(strategy, params, cash, commission, sizing, fill_price) -> dict[str, str]:
-    from services.backtest import settings_env
+    from services.offline.backtest import settings_env
 
     return settings_env(strategy=strategy, params=params, cash=cash, commission=commission, sizing=sizing,
                         fill_price=fill_price)
@@ -171,14 +129,14 @@ def init(replica_specs: tuple[str, ...]) -> None:
     what the services need before they start, since their own users may declare nothing. Idempotent:
     what is missing is created, what drifted is updated; a stream or consumer set up with settings
     tradeflow cannot update stops it with nothing changed. Settings as the services' (TRADEFLOW_*)."""
+    from services.ops.provision import init as provision
     from services.runtime.config import RuntimeSettings
     from services.runtime.connect import TlsSettings
     from services.runtime.settings import load
-    from services.runtime.topology import init as provision
 
     settings = load(RuntimeSettings, "TRADEFLOW_")
     tls = load(TlsSettings, "TRADEFLOW_").context(settings.nats_url)
-    done = _run_async(provision(settings, _replica_counts(replica_specs), tls))
+    done = run_async(provision(settings, _replica_counts(replica_specs), tls))
     if done is not None:
         click.echo("\n".join(done) if done else "everything was in place: nothing changed")
 
@@ -188,8 +146,8 @@ def init(replica_specs: tuple[str, ...]) -> None:
 def permissions(replica_specs: tuple[str, ...]) -> None:
     """Print nats.conf's authorization block: every user's NATS permissions (for the durables of the
     replicas given; without any, those nats.conf holds: strategy alone or as 2 replicas)."""
-    from services.permissions import COMPOSE_DURABLES, authorization
     from services.runtime.partition import Partition
+    from services.runtime.permissions import COMPOSE_DURABLES, authorization
 
     counts = _replica_counts(replica_specs)
     durables = {name: [Partition(i, n, ()).durable(name) for i in range(n)] for name, n in counts.items() if n > 1}
@@ -214,9 +172,9 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
 
     NATS_URL / REDIS_URL use existing servers instead of starting them.
     """
-    from services.stack import Stack
+    from services.ops.stack import Stack
 
-    settings = _settings()
+    settings = cli_settings()
 
     stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
                   services=(*SERVICES, DASHBOARD), nats_cluster=nats_cluster,
@@ -254,35 +212,16 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
               help="Print one JSON object: backtest's statistics and trades, plus the run's counts.")
 def demo(data, home, timeout, strategy, params, cash, commission, sizing, fill_price, as_json) -> None:
     """Run real historical bars through the six live services, print a summary, shut down."""
-    from services.demo import render, run_demo
+    from services.ops.demo import render, run_demo
 
     env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
-    summary = _run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data), env))
+    summary = run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data), env))
     if summary is None:
         sys.exit(130)
     if as_json:
         click.echo(orjson.dumps({**summary.pop("portfolio"), **summary}).decode())
     else:
         click.echo(render(summary))
-
-
-async def _connect():
-    """A NATS connection for a CLI command; a one-line error if the server is not there."""
-    import nats
-
-    async def quiet(_: Exception) -> None:
-        pass
-
-    from services.runtime.connect import TlsSettings, nats_options
-    from services.runtime.settings import load, redact
-
-    url = _settings().nats
-    tls = load(TlsSettings, "TRADEFLOW_").context(url)
-    try:
-        return await nats.connect(**nats_options(url), connect_timeout=3, allow_reconnect=False,
-                                  max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        _fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")
 
 
 @cli.command()
@@ -292,7 +231,7 @@ async def _connect():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: statistics and trades.")
 def backtest(data, strategy, params, cash, commission, sizing, fill_price, as_json) -> None:
     """Run the agents' logic over OHLCV files in this process, with no servers; print statistics and trades."""
-    from services.backtest import run_backtest
+    from services.offline.backtest import run_backtest
 
     env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
     _print_report(run_backtest(tuple(data), env), as_json)
@@ -312,11 +251,11 @@ def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> No
         try:
             decode(subject, raw)
         except TradeflowError as exc:
-            _fail(f"not sent: {exc} (use --no-check to send it anyway)")
+            fail(f"not sent: {exc} (use --no-check to send it anyway)")
 
     async def main():
 
-        nc = await _connect()
+        nc = await connect()
         try:
             ack = await nc.jetstream().publish(subject, raw, headers={"Nats-Msg-Id": event_id} if event_id else None)
         finally:
@@ -324,7 +263,7 @@ def publish(subject: str, body: str, event_id: str | None, no_check: bool) -> No
         click.echo(f"published to {subject}: stream {ack.stream} seq {ack.seq}"
                    f"{' (duplicate)' if ack.duplicate else ''}")
 
-    _run_async(main())
+    run_async(main())
 
 
 @cli.command()
@@ -336,7 +275,7 @@ def tail(subject: str, count: int | None) -> None:
 
     async def main():
 
-        nc = await _connect()
+        nc = await connect()
         seen = 0
         done = asyncio.Event()
 
@@ -360,7 +299,7 @@ def tail(subject: str, count: int | None) -> None:
         finally:
             await nc.close()
 
-    _run_async(main())
+    run_async(main())
 
 
 def _status_table(state: dict) -> list[str]:
@@ -396,16 +335,16 @@ def _status_table(state: dict) -> list[str]:
               help="Seconds to wait for services to answer.")
 def status(as_json: bool, wait: float) -> None:
     """Services (found by the NATS micro protocol), consumers and their pending counts, streams, DLQ depth."""
-    from services.observe import status as read_status
+    from services.ops.observe import status as read_status
 
     async def main():
-        nc = await _connect()
+        nc = await connect()
         try:
             return await read_status(nc, wait)
         finally:
             await nc.close()
 
-    state = _run_async(main())
+    state = run_async(main())
     if state is None:
         return
     click.echo(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() if as_json else "\n".join(_status_table(state)))
@@ -427,7 +366,7 @@ def deploy() -> None:
 def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: str | None, home: str | None) -> None:
     """Run a Compose file's services as local processes (nats-server, redis-server, tradeflow), each with
     the environment the file gives it, until Ctrl-C: the file exercised without a container engine."""
-    from services.deploy_local import DEFAULT_FILE, LocalDeployment
+    from services.ops.deploy_local import DEFAULT_FILE, LocalDeployment
 
     deployment = LocalDeployment(files=[Path(f) for f in files] or [DEFAULT_FILE], home=_home(home, "deploy"),
                                  profiles=profiles, env_file=Path(env_file) if env_file else None)
@@ -457,24 +396,14 @@ def _run_until_stopped(start, stop, announce) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(stop())
 
-    _run_async(main())
+    run_async(main())
 
 
-def _add_commands() -> None:
-    from replay.cli import COMMANDS
-    from services.dlq_cli import dlq
-
-    for command in (*COMMANDS, dlq):
-        cli.add_command(command)
-
-
-_add_commands()
+for command in (*COMMANDS, dlq):
+    cli.add_command(command)
 
 
 def main() -> None:
     """Console entry point."""
     cli(prog_name="tradeflow")
 
-
-if __name__ == "__main__":
-    main()

@@ -36,7 +36,7 @@ from contracts.errors import ConfigError
 from services.runtime.deathsig import on_parent_death
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 _PORTS = random.Random()

@@ -17,13 +17,13 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
-from replay.recorder import STORE_FILE
 from replay.store import SqliteEventStore
-from services import observe
 from services.audit import trail
+from services.ops import observe
+from services.ops.stack import Stack
+from services.ops.supervisor import http_json
 from services.registry import DURABLES
-from services.stack import Stack
-from services.supervisor import http_json
+from services.runtime.store import STORE_FILE
 
 
 async def wait_published(stack: Stack, timeout: float) -> dict:
