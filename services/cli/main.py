@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -90,14 +91,14 @@ def _print_report(report: dict, as_json: bool) -> None:
                f"commissions {report['commissions']:,.2f}")
 
 
-def _data_env(data: tuple[str, ...]) -> dict[str, str]:
-    from services.data.service import DataSettings, load_bars
+def _data_env(data: tuple[str, ...]) -> tuple[dict[str, str], str]:
+    """The data service's settings under `up` (`--data` over TRADEFLOW_DATA_*, as `run data` reads them), checked
+    here rather than in a child; and where its bars come from, in a line."""
+    from services.data.service import build
 
-    if not data:
-        return {"TRADEFLOW_DATA_SOURCE": "none"}
-    env = {"TRADEFLOW_DATA_SOURCE": "csv", "TRADEFLOW_DATA_FILES": ",".join(data)}
-    load_bars(DataSettings(source="csv", files=list(data)))  # a bad path fails here, not in a child
-    return env
+    env = {"TRADEFLOW_DATA_SOURCE": "csv", "TRADEFLOW_DATA_FILES": ",".join(data), "TRADEFLOW_DATA_MODE": "batch"} \
+        if data else {}
+    return env, build({**os.environ, **env}).describe()
 
 
 def _home(home: str | None, prefix: str) -> Path:
@@ -156,7 +157,8 @@ def permissions(replica_specs: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--data", multiple=True, metavar="SPEC",
-              help="Feed bars: a bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable.")
+              help="Feed bars: a bundled set (GOOG, EURUSD, BTCUSD) or SYMBOL=path.csv. Repeatable. Without it the "
+                   "data service takes TRADEFLOW_DATA_* from the environment, as `tradeflow run data` does.")
 @click.option("--home", type=click.Path(file_okay=False), help="Where the servers and logs keep their files.")
 @click.option("--nats-port", type=click.IntRange(0, 65535), default=4222, show_default=True,
               help="Port for the NATS server it starts (taken only if free; 0 = any free port).")
@@ -175,11 +177,12 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
     from services.ops.stack import Stack
 
     settings = cli_settings()
+    data_env, source = _data_env(data)
 
     stack = Stack(_home(home, "up"), nats_url=settings.nats_url, redis_url=settings.redis_url,
                   services=(*SERVICES, DASHBOARD), nats_cluster=nats_cluster,
                   env={"TRADEFLOW_STREAM_REPLICAS": str(min(3, nats_cluster))} if nats_cluster > 1 else {},
-                  per_service_env={"data": _data_env(data)}, nats_port=nats_port, redis_port=redis_port,
+                  per_service_env={"data": data_env}, nats_port=nats_port, redis_port=redis_port,
                   tls_dir=Path(tls_dir) if tls_dir else None)
 
     def announce() -> None:
@@ -194,6 +197,7 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
         click.echo(f"  Redis  {stack.redis_url}")
         click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
                    "tradeflow events --last)")
+        click.echo(f"  Data   {source}")
         click.echo(f"  Dashboard  {stack.dashboard_url()}")
         for name in stack.services:
             click.echo(f"  {name:<10} http://127.0.0.1:{stack.http_port(name)}/metrics")
@@ -215,7 +219,7 @@ def demo(data, home, timeout, strategy, params, cash, commission, sizing, fill_p
     from services.ops.demo import render, run_demo
 
     env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
-    summary = run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data), env))
+    summary = run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data)[0], env))
     if summary is None:
         sys.exit(130)
     if as_json:

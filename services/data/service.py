@@ -166,8 +166,31 @@ class DataAgent(Producer):
 
         return [web.get("/v1/progress", progress)]
 
+    def describe(self) -> str:
+        """Where the bars come from, in a line (what the service logs at start and `up` prints); for a source
+        that gives nothing, why."""
+        cfg = self.settings
+        if cfg.source == "none":
+            return ("none: publishing nothing (TRADEFLOW_DATA_SOURCE is none; set it to synthetic, csv or http, "
+                    "or run `tradeflow up --data GOOG`)")
+        symbols = sorted({b.symbol for b in self.bars}) if cfg.source != "http" else self.symbols
+        where = {"synthetic": f"synthetic (seed {cfg.seed})", "csv": f"csv {', '.join(cfg.files)}",
+                 "http": f"http {cfg.url}"}.get(cfg.source, cfg.source)
+        listed = ", ".join(symbols[:8]) + (", ..." if len(symbols) > 8 else "")
+        if self.polled:
+            return f"{where}, polled: {len(symbols)} symbol(s) ({listed})"
+        if not self.bars:
+            return f"{where}: no bars to publish (the source holds none)"
+        pace = f"{cfg.rate:g} a second" if cfg.rate else "as fast as possible"
+        return f"{where}: {len(self.bars):,} bars of {len(symbols)} symbol(s) ({listed}), {pace}"
+
     async def produce(self, ctx: ProducerContext) -> None:
         """Batch mode: publish every bar not yet in the stream. Poll mode: poll until the service stops."""
+        described = self.describe()
+        if self.settings.source == "none" or (not self.polled and not self.bars):
+            log.warning("data source gives nothing", extra={"source": described})
+        else:
+            log.info("data source", extra={"source": described})
         if self.polled:
             await self._poll(ctx)
         else:

@@ -201,6 +201,39 @@ async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
     assert stopped >= {*SERVICES, "dashboard"}, stopped   # every service said it stopped
 
 
+async def test_up_takes_a_polled_feed_from_the_environment_as_run_data_does(tmp_path):
+    """Without --data, `up`'s data service reads TRADEFLOW_DATA_* (here a synthetic feed, polled), says where
+    its bars come from, and the pipeline trades on them."""
+    from tests.integration.test_pipeline import LOGIC_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "REDIS_URL")} | LOGIC_ENV | {
+        "TRADEFLOW_DATA_SOURCE": "synthetic", "TRADEFLOW_DATA_MODE": "poll", "TRADEFLOW_DATA_SYMBOLS": "AAPL,MSFT",
+        "TRADEFLOW_DATA_BARS": "300", "TRADEFLOW_DATA_SEED": "11", "TRADEFLOW_DATA_PER_POLL": "25",
+        "TRADEFLOW_DATA_POLL_IMPORTANT": "0.1,0.1", "TRADEFLOW_CALENDAR": "24/7"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "up", "--home", str(tmp_path / "up"), "--nats-port", "0",
+        "--redis-port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        lines = []
+        while not any("Ctrl-C" in line for line in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+            assert line, f"up exited early: {(await proc.stderr.read()).decode()[-2000:]}"
+            lines.append(line)
+        assert any(line.split() == ["Data", "synthetic", "(seed", "11),", "polled:", "2", "symbol(s)", "(AAPL,",
+                                    "MSFT)"] for line in lines), lines
+        audit_port = int(next(line for line in lines if line.strip().startswith("audit")).split(":")[-1].split("/")[0])
+
+        async def filled() -> bool:
+            return (await http_json(audit_port, "/v1/portfolio"))[1]["fills"] > 0
+
+        await wait_for(filled, timeout=120, what="fills from the polled feed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0
+    assert "polled" in (tmp_path / "up" / "logs" / "data.log").read_text()
+
+
 async def test_demo_prints_the_backtest_and_writes_the_audit_log(tmp_path):
     from tests.unit.test_backtesting_parity import backtesting_py_sma_cross
 
