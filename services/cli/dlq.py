@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import DLQ_STREAM
 from services.cli.common import connect, run_async
-from services.runtime.deadletters import MAX_REDRIVES, RedriveRefused, Selection, select
+from services.runtime.deadletters import MAX_REDRIVES, RedriveRefused, Selection, by_original, select
 from services.runtime.deadletters import redrive as redrive_one
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -85,9 +85,12 @@ async def _letters(nc, selection: Selection) -> list[DeadLetter]:
     return select(letters, selection)
 
 
-def _line(letter: DeadLetter) -> str:
+def _line(letter: DeadLetter, copies: Sequence[DeadLetter] = ()) -> str:
+    """A dead letter in a line; with the other copies of its event, their ids and services too."""
     error = " ".join(letter.error.split())
-    return (f"{letter.seq:>7}  {rfc3339(letter.dead_at)[:19]}  {letter.service:<10} {letter.subject:<28} "
+    ids = f"{letter.seq}+{len(copies)}" if copies else str(letter.seq)
+    services = ",".join(dict.fromkeys([letter.service, *(c.service for c in copies)]))
+    return (f"{ids:>7}  {rfc3339(letter.dead_at)[:19]}  {services:<10} {letter.subject:<28} "
             f"{letter.reason:<15} {letter.deliveries or '-':>3} {letter.redrives:>3}  {error[:70]}")
 
 
@@ -121,19 +124,27 @@ def _on_letters(selection: Selection, act: Callable[[Any, list[DeadLetter]], Awa
 @dlq.command("list")
 @selection_options
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one dead letter each.")
-def list_command(seqs, service, subject, reason, older_than, newer_than, as_json) -> None:
-    """List dead letters, oldest first: id, time, service, original subject, reason, deliveries, redrives, error."""
+@click.option("--each", is_flag=True, help="One line per dead letter, not one per event dead-lettered.")
+def list_command(seqs, service, subject, reason, older_than, newer_than, as_json, each) -> None:
+    """List dead letters, oldest first: id, time, service, original subject, reason, deliveries, redrives, error.
+
+    Copies of one event (a bad bar that every stage consuming bars dead-lettered) are one line, its
+    services listed and its ids as FIRST+N (--each: a line for every copy; --json: each copy, with the
+    `copies` of its event)."""
 
     async def show_all(_, letters: list[DeadLetter]) -> None:
+        groups = by_original(letters)
         if as_json:
-            for letter in letters:
-                click.echo(orjson.dumps(_as_json(letter)).decode())
+            for group in groups:
+                copies = [letter.seq for letter in group]
+                for letter in group:
+                    click.echo(orjson.dumps(_as_json(letter) | {"copies": copies}).decode())
             return
         click.echo(f"{'id':>7}  {'dead at':<19}  {'service':<10} {'subject':<28} {'reason':<15} {'dlv':>3} "
                    f"{'rdr':>3}  error")
-        for letter in letters:
-            click.echo(_line(letter))
-        click.echo(f"{len(letters)} dead letter(s)", err=True)
+        for group in ([[letter] for letter in letters] if each else groups):
+            click.echo(_line(group[0], group[1:]))
+        click.echo(f"{len(letters)} dead letter(s) of {len(groups)} event(s)", err=True)
 
     _on_letters(_selection(seqs, service, subject, reason, older_than, newer_than), show_all)
 

@@ -66,6 +66,17 @@ def select(letters: Iterable[DeadLetter], selection: Selection, now: datetime | 
     return [letter for letter in letters if selection.picks(letter, now)]
 
 
+def by_original(letters: Iterable[DeadLetter]) -> list[list[DeadLetter]]:
+    """The dead letters grouped by the event they are copies of, in order of each group's first: one bad bar
+    that strategy, risk, execution and audit each dead-lettered is one group of four (the same stream
+    sequence, or, for a copy that does not say its sequence, the same original id)."""
+    groups: dict[tuple[str, object], list[DeadLetter]] = {}
+    for letter in letters:
+        key = (letter.subject, letter.original_seq) if letter.original_seq is not None else ("", letter.original_id)
+        groups.setdefault(key, []).append(letter)
+    return list(groups.values())
+
+
 def redriven(letter: DeadLetter, max_redrives: int = MAX_REDRIVES) -> Outgoing:
     """The message that sends `letter` back to its subject; RedriveRefused past `max_redrives`."""
     if letter.redrives >= max_redrives:

@@ -135,3 +135,28 @@ async def test_a_message_that_crashes_its_service_is_dead_lettered_and_the_rest_
     validated = {m.subject for m in await stream_messages(nc, PIPELINE_STREAM, "validated_ready.>")}
     assert validated == {f"validated_ready.{s}" for s in ("AAA", "BBB", "DDD", "EEE")}
     assert stack.supervisor.procs["quant"].process.returncode is None, "quant runs on after the crashes"
+
+
+async def test_one_bad_bar_dead_lettered_by_every_stage_that_takes_bars_is_one_line(make_stack):
+    """Strategy, risk, execution and audit each consume bars, and each dead-letters a bad one: `dlq list`
+    shows the event once, with every service that gave up on it; --each and --json show every copy."""
+    stack, nc = await make_stack(env=ENV)
+    url = stack.nats_url
+    await nc.jetstream().publish("data_ready.AAPL", b'{"symbol": "AAPL", "ts": "not a time"}')
+
+    async def every_stage() -> bool:
+        return await observe.dead_letters(nc.jsm()) == 4
+
+    await wait_for(every_stage, timeout=30, what="four copies of the bad bar in the DLQ")
+    code, out, err = await tradeflow("dlq", "list", nats_url=url)
+    assert code == 0, err
+    [header, line] = out.splitlines()
+    first, _, services, subject = line.split()[:4]
+    assert first.endswith("+3") and subject == "data_ready.AAPL"
+    assert sorted(services.split(",")) == ["audit", "execution", "risk", "strategy"]
+    assert "4 dead letter(s) of 1 event(s)" in err
+    code, out, _ = await tradeflow("dlq", "list", "--each", nats_url=url)
+    assert len(out.splitlines()) == 5
+    code, out, _ = await tradeflow("dlq", "list", "--json", nats_url=url)
+    letters = [json.loads(line) for line in out.splitlines()]
+    assert len(letters) == 4 and all(sorted(x["copies"]) == sorted(y["seq"] for y in letters) for x in letters)

@@ -10,7 +10,7 @@ from contracts import envelope as ce
 from contracts.codec import decode
 from contracts.deadletters import DLQ_ORIGINAL_ID, REDRIVE_COUNT, REDRIVE_OF, DeadLetter, redrive_id
 from contracts.subjects import subject_matches
-from services.runtime.deadletters import RedriveRefused, Selection, dead_letter_copy, redriven, select
+from services.runtime.deadletters import RedriveRefused, Selection, by_original, dead_letter_copy, redriven, select
 
 NOW = datetime(2026, 1, 2, 12, 0, tzinfo=timezone.utc)
 BAR = b'{"symbol":"AAPL","ts":"2024-01-02T14:30:00Z","open":1,"high":2,"low":0.5,"close":1.5,"volume":10}'
@@ -94,3 +94,15 @@ def test_the_copy_id_is_the_same_for_the_worker_and_the_advisory():
     a = dead_letter_copy("quant", "signals_ready.X", b"{}", {}, seq=5, deliveries=3, reason="max_deliveries", error="")
     b = dead_letter_copy("quant", "signals_ready.X", b"{}", None, seq=5, deliveries=3, reason="terminated", error="")
     assert a.headers[ce.NATS_MSG_ID] == b.headers[ce.NATS_MSG_ID] and a.subject == "dlq.quant.signals_ready.X"
+
+
+def test_copies_of_one_event_group_together_in_order_of_their_first():
+    def copy(service: str, stream_seq: int, seq: int, subject: str = "data_ready.AAPL") -> DeadLetter:
+        made = dead_letter_copy(service, subject, BAR, None, seq=stream_seq, deliveries=1, reason="undecodable",
+                                error="bad", now=NOW)
+        return stored(made, seq)
+
+    a1, b1, a2, c, a3 = (copy("strategy", 40, 1), copy("strategy", 41, 2), copy("risk", 40, 3),
+                         copy("risk", 40, 4, subject="approved_ready.AAPL"), copy("audit", 40, 5))
+    assert [[x.seq for x in g] for g in by_original([a1, b1, a2, c, a3])] == [[1, 3, 5], [2], [4]]
+    assert by_original([]) == []
