@@ -188,8 +188,8 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
     def announce() -> None:
         click.echo(f"tradeflow is up (home {stack.home})")
         click.echo(f"  NATS   {stack.nats_url}    (the operator: everything; each service has its own user)")
-        click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow init/dlq/replay/events and "
-                   "nats --server \"$NATS_URL\"")
+        click.echo(f"         export NATS_URL={stack.nats_url}   # for tradeflow init/dlq/replay/events")
+        click.echo(f"         nats context save tradeflow --server {stack.nats_url} --select   # for the nats CLI")
         if stack.nats_address:
             click.echo(f"         {stack.nats_url_for('injector')}    (the injector: publish test events, read)")
         if tls_dir:
