@@ -19,7 +19,7 @@ import importlib.util
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypedDict, Unpack
@@ -139,7 +139,8 @@ class EventStore(Protocol):
     async def last_seq(self) -> int: ...
     async def stats(self) -> StoreStats: ...
     async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int: ...
-    async def export(self, target: Target, *, fmt: str = "jsonl", **filters: Unpack[Filters]) -> int: ...
+    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
+                     **filters: Unpack[Filters]) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -253,9 +254,11 @@ class SqliteEventStore:
             await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
-    async def export(self, target: Target, *, fmt: str = "jsonl", **filters: Unpack[Filters]) -> int:
-        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many."""
-        return await export_events(self.query(**filters), target, fmt=fmt)
+    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
+                     **filters: Unpack[Filters]) -> int:
+        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many. `progress`
+        hears how many are written, a batch at a time."""
+        return await export_events(self.query(**filters), target, fmt=fmt, progress=progress)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         async with self._lock:
@@ -406,7 +409,8 @@ def subject_match(pattern: str) -> tuple[str, list[Any]]:
     return f"({stage_sql}{sql})", [*stage_params, *params]
 
 
-async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl") -> int:
+async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl",
+                        progress: Callable[[int], None] | None = None) -> int:
     """Write events to a path or binary file as JSON lines or Parquet, a batch at a time off the loop; how many."""
     write = {"jsonl": _jsonl, "parquet": _parquet}.get(fmt)
     if write is None:
@@ -421,7 +425,11 @@ async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, f
             batch.append(event)
             if len(batch) == _EXPORT_BATCH:
                 state, count, batch = await asyncio.to_thread(write, sink, batch, state), count + len(batch), []
+                if progress is not None:
+                    progress(count)
         state, count = await asyncio.to_thread(write, sink, batch, state), count + len(batch)
+        if progress is not None:
+            progress(count)
     finally:
         await asyncio.to_thread(write, sink, None, state)  # None: the end, close what the writer opened
         if owned:

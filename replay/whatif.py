@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
@@ -234,15 +234,17 @@ def _pipeline_order(bars: list[tuple[StoredEvent, BarReceived]]) -> list[tuple[s
     return [(row.id, bar) for row, bar in merged]
 
 
-def whatif(recorded: Recorded, env: Mapping[str, str], *, recorded_env: Mapping[str, str] | None = None) -> WhatIf:
+def whatif(recorded: Recorded, env: Mapping[str, str], *, recorded_env: Mapping[str, str] | None = None,
+           progress: Callable[[int], None] | None = None) -> WhatIf:
     """Re-run the five consuming agents, built from the settings `env`, over the recorded bars; diff their
     outputs against the recorded ones. "Before" folds the recorded fills into an audit agent built from
-    `recorded_env` (the live run's settings, for its cash; default `env`). ConfigError on a bad setting."""
+    `recorded_env` (the live run's settings, for its cash; default `env`). ConfigError on a bad setting.
+    `progress(bars re-run so far)` is called as the bars go through."""
     if not recorded.bars:
         raise WhatIfError(f"no data_ready events in {recorded.window}")
     agents = {name: registry.build(name, env) for name in registry.CONSUMERS}
     auditor = registry.build("audit", env if recorded_env is None else recorded_env)
-    sim = simulate(recorded.bars, **agents)
+    sim = simulate(recorded.bars, **agents, progress=progress)
     theirs = _keyed(recorded.outputs)
     ours = _keyed((event_id, event) for event_id, event in sim.events if not isinstance(event, BarReceived))
     stages, differences = _diff(theirs, ours)

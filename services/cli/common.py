@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import ClassVar
+import sys
+from typing import Any, ClassVar
 
 import click
 import msgspec
@@ -71,3 +72,35 @@ async def connect():
                                   max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet, tls=tls)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         fail(f"cannot reach NATS at {redact(url)} (set NATS_URL): {type(exc).__name__}")
+
+
+class Progress:
+    """Progress bars on standard error for a long command, one per phase: call it with (what, done, total)
+    as often as it likes; a new `what` ends the last bar and starts the next. When standard error is not
+    a terminal, click prints each phase's label alone, once."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.what: str | None = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what != self.what:
+            self.close()
+            self.what = what
+            self.bar = click.progressbar(length=max(total, 1), label=what, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        bar = self.bar
+        bar.length = max(total, done, 1)   # a drain's total grows while outputs are published
+        if done > bar.pos:
+            bar.update(done - bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()

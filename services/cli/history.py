@@ -26,7 +26,7 @@ from contracts.errors import TradeflowError
 from contracts.subjects import STAGES, stage_of
 from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
 from services.audit import trail
-from services.cli.common import connect, run_async
+from services.cli.common import Progress, connect, run_async
 from services.runtime.store import store_location
 
 STAGE_NAMES = tuple(STAGES)
@@ -349,16 +349,20 @@ def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output
 
     async def main() -> None:
         async with SqliteEventStore.open(store_path, read_only=True) as s:
-            if not await s.count(**filters):
+            total = await s.count(**filters)
+            if not total:
                 raise TradeflowError(await nothing_matched(s, filters))
             target = sys.stdout.buffer if output == "-" else output
             try:
-                n = await s.export(target, fmt=fmt, **filters)
+                n = await s.export(target, fmt=fmt, progress=lambda done: progress("exporting", done, total),
+                                   **filters)
             except ModuleNotFoundError as exc:
                 raise TradeflowError(str(exc)) from None
+        progress.close()
         click.echo(f"exported {n:,} events to {output}", err=True)
 
-    run_async(main())
+    with Progress() as progress:
+        run_async(main())
 
 
 ISOLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -468,9 +472,12 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
         async with SqliteEventStore.open(store_path, read_only=True) as s:
             recorded = await load_recorded(s, since=since, until=until, symbols=[x.upper() for x in symbols],
                                            run=replay_run)
-        return await asyncio.to_thread(whatif, recorded, env, recorded_env=recorded_env)
+        total = len(recorded.bars)
+        return await asyncio.to_thread(whatif, recorded, env, recorded_env=recorded_env,
+                                       progress=lambda done: progress("re-running the bars", done, total))
 
-    result = run_async(main())
+    with Progress() as progress:
+        result = run_async(main())
     if result is None:
         sys.exit(130)
     if as_json:

@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from contracts.errors import TradeflowError
-from services.cli.common import cli_settings, connect, fail, run_async
+from services.cli.common import Progress, cli_settings, connect, fail, run_async
 from services.cli.dlq import dlq
 from services.cli.history import COMMANDS
 from services.registry import DASHBOARD, DURABLES, RUNNABLE, SERVICES
@@ -219,7 +219,8 @@ def demo(data, home, timeout, strategy, params, cash, commission, sizing, fill_p
     from services.ops.demo import render, run_demo
 
     env = _trading_env(strategy, params, cash, commission, sizing, fill_price)
-    summary = run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data)[0], env))
+    with Progress() as progress:
+        summary = run_async(run_demo(_home(home, "demo"), data, timeout, _data_env(data)[0], env, progress))
     if summary is None:
         sys.exit(130)
     if as_json:

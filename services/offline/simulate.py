@@ -10,7 +10,7 @@ pair, so recorded bars keep the ids they were recorded with.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
 import msgspec
@@ -49,8 +49,10 @@ def _incoming(event_id: str, event: Event) -> Incoming:
 
 
 def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy: StrategyAgent, quant: QuantAgent,
-             risk: RiskAgent, execution: ExecutionAgent, audit: AuditAgent) -> Simulation:
-    """Feed bars (or (id, bar) pairs) through every agent in order, routing outputs as the subjects would."""
+             risk: RiskAgent, execution: ExecutionAgent, audit: AuditAgent,
+             progress: Callable[[int], None] | None = None) -> Simulation:
+    """Feed bars (or (id, bar) pairs) through every agent in order, routing outputs as the subjects would;
+    `progress(bars so far)` is called every 256 bars and at the end."""
     routes: dict[str, list] = {}
     for agent in (strategy, quant, risk, execution, audit):
         for pattern in agent.consumes:
@@ -77,9 +79,15 @@ def simulate(bars: Iterable[BarReceived | tuple[str, BarReceived]], *, strategy:
                 causes[out_id] = cause[1] if cause else event_id
                 deliver(out_id, out)
 
+    done = 0
     for item in bars:
         if isinstance(item, tuple):
             deliver(*item)
         else:
             deliver(bar_id(item), item)
+        done += 1
+        if progress is not None and not done % 256:
+            progress(done)
+    if progress is not None:
+        progress(done)
     return Simulation(counts, audit, events, causes)

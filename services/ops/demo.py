@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -26,13 +27,18 @@ from services.registry import DURABLES
 from services.runtime.store import STORE_FILE
 
 
-async def wait_published(stack: Stack, timeout: float) -> dict:
+Progress = Callable[[str, int, int], None]   # (what, done, total): "publishing" bars, then "draining" events
+
+
+async def wait_published(stack: Stack, timeout: float, progress: Progress | None = None) -> dict:
     """Wait until the data service has published every bar; its progress."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, progress = await http_json(stack.http_port("data"), "/v1/progress")
-        if progress.get("done"):
-            return progress
+        _, published = await http_json(stack.http_port("data"), "/v1/progress")
+        if progress is not None:
+            progress("publishing", published.get("published", 0), published.get("bars", 0))
+        if published.get("done"):
+            return published
         await asyncio.sleep(0.2)
     raise TimeoutError(f"data service still publishing after {timeout:.0f}s")
 
@@ -57,8 +63,9 @@ async def collect_summary(stack: Stack, nc) -> dict:
 
 
 async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: dict[str, str],
-                   env: dict[str, str]) -> dict:
-    """Start everything with `env` settings, feed `data`, wait for audit to see it all, summarise, stop."""
+                   env: dict[str, str], progress: Progress | None = None) -> dict:
+    """Start everything with `env` settings, feed `data`, wait for audit to see it all, summarise, stop;
+    `progress` hears the bars published, then the events processed."""
     stack = Stack(home, env=env, per_service_env={"data": data_env})
     started = time.monotonic()
     try:
@@ -66,8 +73,9 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         up_at = time.monotonic()
         nc = await nats.connect(stack.nats_url, connect_timeout=3)
         try:
-            await wait_published(stack, timeout)
-            await observe.wait_drained(nc.jsm(), DURABLES, timeout)
+            await wait_published(stack, timeout, progress)
+            drained = (lambda done, total: progress("draining", done, total)) if progress else None
+            await observe.wait_drained(nc.jsm(), DURABLES, timeout, progress=drained)
             done_at = time.monotonic()
             summary = await collect_summary(stack, nc)
         finally:

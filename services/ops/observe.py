@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 from nats.js import JetStreamManager
@@ -70,6 +70,17 @@ async def dead_letters(jsm: JetStreamManager) -> int:
         return 0
 
 
+async def slowest_floor(jsm: JetStreamManager, names: Sequence[str]) -> int:
+    """The lowest ack floor (a stream sequence) among the named consumers: all before it is processed."""
+    floors = []
+    for name in names:
+        try:
+            floors.append((await jsm.consumer_info(PIPELINE_STREAM, name)).ack_floor.stream_seq)
+        except NotFoundError:
+            floors.append(0)
+    return min(floors, default=0)
+
+
 async def consumers_idle(jsm: JetStreamManager, names: Sequence[str]) -> bool:
     """True when every named consumer has nothing pending and nothing awaiting an ack."""
     for name in names:
@@ -83,13 +94,17 @@ async def consumers_idle(jsm: JetStreamManager, names: Sequence[str]) -> bool:
 
 
 async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout: float,
-                       settle: float = 0.5) -> float:
-    """Wait until the stream stops growing and every consumer is idle; seconds waited. TimeoutError if not."""
+                       settle: float = 0.5, progress: Callable[[int, int], None] | None = None) -> float:
+    """Wait until the stream stops growing and every consumer is idle; seconds waited. TimeoutError if not.
+    `progress(done, total)`, if given, hears how far the slowest consumer has got (its ack floor) of the
+    stream's last sequence, at every look."""
     start = deadline = time.monotonic()
     deadline += timeout
     last_seq = -1
     while time.monotonic() < deadline:
         seq = (await jsm.stream_info(PIPELINE_STREAM)).state.last_seq
+        if progress is not None:
+            progress(await slowest_floor(jsm, consumers), seq)
         if seq == last_seq and await consumers_idle(jsm, consumers):
             return time.monotonic() - start
         last_seq = seq

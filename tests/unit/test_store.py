@@ -211,7 +211,9 @@ async def test_export_writes_json_lines_whose_body_is_the_same_json(store, tmp_p
     batch = [event(n, trace="t1" if n % 2 else "t0") for n in range(25)]
     await store.append(batch)
     out = tmp_path / "t1.jsonl"
-    assert await store.export(out, trace_id="t1") == 12
+    written: list[int] = []
+    assert await store.export(out, trace_id="t1", progress=written.append) == 12
+    assert written and written[-1] == 12
     lines = [json.loads(line) for line in out.read_bytes().splitlines()]
     originals = {e.id: e for e in batch}
     assert [line["id"] for line in lines] == [f"evt-{n}" for n in range(1, 25, 2)]

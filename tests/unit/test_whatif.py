@@ -78,7 +78,9 @@ async def test_same_settings_reproduce_the_record(store, goog):
     recorded = await load_recorded(store)
     assert recorded.bars == [(bar_id(bar), bar) for bar in goog]
     assert len(recorded.outputs) == 4 * 94 and not recorded.skipped
-    w = whatif(recorded, ALL_IN)
+    seen: list[int] = []
+    w = whatif(recorded, ALL_IN, progress=seen.append)   # what the command's progress bar hears
+    assert seen == [*range(256, len(goog), 256), len(goog)]
     assert w.identical and w.differences == ()
     assert {s.stage: (s.recorded, s.simulated) for s in w.stages if s.recorded} == {
         stage: (94, 94) for stage in ("signals_ready", "validated_ready", "approved_ready", "executed_ready")}
