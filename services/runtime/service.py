@@ -28,6 +28,7 @@ from replay.recorder import store_location
 from services.permissions import inbox_prefix
 from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
 from services.runtime.agent import Agent, AgentContext, Component, Monitor, Producer, Run
+from services.runtime.build import version
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import (
@@ -44,7 +45,7 @@ from services.runtime.logs import setup_logging
 from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
-from services.runtime.micro import start_micro, version
+from services.runtime.micro import start_micro
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.pool import ComputePool, PoolSettings
