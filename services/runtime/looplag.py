@@ -1,9 +1,9 @@
 """Continuous event-loop lag measurement: how late a periodic timer fires.
 
-Every `interval` the watcher sleeps and measures its overshoot. The last `window` seconds of
-samples give p50/p95/p99 and max (`LoopLag.snapshot()`, the health API, and the gauge
-`tradeflow_event_loop_lag_quantile_seconds{quantile}`); every sample also goes to the
-histogram `tradeflow_event_loop_lag_seconds`.
+Every `interval` the watcher sleeps and measures its overshoot. Every sample goes to the
+histogram `tradeflow_event_loop_lag_seconds` (its quantiles: `histogram_quantile` in PromQL);
+the last `window` seconds of samples give p50/p95/p99 and max for the health API
+(`LoopLag.snapshot()`), and their max the gauge `tradeflow_event_loop_lag_max_seconds`.
 """
 
 from __future__ import annotations
@@ -33,14 +33,10 @@ class LoopLag:
         return pick | {"max_ms": ordered[-1] * 1000, "samples": len(ordered)}
 
     def _publish(self) -> None:
-        ordered = sorted(self.samples)
-        gauge = self.metrics.loop_lag_quantile
-        for q in QUANTILES:
-            gauge.labels(self.metrics.service, str(q)).set(quantile(ordered, q))
-        self.metrics.loop_lag_max.labels(self.metrics.service).set(ordered[-1])
+        self.metrics.loop_lag_max.labels(self.metrics.service).set(max(self.samples))
 
     async def watch(self, stop: asyncio.Event | None = None) -> None:
-        """Sample until `stop` is set or cancelled; the gauges follow every second."""
+        """Sample until `stop` is set or cancelled; the max gauge follows every second."""
         loop = asyncio.get_running_loop()
         hist = self.metrics.loop_lag.labels(self.metrics.service)
         ticks = 0

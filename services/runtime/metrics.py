@@ -1,14 +1,29 @@
-"""Prometheus metrics every service exports, named tradeflow_*.
+"""Prometheus metrics every service exports: its own, named tradeflow_*, and the standard
+process_* and python_* of prometheus-client's default collectors, under their usual names.
 
 Labels are the service and the stage (the subject's first token), not the full
-subject: a subject per symbol would make one time series per instrument.
+subject: a subject per symbol would make one time series per instrument. The standard
+metrics carry no service label; `tradeflow_build_info{service,version,python,nats_py}`
+(always 1) names the service of a scrape target, to join them on (job, instance).
+Latency quantiles are the histograms' (`histogram_quantile` in PromQL): nothing here
+exports a quantile computed in the process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from services.runtime.build import build_labels
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -23,8 +38,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.service = service
-        # tradeflow_process_cpu_seconds_total, _resident_memory_bytes, _open_fds, _start_time_seconds, ...
-        ProcessCollector(namespace="tradeflow", registry=r)
+        # the default registry's standard collectors, in ours: process_cpu_seconds_total,
+        # process_resident_memory_bytes, process_open_fds, process_start_time_seconds, ..., python_info, python_gc_*
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(
+            "tradeflow_build_info", "Always 1: the service and what it runs (tradeflow, Python, nats-py versions)",
+            ["service", "version", "python", "nats_py"], registry=r
+        )
+        self.build_info.labels(service=service, **build_labels()).set(1)
         self.messages_in = Counter(
             "tradeflow_messages_in", "Messages received", ["service", "stage"], registry=r
         )
@@ -44,7 +67,7 @@ class Metrics:
             "tradeflow_processing_seconds",
             "Decode to ack, per message",
             ["service", "stage"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
         self.batch_size = Histogram(
@@ -55,7 +78,7 @@ class Metrics:
             "tradeflow_event_loop_lag_seconds",
             "How late the event loop ran a timer",
             ["service"],
-            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
         self.loop_lag_max = Gauge(
@@ -65,10 +88,6 @@ class Metrics:
             "tradeflow_offloop_seconds", "Off-loop work (process or thread pool), queueing included, by operation",
             ["service", "pool", "op"],
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10), registry=r,
-        )
-        self.loop_lag_quantile = Gauge(
-            "tradeflow_event_loop_lag_quantile_seconds", "Event-loop lag quantiles over the last minute",
-            ["service", "quantile"], registry=r
         )
         self.ready = Gauge("tradeflow_ready", "1 when the service can do its work", ["service"], registry=r)
         self.cache_requests = Counter(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from importlib import metadata
 from typing import Any
 
 import msgspec
@@ -25,17 +24,10 @@ import orjson
 from nats.micro import Request, add_service
 from nats.micro.service import EndpointStats, Service
 
+from services.runtime.build import version
 from services.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-def version() -> str:
-    """tradeflow's version, as the package says (0.0.0 when run from a tree that is not installed)."""
-    try:
-        return metadata.version("tradeflow")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def _total(counter) -> float:

@@ -26,6 +26,7 @@ from contracts.events import Event
 from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM, stage_of
 from services.runtime.advisories import DeadLetterCapture, advisory_consumer_config
 from services.runtime.agent import Agent, AgentContext, Component, Monitor, Producer, Run
+from services.runtime.build import version
 from services.runtime.cache import Cache, CacheSettings
 from services.runtime.config import RuntimeSettings
 from services.runtime.connect import (
@@ -42,7 +43,7 @@ from services.runtime.logs import setup_logging
 from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
 from services.runtime.metrics import Metrics
-from services.runtime.micro import start_micro, version
+from services.runtime.micro import start_micro
 from services.runtime.partition import Partition
 from services.runtime.pause import pause
 from services.runtime.permissions import inbox_prefix
@@ -96,7 +97,8 @@ class Service:
         self.pool = ComputePool(load(PoolSettings, "TRADEFLOW_POOL_"), self.metrics)   # workers start on first use
         self.started = time.monotonic()
         self.process = psutil.Process()
-        self.tracing = Tracing.from_env(self.name, version())   # None unless an OTLP endpoint is configured
+        self.tracing = Tracing.from_env(self.name, version(),   # None unless an OTLP endpoint is configured
+                                        consumer=self.consumer if stage is not None else None)
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
@@ -337,11 +339,9 @@ class Service:
             if tracing is not None:   # a journey starts here: a root span per event
                 end_ns = time.time_ns()
                 for (event_id, _), out in zip(events, batch):
-                    tracing.hop(f"{service} {out.subject.partition('.')[0]}", trace_id=ce.trace_id_for(event_id),
+                    tracing.hop("publish", out.subject, message_id=event_id, trace_id=ce.trace_id_for(event_id),
                                 span_id=ce.span_id(event_id), parent_span_id=None, start_ns=started_ns, end_ns=end_ns,
-                                attributes={"messaging.system": "nats", "tradeflow.service": service,
-                                            "messaging.destination.name": out.subject,
-                                            "messaging.message.id": event_id})
+                                attributes={"tradeflow.service": service})
 
         return publish
 

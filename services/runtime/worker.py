@@ -575,21 +575,20 @@ class Worker:
         assert tracing is not None   # spans are kept only when tracing is on
         for inc, first, last, error in traced:
             parent = span_id_of(inc.headers.get(ce.TRACEPARENT))
-            common = {"messaging.system": "nats", "tradeflow.service": self.service,
+            common = {"tradeflow.service": self.service,
                       "tradeflow.input.subject": inc.envelope.subject, "tradeflow.input.id": inc.id}
             if first == last:
-                tracing.hop(f"{self.service} {inc.envelope.subject.partition('.')[0]}", trace_id=inc.envelope.trace_id,
+                tracing.hop("process", inc.envelope.subject, message_id=inc.id, trace_id=inc.envelope.trace_id,
                             span_id=ce.span_id(f"{self.service}:{inc.id}"), parent_span_id=parent,
                             start_ns=started_ns, end_ns=end_ns, attributes=common, error=error)
             for out in outgoing[first:last]:
                 event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
                 # an output may belong to an earlier input's journey (Output.cause): its own trace, its own cause
                 trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
-                tracing.hop(f"{self.service} {out.subject.partition('.')[0]}", trace_id=trace_id,
+                tracing.hop("publish", out.subject, message_id=event_id, trace_id=trace_id,
                             span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
                             parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),
-                            attributes={**common, "messaging.destination.name": out.subject,
-                                        "messaging.message.id": event_id})
+                            attributes=common)
 
     # -- settling what is not done ----------------------------------------------
 

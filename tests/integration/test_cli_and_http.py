@@ -123,8 +123,8 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
         assert (await http_json(port, "/healthz"))[0] == 200, f"{name} hurt by hostile requests"
         families = {f.name for f in text_string_to_metric_families(text)}
         assert {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_processing_seconds",
-                "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_quantile_seconds",
-                "tradeflow_dead_letters"} <= families, name
+                "tradeflow_event_loop_lag_seconds", "tradeflow_dead_letters", "tradeflow_build_info",
+                "process_cpu_seconds"} <= families, name
 
         async def sampled(port: int = port) -> bool:   # the first lag sample comes 100 ms after the start
             return (await http_json(port, "/v1/health"))[1]["event_loop_lag"]["samples"] > 0

@@ -1,5 +1,6 @@
-"""Prometheus: every service's /metrics parses, names are tradeflow_*, and deploy/'s scrape config and
-Grafana dashboard ask only for metrics the services export."""
+"""Prometheus: every service's /metrics parses, names are tradeflow_* beside the standard process_* and
+python_*, no quantile is a Gauge's, and deploy/'s scrape config and Grafana dashboard ask only for metrics the
+services export."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.registry import SERVICES
@@ -22,36 +24,48 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # what the README documents as every service's metrics
 DOCUMENTED = {"tradeflow_messages_in", "tradeflow_messages_out", "tradeflow_messages_failed", "tradeflow_dead_letters",
               "tradeflow_duplicates_skipped", "tradeflow_processing_seconds", "tradeflow_batch_size",
-              "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_quantile_seconds",
-              "tradeflow_event_loop_lag_max_seconds", "tradeflow_offloop_seconds", "tradeflow_cache_requests",
-              "tradeflow_consumer_pending", "tradeflow_consumer_ack_pending", "tradeflow_ready",
-              "tradeflow_state_rebuild_events", "tradeflow_process_cpu_seconds",
-              "tradeflow_process_resident_memory_bytes"}
+              "tradeflow_event_loop_lag_seconds", "tradeflow_event_loop_lag_max_seconds", "tradeflow_offloop_seconds",
+              "tradeflow_cache_requests", "tradeflow_consumer_pending", "tradeflow_consumer_ack_pending",
+              "tradeflow_ready", "tradeflow_state_rebuild_events", "tradeflow_build_info", "process_cpu_seconds",
+              "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds", "python_info"}
+HISTOGRAMS = {"tradeflow_processing_seconds", "tradeflow_batch_size", "tradeflow_event_loop_lag_seconds",
+              "tradeflow_offloop_seconds"}
 
 
 async def test_metrics_parse_are_named_consistently_and_cover_the_grafana_dashboard(make_stack):
     stack, nc = await make_stack()
     await nc.publish("data_ready.AAPL", json.dumps(BAR).encode())
     await nc.flush()
-    exported: dict[str, set[str]] = {}
+    parsed: dict[str, dict[str, Metric]] = {}
 
     async def scraped() -> bool:
         async with aiohttp.ClientSession() as s:
             for name in SERVICES:
                 async with s.get(f"http://127.0.0.1:{stack.http_port(name)}/metrics") as r:
                     assert r.status == 200 and r.content_type == "text/plain"
-                    exported[name] = {f.name for f in text_string_to_metric_families(await r.text())}
-        return "tradeflow_messages_in" in exported["strategy"]
+                    parsed[name] = {f.name: f for f in text_string_to_metric_families(await r.text())}
+        return "tradeflow_messages_in" in parsed["strategy"]
 
     await wait_for(scraped, what="metrics with the bar counted")
-    for name, families in exported.items():
-        assert all(f.startswith("tradeflow_") for f in families), (name, sorted(families))
-        assert DOCUMENTED <= families, (name, sorted(DOCUMENTED - families))
+    exported = {name: set(families) for name, families in parsed.items()}
+    for name, families in parsed.items():
+        assert all(f.startswith(("tradeflow_", "process_", "python_")) for f in families), (name, sorted(families))
+        assert DOCUMENTED <= set(families), (name, sorted(DOCUMENTED - set(families)))
+        samples = {s.name for f in families.values() for s in f.samples}
+        assert "process_cpu_seconds_total" in samples and not any(n.startswith("tradeflow_process_") for n in samples)
+        [build] = families["tradeflow_build_info"].samples
+        assert build.value == 1 and build.labels["service"] == name, build
+        assert set(build.labels) == {"service", "version", "python", "nats_py"} and all(build.labels.values())
+        assert all(families[h].type == "histogram" for h in HISTOGRAMS), name
+        assert not [f.name for f in families.values() if f.type != "summary"
+                    for s in f.samples if "quantile" in s.labels], name
     everything = set().union(*exported.values())
     dashboard = json.loads((DEPLOY / "grafana" / "tradeflow.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 12
-    asked = {re.sub(r"_(bucket|total|sum|count)$", "", m) for e in exprs for m in re.findall(r"tradeflow_[a-z_]+", e)}
+    asked = {re.sub(r"_(bucket|total|sum|count)$", "", m)
+             for e in exprs for m in re.findall(r"\b(?:tradeflow|process|python)_[a-z_]+", e)}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "tradeflow_build_info"} <= asked
     asked -= {"tradeflow_data_polls", "tradeflow_data_poll_seconds"}   # the data service's, once it polls
     assert asked <= everything, sorted(asked - everything)
     assert {p["id"] for p in dashboard["panels"]} == set(range(1, len(dashboard["panels"]) + 1))

@@ -1,13 +1,16 @@
 """OpenTelemetry export: with an OTLP endpoint set, every hop of a bar's journey is a span whose id is
-the one its event's traceparent names, child of the span of the event it came from."""
+the one its event's traceparent names, child of the span of the event it came from, named and described
+as OpenTelemetry's messaging conventions say."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from contracts import envelope as ce
 from contracts.codec import decode
@@ -40,7 +43,8 @@ async def test_a_fills_journey_is_one_trace_of_parent_and_child_spans(make_stack
                                   "trace": span.trace_id.hex(), "span": span.span_id.hex(),
                                   "parent": span.parent_span_id.hex() or None, "name": span.name,
                                   "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
-                                  "error": span.status.code == 2})
+                                  "error": span.status.code == 2, "kind": span.kind,
+                                  "attributes": {a.key: a.value.string_value for a in span.attributes}})
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     async with serving(web.post("/v1/traces", receive)) as base:
@@ -69,10 +73,25 @@ async def test_a_fills_journey_is_one_trace_of_parent_and_child_spans(make_stack
         chain.append(node)
         node = by_span.get(node["parent"]) if node["parent"] else None
     assert [s["service"] for s in reversed(chain)] == ["data", "strategy", "quant", "risk", "execution"]
+    # each hop's span publishes its event: `publish <subject template>`, a PRODUCER span
+    assert [s["name"] for s in reversed(chain)] == [f"publish {stage}.{{symbol}}" for stage in (
+        "data_ready", "signals_ready", "validated_ready", "approved_ready", "executed_ready")]
+    assert all(s["kind"] == Span.SPAN_KIND_PRODUCER for s in chain)
+    expected = {"messaging.system": "nats", "messaging.operation.name": "publish",
+                "messaging.operation.type": "publish", "messaging.destination.name": fill.envelope.subject,
+                "messaging.destination.template": "executed_ready.{symbol}", "messaging.message.id": fill.id}
+    assert {k: chain[0]["attributes"].get(k) for k in expected} == expected
     assert chain[-1]["parent"] is None and all(s["namespace"] == "tradeflow" for s in chain)
     assert all(s["start"] <= s["end"] for s in trace)
-    # audit records the fill: a leaf span under it
-    assert any(s["service"] == "audit" and s["parent"] == ce.span_id(fill.id) for s in trace)
+    # audit records the fill: a leaf span under it, which processes it (CONSUMER, in audit's consumer group)
+    [leaf] = [s for s in trace if s["service"] == "audit" and s["parent"] == ce.span_id(fill.id)]
+    assert (leaf["name"], leaf["kind"]) == ("process executed_ready.{symbol}", Span.SPAN_KIND_CONSUMER)
+    assert {k: leaf["attributes"].get(k) for k in ("messaging.operation.type", "messaging.destination.name",
+                                                   "messaging.message.id", "messaging.consumer.group.name")} == {
+        "messaging.operation.type": "process", "messaging.destination.name": fill.envelope.subject,
+        "messaging.message.id": fill.id, "messaging.consumer.group.name": "audit"}
+    # one span name per stage and operation, never one per symbol
+    assert all(re.fullmatch(r"(publish|process) [a-z_]+(\.(quant|risk))?\.\{symbol\}", s["name"]) for s in spans)
     # every published event of the run has exactly one span, named after it
     counts = defaultdict(int)
     for s in spans:
