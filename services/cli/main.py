@@ -377,13 +377,7 @@ def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: st
                                  profiles=profiles, env_file=Path(env_file) if env_file else None)
 
     def announce() -> None:
-        click.echo(f"deployed {', '.join(deployment.services)} (home {deployment.home})")
-        if deployment.made_up:
-            click.echo(f"  made up for this run: {', '.join(deployment.made_up)} (set them to choose)")
-        for name, port in deployment.http_ports.items():
-            click.echo(f"  {name:<12} http://127.0.0.1:{port}/healthz")
-        for (name, container), local in sorted(deployment.ports.items()):
-            click.echo(f"  {name:<12} {container} -> 127.0.0.1:{local}")
+        click.echo("\n".join(deployment.announcement()))
 
     _run_until_stopped(deployment.start, deployment.stop, announce)
 

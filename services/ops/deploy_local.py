@@ -12,9 +12,11 @@ What it does with each service of the merged files (the active ones: no profile,
 - tradeflow's image (a service with `build`, or an image named tradeflow) runs `tradeflow <command>`
   with exactly the environment the file gives it, addresses rewritten, on its own HTTP port
   (containers each have 8080; here they would collide) and its volume's folder as data directory.
-Variables are interpolated as Compose does (${VAR}, ${VAR:-default}, ${VAR:?error}, $$), from the
-environment, then `.env` beside the first file; a password or token left unset is made up for the
-run. `!reset` and `!override` work as in Compose. The servers start first and must become healthy,
+The files are read, interpolated and merged as the Compose Specification says (services/ops/compose.py),
+with the variables of the environment, then of `.env` beside the first file (services/ops/envfile.py);
+a password or token left unset is made up for the run, and `announcement()` prints the URLs a person
+connects with (NATS's operator and injector, Redis's operator, the dashboard with its token), as
+`tradeflow up` does. The servers start first and must become healthy,
 then what others wait for with `condition: service_completed_successfully` (`tradeflow init`) runs
 to its end and must exit 0, then the services, which must become ready; a service whose restart
 policy asks for it is restarted when it exits. Ctrl-C stops everything in reverse order.
@@ -26,15 +28,15 @@ import asyncio
 import os
 import re
 import secrets
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from contracts.errors import ConfigError
+from services.ops.compose import load, names, read
+from services.ops.envfile import read_env_file
 from services.ops.supervisor import (
     Proc,
     RestartPolicy,
@@ -51,116 +53,16 @@ from services.ops.supervisor import (
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "compose.yaml"
 IMAGE_DEFAULTS = {"TRADEFLOW_HTTP_HOST": "0.0.0.0", "TRADEFLOW_HTTP_PORT": "8080",   # deploy/Dockerfile's ENV
                   "TRADEFLOW_DATA_DIR": "/var/lib/tradeflow"}
-_VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|"
-                       r"(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 _SECRET = re.compile(r"(PASSWORD|TOKEN|SECRET)", re.I)
 
 
-class _Reset:
-    """`!reset`: drop what the earlier files said."""
-
-
-class _Override:
-    """`!override`: replace what the earlier files said instead of merging."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.add_constructor("!reset", lambda loader, node: _Reset())
-_Loader.add_constructor("!override", lambda loader, node: _Override(
-    loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode)
-    else loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode)
-    else loader.construct_scalar(node)))
-
-
-def _merge(base: Any, over: Any) -> Any:
-    """Compose's merge of a later file into an earlier one: mappings merge, anything else is replaced."""
-    if isinstance(over, _Override):
-        return _clean(over.value)
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for key, value in over.items():
-            if isinstance(value, _Reset):
-                out.pop(key, None)
-            else:
-                out[key] = _merge(base.get(key), value) if key in base else _clean(value)
-        return out
-    return _clean(over)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, _Override):
-        return _clean(value.value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if not isinstance(v, _Reset)}
-    if isinstance(value, list):
-        return [_clean(v) for v in value if not isinstance(v, _Reset)]
-    return value
-
-
-def load_files(files: Sequence[Path]) -> dict:
-    """The merged model of Compose `files` (later ones override earlier ones), not yet interpolated."""
-    model: dict = {}
-    for path in files:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            doc = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not YAML: {str(exc)[:300]}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("services", {}), dict):
-            raise ConfigError(f"{path}: not a Compose file (a mapping with `services`)")
-        model = _merge(model, doc)
-    return _clean(model)
-
-
-def interpolate(value: Any, variables: Mapping[str, str], where: str = "") -> Any:
-    """Compose's variable interpolation over every string in `value`."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, variables, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, variables, where) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def one(match: re.Match) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("bare")
-        op, arg = match.group("op"), match.group("arg") or ""
-        present = name in variables and (variables[name] != "" or op in (None, "-", "?"))
-        if op in (":-", "-"):
-            return variables[name] if present else interpolate(arg, variables, where)
-        if op in (":?", "?") and not present:
-            raise ConfigError(f"{where}: ${{{name}}} is required: {arg or 'not set'}")
-        return variables.get(name, "")
-
-    return _VARIABLE.sub(one, value)
-
-
-def _variables(model: dict, env_file: Path | None) -> tuple[dict[str, str], list[str]]:
-    """The environment, then the env file, then made-up values for unset passwords and tokens."""
-    variables = {}
+def _variables(referred: set[str], env_file: Path | None) -> tuple[dict[str, str], list[str]]:
+    """The environment over the env file, then made-up values for the unset passwords and tokens `referred` to."""
+    variables = dict(os.environ)
     if env_file is not None and env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                variables[key.strip()] = value.strip().strip('"').strip("'")
-    variables.update(os.environ)
-    made = []
-    for name in sorted(set(m.group("braced") or m.group("bare") or ""
-                           for m in _VARIABLE.finditer(yaml.safe_dump(model)))):
-        if name and _SECRET.search(name) and not variables.get(name):
-            variables[name] = secrets.token_urlsafe(18)
-            made.append(name)
+        variables = read_env_file(env_file, os.environ) | variables
+    made = sorted(name for name in referred if _SECRET.search(name) and not variables.get(name))
+    variables |= {name: secrets.token_urlsafe(18) for name in made}
     return variables, made
 
 
@@ -178,27 +80,32 @@ def _kind(name: str, service: dict) -> str:
 
 
 def _depends_on(service: dict) -> dict[str, dict]:
-    """depends_on in either of Compose's forms (a list of names, or names with their conditions)."""
-    deps = service.get("depends_on") or {}
-    return {d: {} for d in deps} if isinstance(deps, list) else {d: (how or {}) for d, how in deps.items()}
+    """depends_on's names with their conditions (canonical: the short form is a mapping already)."""
+    return {d: (how or {}) for d, how in (service.get("depends_on") or {}).items()}
 
 
 def _command(service: dict, name: str) -> list[str]:
     command = service.get("command") or []
     if isinstance(command, str):
-        command = command.split()
+        command = shlex.split(command)
     if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
         raise ConfigError(f"service {name}: command must be a list of strings")
     return [str(c) for c in command]
 
 
-def _environment(service: dict, name: str) -> dict[str, str]:
+def _environment(service: dict, name: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """The service's environment; a variable given no value takes the deployment's, or is left out."""
     env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) if "=" in item else (item, os.environ.get(item, "")) for item in env)
     if not isinstance(env, dict):
         raise ConfigError(f"service {name}: environment must be a mapping or a list")
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+    out = {}
+    for key, value in env.items():
+        if value is None:
+            if key in variables:
+                out[str(key)] = variables[key]
+        else:
+            out[str(key)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
 
 
 @dataclass
@@ -216,10 +123,11 @@ class LocalDeployment:
     def __post_init__(self) -> None:
         self.files = [Path(f).resolve() for f in self.files]
         self.home = Path(self.home).resolve()
-        raw = load_files(self.files)
+        docs = [read(path) for path in self.files]
         env_file = self.env_file or self.files[0].parent / ".env"
-        self.variables, self.made_up = _variables(raw, Path(env_file))
-        self.model = interpolate(raw, self.variables)
+        self.variables, self.made_up = _variables(set().union(*map(names, docs)), Path(env_file))
+        self.unset: set[str] = set()   # referred to, set nowhere: blank, as Compose warns
+        self.model = load(self.files, self.variables, self.unset, docs)
         self.services = {name: svc for name, svc in (self.model.get("services") or {}).items()
                          if not svc.get("profiles") or set(svc["profiles"]) & set(self.profiles)}
         if not self.services:
@@ -250,9 +158,12 @@ class LocalDeployment:
         out = []
         base = self.files[0].parent
         for spec in svc.get("volumes") or []:
-            source, _, rest = str(spec).partition(":")
-            target = rest.split(":")[0]
-            if not target:
+            if isinstance(spec, dict):   # the long syntax
+                source, target = str(spec.get("source") or ""), str(spec.get("target") or "")
+            else:
+                source, _, rest = str(spec).partition(":")
+                target = rest.split(":")[0]
+            if not target or not source:
                 continue
             host = (base / source).resolve() if source.startswith((".", "/")) else self.home / "volumes" / source
             if not source.startswith((".", "/")):
@@ -280,7 +191,8 @@ class LocalDeployment:
         svc, kind = self.services[name], self.kinds[name]
         mounts = self._mounts(name, svc)
         args = [self._paths(self._rewrite(a, name), mounts) for a in _command(svc, name)]
-        env = {k: self._paths(self._rewrite(v, name), mounts) for k, v in _environment(svc, name).items()}
+        env = {k: self._paths(self._rewrite(v, name), mounts)
+               for k, v in _environment(svc, name, self.variables).items()}
         if kind == "nats":
             out, i = [nats_server_binary()], 0
             while i < len(args):
@@ -320,6 +232,59 @@ class LocalDeployment:
         proc = Proc(name, argv, environ, self.home / "logs" / f"{name}.log", restart=restart)
         proc.http_port = self.http_ports.get(name)
         return proc
+
+    def nats_url_for(self, user: str) -> str | None:
+        """NATS `user`'s URL, every node listed, with the password the servers were given (None: no such user)."""
+        urls = []
+        for name, svc in self.services.items():
+            password = _environment(svc, name, self.variables).get(f"TRADEFLOW_NATS_PASSWORD_{user.upper()}")
+            if self.kinds[name] == "nats" and password is not None:   # nats.conf reads it quoted
+                password = password[1:-1] if len(password) > 1 and password[0] == password[-1] == '"' else password
+                urls.append(f"nats://{user}:{password}@127.0.0.1:{self.ports[name, 4222]}")
+        return ",".join(urls) or None
+
+    def redis_url_for(self, user: str) -> str | None:
+        """Redis `user`'s URL, with the password its `--user NAME on >PASSWORD` argument gives."""
+        for name, svc in self.services.items():
+            args = _command(svc, name)
+            for i, arg in enumerate(args[:-1]):
+                if self.kinds[name] == "redis" and arg == "--user" and args[i + 1] == user:
+                    rule = next((a for a in args[i + 2:] if a.startswith((">", "--"))), "")
+                    if rule.startswith(">"):
+                        port = self.ports[name, self._container_ports(name, svc)[0]]
+                        return f"redis://{user}:{rule[1:]}@127.0.0.1:{port}/0"
+        return None
+
+    def dashboard_url(self) -> str | None:
+        """The dashboard's page with its token (in the fragment: it never reaches a server or a log)."""
+        for name, svc in self.services.items():
+            env = _environment(svc, name, self.variables) if self.kinds[name] == "tradeflow" else {}
+            if "TRADEFLOW_DASHBOARD_TOKEN" in env:
+                token = env["TRADEFLOW_DASHBOARD_TOKEN"]
+                return f"http://127.0.0.1:{self.http_ports[name]}/" + (f"#token={token}" if token else "")
+        return None
+
+    def announcement(self) -> list[str]:
+        """What `deploy local` prints once everything is up: the URLs to connect with, as `tradeflow up` does."""
+        lines = [f"deployed {', '.join(self.services)} (home {self.home})"]
+        if self.made_up:
+            lines.append(f"  made up for this run: {', '.join(self.made_up)} (set them to choose)")
+        if self.unset:
+            lines.append(f"  not set, so blank: {', '.join(sorted(self.unset))}")
+        if operator := self.nats_url_for("operator"):
+            lines += [f"  NATS   {operator}    (the operator: everything; each service has its own user)",
+                      f"         export NATS_URL={operator}   # for tradeflow init/dlq/replay/events and "
+                      "nats --server \"$NATS_URL\""]
+        if injector := self.nats_url_for("injector"):
+            lines.append(f"         {injector}    (the injector: publish test events, read)")
+        if redis := self.redis_url_for("operator"):
+            lines.append(f"  Redis  {redis}")
+        if dashboard := self.dashboard_url():
+            lines.append(f"  Dashboard  {dashboard}")
+        lines += [f"  {name:<12} http://127.0.0.1:{port}/healthz" for name, port in self.http_ports.items()]
+        lines += [f"  {name:<12} {container} -> 127.0.0.1:{local}"
+                  for (name, container), local in sorted(self.ports.items())]
+        return lines
 
     def port(self, service: str, container_port: int) -> int:
         return self.ports[service, container_port]

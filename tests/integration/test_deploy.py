@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
+import redis.asyncio as aioredis
 
 from contracts.errors import ConfigError
 from services.offline.backtest import run_backtest
-from services.ops.deploy_local import LocalDeployment, interpolate, load_files
+from services.ops.compose import interpolate
+from services.ops.compose import load as load_files
+from services.ops.deploy_local import LocalDeployment
 from services.ops.observe import wait_drained
 from services.ops.supervisor import http_json
 from services.runtime.connect import nats_options
@@ -37,10 +41,9 @@ async def run_and_check(tmp_path: Path, files: list[Path], profiles: tuple[str, 
             return (await http_json(data, "/v1/progress"))[1]["done"]
 
         await wait_for(published, timeout=120, what="the data service to publish GOOG")
-        cli = deployment.variables["TRADEFLOW_NATS_PASSWORD_OPERATOR"]
-        urls = [f"nats://operator:{cli}@127.0.0.1:{port}" for (name, container), port in deployment.ports.items()
-                if name.startswith("nats") and container == 4222]
-        nc = await nats.connect(**nats_options(",".join(urls)))
+        printed = await check_what_it_prints(deployment.announcement(), len([n for n in deployment.services
+                                                                            if n.startswith("nats")]))
+        nc = await nats.connect(**nats_options(printed["operator"]))
         try:
             durables = [c.name for c in await nc.jsm().consumers_info("PIPELINE")]
             await wait_drained(nc.jsm(), durables, timeout=120)
@@ -53,6 +56,37 @@ async def run_and_check(tmp_path: Path, files: list[Path], profiles: tuple[str, 
     finally:
         codes = await deployment.stop()
     assert all(code == 0 for code in codes.values()), codes
+
+
+async def check_what_it_prints(lines: list[str], nodes: int) -> dict[str, str]:
+    """The URLs `deploy local` prints open what it deployed: the dashboard with its token, NATS as the
+    operator and as the injector (every node listed), Redis as the operator; they are returned."""
+    words = [w for line in lines for w in line.split()]
+    printed = {"operator": next(w.removeprefix("NATS_URL=") for w in words if w.startswith("NATS_URL=nats://")),
+               "injector": next(w for w in words if w.startswith("nats://injector:")),
+               "redis": next(w for w in words if w.startswith("redis://operator:")),
+               "dashboard": next(w for w in words if "/#token=" in w)}
+    assert all(u.count("nats://") == nodes for u in (printed["operator"], printed["injector"])), printed
+    base, token = printed["dashboard"].split("/#token=")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "/") as r:
+            assert r.status == 200 and "/static/app.js" in await r.text()
+        async with s.get(base + "/v1/state") as r:
+            assert r.status == 401
+        async with s.get(base + "/v1/state", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 200
+    for user in ("operator", "injector"):
+        nc = await nats.connect(**nats_options(printed[user]))
+        try:
+            assert (await nc.jetstream().stream_info("PIPELINE")).config.name == "PIPELINE"
+        finally:
+            await nc.close()
+    client = aioredis.from_url(printed["redis"])
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    return printed
 
 
 async def test_the_compose_file_runs_end_to_end_with_real_data(tmp_path):
