@@ -3,7 +3,6 @@ its default) flow through a running pipeline like tradeflow's own; a malformed o
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import pytest
