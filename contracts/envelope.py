@@ -1,9 +1,11 @@
-"""The CloudEvents-style envelope carried in NATS headers, and deterministic ids.
+"""The CloudEvents envelope carried in NATS headers, deterministic ids, and W3C trace context.
 
 Binary mode of the CloudEvents NATS binding: the body is the event, headers carry
-`ce-specversion`, `ce-id`, `ce-type`, `ce-source`, `ce-time`, plus `Nats-Msg-Id`
-(= ce-id, for JetStream's duplicate window), W3C `traceparent` (one trace per
-bar's journey) and `ce-causationid` (the ce-id of the event that caused this one).
+`ce-specversion`, `ce-id`, `ce-type`, `ce-source`, `ce-time`, `ce-datacontenttype`, plus
+`Nats-Msg-Id` (= ce-id, for JetStream's duplicate window), W3C `traceparent` (one trace per
+bar's journey) and `ce-causationid` (the ce-id of the event that caused this one). On input,
+header names are case-insensitive and `ce-*` values are unquoted and percent-decoded
+(`unescape`), as the binding says.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timezone
+from typing import NamedTuple
+from urllib.parse import quote, unquote_to_bytes
 
 import msgspec
 
@@ -20,11 +24,21 @@ CE_TYPE = "ce-type"
 CE_SOURCE = "ce-source"
 CE_TIME = "ce-time"
 CE_CAUSATION = "ce-causationid"
+CE_DATACONTENTTYPE = "ce-datacontenttype"
+CE_TRACEPARENT = "ce-traceparent"     # the distributed-tracing extension in binary mode (SDKs send it)
+DATACONTENTTYPE = "application/json"
 NATS_MSG_ID = "Nats-Msg-Id"
 TRACEPARENT = "traceparent"
+CONTENT_TYPE = "content-type"
+STRUCTURED = "application/cloudevents+json"   # a content-type that says the body is the whole event
 REPLAY_RUN = "tradeflow-replay-run"   # on a replayed event and everything the pipeline makes of it
 REPLAY_OF = "tradeflow-replay-of"     # on a replayed event: the id of the recorded original
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-fA-F]{32})-[0-9a-fA-F]{16}-[0-9a-f]{2}")
+# W3C Trace Context level 1: lower-case hex only, not version ff, no all-zero trace or parent id; a later
+# version may add fields after a dash
+_TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})(?=-|\Z)")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# printable ASCII but space, '"' and '%': what a header value carries as it is (quote() keeps [A-Za-z0-9_.~-])
+_HEADER_SAFE = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,14 +88,64 @@ def traceparent(trace_id: str, span_of: str) -> str:
     return f"00-{trace_id}-{span_id(span_of)}-01"
 
 
-def parse_traceparent(value: str | None) -> str | None:
-    """The trace id of a W3C traceparent header, or None if it is absent or malformed."""
+class TraceParent(NamedTuple):
+    """The four fields of a W3C traceparent, lower-case hex."""
+
+    version: str
+    trace_id: str
+    parent_id: str
+    flags: str
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """The fields of a W3C traceparent (Trace Context level 1), or None if it is absent or malformed: not
+    lower-case hex, version ff, an all-zero trace or parent id, version 00 not exactly 55 characters (a
+    later version may be longer: its first four fields are read). A None starts a new trace."""
     if not value:
         return None
-    match = _TRACEPARENT.fullmatch(value.strip())
-    if not match or match.group(1) == "0" * 32:
+    match = _TRACEPARENT.match(value)
+    if match is None or (len(value) != 55 and value.startswith("00")):
         return None
-    return match.group(1).lower()
+    return TraceParent._make(match.groups())
+
+
+def escape(value: str) -> str:
+    """A header value as the binding sends it: space, '"', '%' and all but printable ASCII percent-encoded."""
+    return quote(value, safe=_HEADER_SAFE)
+
+
+def _unquote(value: str) -> str:
+    """RFC 7230 quoted strings (with backslash escapes) unwrapped; ValueError if one is left open."""
+    out: list[str] = []
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        else:
+            out.append(char)
+    if quoted or escaped:
+        raise ValueError("an unterminated quoted string")
+    return "".join(out)
+
+
+def unescape(value: str) -> str:
+    """A `ce-*` header value as the binding reads it: quoted strings unwrapped, then one round of
+    percent-decoding into strict UTF-8; ValueError if either is malformed."""
+    if '"' in value:
+        value = _unquote(value)
+    if "%" not in value:
+        return value
+    if _BAD_PERCENT.search(value):
+        raise ValueError("a '%' not followed by two hex digits")
+    try:
+        return unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("percent-encoded bytes that are not UTF-8") from None
 
 
 def rfc3339(ts: datetime) -> str:
@@ -97,6 +161,7 @@ def headers_for(env: Envelope) -> dict[str, str]:
         CE_TYPE: env.type,
         CE_SOURCE: env.source,
         CE_TIME: rfc3339(env.time),
+        CE_DATACONTENTTYPE: DATACONTENTTYPE,
         NATS_MSG_ID: env.id,
         TRACEPARENT: traceparent(env.trace_id, env.id),
     }

@@ -53,20 +53,6 @@ def span_name(operation: Operation, subject: str) -> str:
     return f"{operation} {destination_template(subject)}"
 
 
-def span_id_of(traceparent: str | None) -> str | None:
-    """The parent span id (16 hex) of a W3C traceparent, or None if it is absent or malformed."""
-    if not traceparent:
-        return None
-    parts = traceparent.strip().split("-")
-    if len(parts) != 4 or len(parts[2]) != 16 or parts[2] == "0" * 16:
-        return None
-    try:
-        int(parts[2], 16)
-    except ValueError:
-        return None
-    return parts[2].lower()
-
-
 class Tracing:
     """Spans with the ids the events' traceparents name, exported in the background."""
 

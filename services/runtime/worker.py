@@ -50,7 +50,7 @@ from services.runtime.metrics import Metrics
 from services.runtime.nats_internals import consumer_sequence, delivery
 from services.runtime.pause import pause
 from services.runtime.publish import Outgoing, Publisher, envelope_out
-from services.runtime.tracing import Tracing, span_id_of
+from services.runtime.tracing import Tracing
 from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)
@@ -574,7 +574,8 @@ class Worker:
         tracing = self.tracing
         assert tracing is not None   # spans are kept only when tracing is on
         for inc, first, last, error in traced:
-            parent = span_id_of(inc.headers.get(ce.TRACEPARENT))
+            context = ce.parse_traceparent(inc.headers.get(ce.TRACEPARENT) or inc.headers.get(ce.CE_TRACEPARENT))
+            parent = context.parent_id if context else None
             common = {"tradeflow.service": self.service,
                       "tradeflow.input.subject": inc.envelope.subject, "tradeflow.input.id": inc.id}
             if first == last:
@@ -584,7 +585,8 @@ class Worker:
             for out in outgoing[first:last]:
                 event_id, cause = out.headers[ce.CE_ID], out.headers.get(ce.CE_CAUSATION)
                 # an output may belong to an earlier input's journey (Output.cause): its own trace, its own cause
-                trace_id = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT)) or inc.envelope.trace_id
+                own = ce.parse_traceparent(out.headers.get(ce.TRACEPARENT))
+                trace_id = own.trace_id if own else inc.envelope.trace_id
                 tracing.hop("publish", out.subject, message_id=event_id, trace_id=trace_id,
                             span_id=ce.span_id(event_id), start_ns=started_ns, end_ns=end_ns,
                             parent_span_id=parent if cause in (None, inc.id) else ce.span_id(cause),

@@ -7,7 +7,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from contracts.envelope import Envelope, derive_id, headers_for, parse_traceparent, trace_id_for, traceparent
+from contracts.envelope import (
+    Envelope,
+    TraceParent,
+    derive_id,
+    escape,
+    headers_for,
+    parse_traceparent,
+    trace_id_for,
+    traceparent,
+    unescape,
+)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -63,7 +73,7 @@ def test_headers_carry_the_causation_when_there_is_one():
 def test_traceparent_is_w3c_and_carries_the_trace_id():
     value = headers_for(envelope())["traceparent"]
     assert TRACEPARENT_RE.match(value), value
-    assert parse_traceparent(value) == TRACE
+    assert parse_traceparent(value).trace_id == TRACE
 
 
 def test_each_event_of_a_trace_gets_its_own_span():
@@ -74,11 +84,29 @@ def test_each_event_of_a_trace_gets_its_own_span():
 
 def test_trace_id_for_an_untraced_event_is_stable_and_valid():
     assert trace_id_for("bar-1") == trace_id_for("bar-1") != trace_id_for("bar-2")
-    assert parse_traceparent(traceparent(trace_id_for("bar-1"), "bar-1")) == trace_id_for("bar-1")
+    assert parse_traceparent(traceparent(trace_id_for("bar-1"), "bar-1")).trace_id == trace_id_for("bar-1")
 
 
-def test_parse_traceparent_accepts_upper_case_and_surrounding_space():
-    assert parse_traceparent(f" 00-{TRACE.upper()}-00f067aa0ba902b7-01\n") == TRACE
+def test_headers_say_the_data_is_json():
+    assert headers_for(envelope())["ce-datacontenttype"] == "application/json"
+
+
+# W3C Trace Context level 1, section 3.2 and its examples
+def test_parse_traceparent_reads_the_specs_example():
+    assert parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") == TraceParent(
+        version="00", trace_id="4bf92f3577b34da6a3ce929d0e0e4736", parent_id="00f067aa0ba902b7", flags="01")
+    assert parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").flags == "00"  # not sampled
+
+
+@pytest.mark.parametrize(("value", "parent"), [
+    pytest.param(f"01-{TRACE}-00f067aa0ba902b7-01", "00f067aa0ba902b7", id="version-01"),
+    pytest.param(f"cc-{TRACE}-00f067aa0ba902b7-09-what-the-future-will-be-like", "00f067aa0ba902b7",
+                 id="future-version-with-more-fields"),
+    pytest.param(f"fe-{TRACE}-00f067aa0ba902b7-01", "00f067aa0ba902b7", id="version-fe"),
+])
+def test_a_later_version_is_read_by_its_first_four_fields(value, parent):
+    parsed = parse_traceparent(value)
+    assert parsed is not None and parsed.trace_id == TRACE and parsed.parent_id == parent
 
 
 @pytest.mark.parametrize("value", [
@@ -93,6 +121,65 @@ def test_parse_traceparent_accepts_upper_case_and_surrounding_space():
     pytest.param(f"00-{TRACE[:-1]}g-00f067aa0ba902b7-01", id="non-hex-trace"),
     pytest.param(f"00-{TRACE[:16]}_{TRACE[17:]}-00f067aa0ba902b7-01", id="underscore-in-trace"),
     pytest.param(f"00-+{TRACE[1:]}-00f067aa0ba902b7-01", id="plus-sign-trace"),
+    pytest.param(f"00-{TRACE.upper()}-00f067aa0ba902b7-01", id="upper-case-trace"),
+    pytest.param(f"00-{TRACE}-00F067AA0BA902B7-01", id="upper-case-parent"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7-0A", id="upper-case-flags"),
+    pytest.param(f"0A-{TRACE}-00f067aa0ba902b7-01", id="upper-case-version"),
+    pytest.param(f"ff-{TRACE}-00f067aa0ba902b7-01", id="version-ff"),
+    pytest.param(f"00-{TRACE}-{'0' * 16}-01", id="all-zero-parent"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b-01", id="15-char-parent"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7z-01", id="17-char-parent"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7-1", id="1-char-flags"),
+    pytest.param(f"0-{TRACE}-00f067aa0ba902b7-01", id="1-char-version"),
+    pytest.param(f" 00-{TRACE}-00f067aa0ba902b7-01", id="leading-space"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7-01\n", id="trailing-newline"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7-01-", id="version-00-longer-than-55"),
+    pytest.param(f"01-{TRACE}-00f067aa0ba902b7-01x", id="later-version-without-a-dash-after-flags"),
+    pytest.param(f"01-{TRACE}-00f067aa0ba902b7", id="later-version-shorter-than-55"),
+    pytest.param(f"00_{TRACE}_00f067aa0ba902b7_01", id="underscores"),
+    pytest.param("x" * 10_000, id="10k-chars"),
+    pytest.param(f"00-{TRACE}-00f067aa0ba902b7-01" * 200, id="repeated"),
 ])
 def test_parse_traceparent_rejects_malformed_values(value):
     assert parse_traceparent(value) is None
+
+
+# the CloudEvents NATS binding, 3.1.3.2: header values percent-encoded, and quoted strings read on input
+def test_escape_encodes_what_the_binding_says_and_nothing_else():
+    assert escape("Euro \u20ac \U0001F600") == "Euro%20%E2%82%AC%20%F0%9F%98%80"   # the binding's example
+    assert escape('say "100%"') == "say%20%22100%25%22"
+    printable = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+    assert escape(printable) == printable
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param("Euro%20%E2%82%AC%20%F0%9F%98%80", "Euro \u20ac \U0001F600", id="binding-example"),
+    pytest.param("%e2%82%ac", "\u20ac", id="lower-case-hex"),
+    pytest.param("%61bc", "abc", id="needlessly-encoded"),
+    pytest.param('"a b"', "a b", id="quoted"),
+    pytest.param('x"a \\"q\\" \\\\ b"y', 'xa "q" \\ by', id="quoted-with-escapes"),
+    pytest.param('"%41"', "A", id="quoted-then-percent-decoded"),
+    pytest.param("plain", "plain", id="plain"),
+])
+def test_unescape_reads_header_values(value, expected):
+    assert unescape(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param("%C0%A0", id="overlong-utf8"),
+    pytest.param("%FF", id="not-utf8"),
+    pytest.param("%E2%82", id="truncated-utf8"),
+    pytest.param("100%", id="bare-percent"),
+    pytest.param("%zz", id="percent-not-hex"),
+    pytest.param("%4", id="percent-one-digit"),
+    pytest.param('"open', id="unterminated-quote"),
+    pytest.param('"ends with backslash\\', id="unterminated-escape"),
+])
+def test_unescape_refuses_malformed_values(value):
+    with pytest.raises(ValueError):
+        unescape(value)
+
+
+def test_escape_then_unescape_is_the_identity():
+    for value in ["feed one", "a%b", 'q"', "\u00e9t\u00e9", "\U0001F600", "\x7f\x00", "plain/path:1"]:
+        assert unescape(escape(value)) == value
