@@ -322,9 +322,15 @@ def _status_table(state: dict) -> list[str]:
                    [[s["name"], s["id"], s["version"], s["pid"], s["http_port"], s["consumer"], s["messages_in"],
                      s["messages_out"], s["dead_letters"]] for s in services]) if services else ["  none"]
     lines += ["", "consumers on PIPELINE"]
-    lines += table(["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "PAUSED", "CONSUMES"],
+    lines += table(["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "PAUSED", "OLDEST WAITING", "CONSUMES"],
                    [[c["name"], c["pending"], c["ack_pending"], c["redelivered"], "yes" if c["paused"] else "no",
-                     c["consumes"]] for c in state["consumers"]]) if state["consumers"] else ["  none"]
+                     f"{c['oldest_waiting_s']:g} s" + (" OVERDUE" if c["overdue"] else ""), c["consumes"]]
+                    for c in state["consumers"]]) if state["consumers"] else ["  none"]
+    late = [c for c in state["consumers"] if c["overdue"]]
+    if late:
+        deadline = f"TRADEFLOW_JOURNEY_TIMEOUT={state['journey_timeout']:g} s"
+        lines += ["", f"overdue (past the journey deadline, {deadline}): " + ", ".join(
+            f"{c['name']} (stream seq {c['oldest_waiting_seq']} has waited {c['oldest_waiting_s']:g} s)" for c in late)]
     lines += ["", "streams"]
     lines += table(["STREAM", "MESSAGES", "BYTES", "FIRST SEQ", "LAST SEQ", "CONSUMERS"],
                    [[t["name"], t["messages"], t["bytes"], t["first_seq"], t["last_seq"], t["consumers"]]
@@ -338,14 +344,19 @@ def _status_table(state: dict) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--wait", type=click.FloatRange(0.05, 30), default=0.5, show_default=True,
               help="Seconds to wait for services to answer.")
-def status(as_json: bool, wait: float) -> None:
-    """Services (found by the NATS micro protocol), consumers and their pending counts, streams, DLQ depth."""
+@click.option("--journey-timeout", type=click.FloatRange(min=0, min_open=True), envvar="TRADEFLOW_JOURNEY_TIMEOUT",
+              default=300, show_default=True,
+              help="A consumer whose oldest waiting event has waited longer than this many seconds is overdue.")
+def status(as_json: bool, wait: float, journey_timeout: float) -> None:
+    """Services (found by the NATS micro protocol), consumers and their pending counts, how long their oldest
+    waiting event has waited (overdue past the journey deadline), streams, DLQ depth. Exits 3 when a
+    consumer is overdue."""
     from services.ops.observe import status as read_status
 
     async def main():
         nc = await connect()
         try:
-            return await read_status(nc, wait)
+            return await read_status(nc, wait, journey_timeout)
         finally:
             await nc.close()
 
@@ -353,6 +364,8 @@ def status(as_json: bool, wait: float) -> None:
     if state is None:
         return
     click.echo(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() if as_json else "\n".join(_status_table(state)))
+    if any(c["overdue"] for c in state["consumers"]):
+        sys.exit(3)
 
 
 @cli.group()

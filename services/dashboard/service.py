@@ -48,6 +48,8 @@ from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, SYMBOL_RE, subject_m
 from services.registry import AGENTS, SERVICES
 from services.runtime.agent import Monitor, ProducerContext
 from services.runtime.deadletters import RedriveRefused, redrive
+from services.runtime.config import RuntimeSettings
+from services.runtime.journey import oldest_waiting, overdue
 from services.runtime.metrics import quantile
 from services.runtime.micro import ask, micro_services
 from services.runtime.publish import Publisher
@@ -119,8 +121,9 @@ class Dashboard(Monitor):
 
     name = "dashboard"
 
-    def __init__(self, settings: DashboardSettings) -> None:
+    def __init__(self, settings: DashboardSettings, journey_timeout: float = 300.0) -> None:
         self.settings = settings
+        self.journey_timeout = journey_timeout   # TRADEFLOW_JOURNEY_TIMEOUT: a stage waiting longer is overdue
         self.clients: set[Client] = set()
         self.state: dict[str, Any] = {"ready": False}
         self.nc: Any = None    # the runtime's connection and JetStream contexts, once watch() starts
@@ -182,9 +185,12 @@ class Dashboard(Monitor):
             last = self._acked.get(info.name)
             rate = (acked - last[1]) / (now - last[0]) if last and now > last[0] else None
             self._acked[info.name] = (now, acked)
+            waiting = await oldest_waiting(self.jsm, PIPELINE_STREAM, info)
             out.append({"name": info.name, "service": info.name.split("-p")[0], "pending": info.num_pending or 0,
                         "in_flight": info.num_ack_pending or 0, "redelivered": info.num_redelivered or 0,
                         "paused": bool(info.paused),
+                        "oldest_waiting_s": round(waiting.age(), 1) if waiting else 0.0,
+                        "overdue": overdue(waiting, self.journey_timeout),
                         "processed_per_s": None if rate is None else round(max(rate, 0), 1)})
         return sorted(out, key=lambda c: (AGENTS.index(c["service"]) if c["service"] in AGENTS else 99, c["name"]))
 
@@ -273,6 +279,8 @@ class Dashboard(Monitor):
                         "pending": sum(c["pending"] for c in mine) if mine else None,
                         "in_flight": sum(c["in_flight"] for c in mine) if mine else None,
                         "paused": bool(mine) and all(c["paused"] for c in mine),
+                        "oldest_waiting_s": max((c["oldest_waiting_s"] for c in mine), default=None),
+                        "overdue": any(c["overdue"] for c in mine),
                         "consumers": [c["name"] for c in mine],
                         "latency_p50_ms": None if not hops else round(quantile(hops, 0.5) * 1000, 2),
                         "latency_p99_ms": None if not hops else round(quantile(hops, 0.99) * 1000, 2)})
@@ -483,5 +491,6 @@ def _sse(kind: str, payload: Any) -> bytes:
 
 
 def build(environ=None) -> Dashboard:
-    """The dashboard from TRADEFLOW_DASHBOARD_*."""
-    return Dashboard(load(DashboardSettings, "TRADEFLOW_DASHBOARD_", environ))
+    """The dashboard from TRADEFLOW_DASHBOARD_* (and the journey deadline, TRADEFLOW_JOURNEY_TIMEOUT)."""
+    return Dashboard(load(DashboardSettings, "TRADEFLOW_DASHBOARD_", environ),
+                     load(RuntimeSettings, "TRADEFLOW_", environ).journey_timeout)

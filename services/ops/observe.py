@@ -12,6 +12,7 @@ from nats.js import JetStreamManager
 from nats.js.errors import NotFoundError
 
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, stage_of
+from services.runtime.journey import oldest_waiting, overdue
 from services.runtime.micro import micro_services
 from services.runtime.topology import consumed
 
@@ -112,8 +113,9 @@ async def wait_drained(jsm: JetStreamManager, consumers: Sequence[str], timeout:
     raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
 
 
-async def status(nc, timeout: float = 0.5) -> dict:
-    """What `tradeflow status` shows: services (micro INFO and STATS), consumers, streams, DLQ depth by service."""
+async def status(nc, timeout: float = 0.5, journey_timeout: float = 300.0) -> dict:
+    """What `tradeflow status` shows: services (micro INFO and STATS), consumers (with how long their oldest
+    waiting event has waited, and whether that is past `journey_timeout`), streams, DLQ depth by service."""
     jsm = nc.jsm()
     infos = await micro_services(nc, timeout, "INFO")
     stats = {s.get("id"): s for s in await micro_services(nc, timeout, "STATS")}
@@ -130,9 +132,13 @@ async def status(nc, timeout: float = 0.5) -> dict:
     consumers = []
     try:
         for c in await jsm.consumers_info(PIPELINE_STREAM):
+            waiting = await oldest_waiting(jsm, PIPELINE_STREAM, c)
             consumers.append({"name": c.name, "pending": c.num_pending or 0, "ack_pending": c.num_ack_pending or 0,
                               "redelivered": c.num_redelivered or 0, "paused": bool(getattr(c, "paused", False)),
-                              "consumes": ",".join(consumed(c.config))})
+                              "consumes": ",".join(consumed(c.config)),
+                              "oldest_waiting_s": round(waiting.age(), 1) if waiting else 0.0,
+                              "oldest_waiting_seq": waiting.seq if waiting else None,
+                              "overdue": overdue(waiting, journey_timeout)})
     except NotFoundError:
         pass
     streams = []
@@ -148,4 +154,4 @@ async def status(nc, timeout: float = 0.5) -> dict:
     for subject, n in (await subject_counts(jsm, DLQ_STREAM)).items():
         dlq[subject.split(".")[1] if subject.count(".") >= 1 else subject] += n
     return {"services": services, "consumers": sorted(consumers, key=lambda c: c["name"]), "streams": streams,
-            "dead_letters": dict(sorted(dlq.items()))}
+            "dead_letters": dict(sorted(dlq.items())), "journey_timeout": journey_timeout}

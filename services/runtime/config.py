@@ -35,6 +35,7 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     publish_timeout: Seconds = 5.0
     publish_window: PositiveInt = 1024   # outstanding async publishes per service
     drain_timeout: Seconds = 10.0
+    journey_timeout: Seconds = 300.0   # an event a stage has not processed in this long is overdue (journey.py)
     max_body_bytes: PositiveInt = MAX_BODY_BYTES
     # streams
     stream_max_age: Seconds = 7 * 24 * 3600.0

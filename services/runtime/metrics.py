@@ -103,6 +103,16 @@ class Metrics:
             "tradeflow_consumer_ack_pending", "Messages delivered to this service and not yet acknowledged",
             ["service"], registry=r
         )
+        self.oldest_waiting = Gauge(
+            "tradeflow_oldest_waiting_seconds",
+            "How long the oldest event this service has not processed has waited (0: nothing waits)",
+            ["service"], registry=r
+        )
+        self.journey_overdue = Gauge(
+            "tradeflow_journey_overdue",
+            "1 when this service's oldest waiting event has waited longer than TRADEFLOW_JOURNEY_TIMEOUT",
+            ["service"], registry=r
+        )
         self.data_polls = Counter(
             "tradeflow_data_polls", "Symbols polled from the data provider, by tier and outcome (ok, error)",
             ["service", "tier", "outcome"], registry=r

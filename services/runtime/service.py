@@ -39,6 +39,7 @@ from services.runtime.connect import (
 )
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
+from services.runtime.journey import oldest_waiting, overdue
 from services.runtime.logs import setup_logging
 from services.runtime.looplag import LoopLag
 from services.runtime.market import MarketClock
@@ -87,6 +88,7 @@ class Service:
         self._closing = asyncio.Event()   # set when the service shuts down: background loops end
         self.failure: BaseException | None = None
         self.restart_requested = False
+        self._overdue = False   # the journey deadline (services/runtime/journey.py) passed at the last look
         self._checks = {"nats": False, "redis": False, "consumer": stage is None,
                         "state": stage is None or not stage.options.stateful}
         self.http_port = 0
@@ -274,6 +276,18 @@ class Service:
         info = await jsm.consumer_info(PIPELINE_STREAM, self.consumer)
         self.metrics.consumer_pending.labels(self.name).set(info.num_pending or 0)
         self.metrics.consumer_ack_pending.labels(self.name).set(info.num_ack_pending or 0)
+        waiting = await oldest_waiting(jsm, PIPELINE_STREAM, info)
+        late = overdue(waiting, self.settings.journey_timeout)
+        self.metrics.oldest_waiting.labels(self.name).set(waiting.age() if waiting else 0.0)
+        self.metrics.journey_overdue.labels(self.name).set(1 if late else 0)
+        if late != self._overdue:   # said once when it starts, once when it clears
+            self._overdue = late
+            if late and waiting is not None:
+                log.warning("journey deadline passed: an event has waited too long for this service", extra={
+                    "seq": waiting.seq, "subject": waiting.subject, "waited_s": round(waiting.age(), 1),
+                    "journey_timeout": self.settings.journey_timeout})
+            else:
+                log.info("journey deadline met again: nothing waits too long")
         if self.worker is not None and self.worker.tracking is not None:   # all below it was applied and acked
             self.worker.tracking.advance(info.ack_floor.stream_seq)
 

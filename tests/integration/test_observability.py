@@ -68,6 +68,12 @@ async def test_metrics_parse_are_named_consistently_and_cover_the_grafana_dashbo
     assert {"process_cpu_seconds", "process_resident_memory_bytes", "tradeflow_build_info"} <= asked
     asked -= {"tradeflow_data_polls", "tradeflow_data_poll_seconds"}   # the data service's, once it polls
     assert asked <= everything, sorted(asked - everything)
+    # the alert rules ask for metrics the consuming services export
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerted = {m for group in rules["groups"] for rule in group["rules"]
+               for m in re.findall(r"\btradeflow_[a-z_]+", rule["expr"])}
+    assert alerted == {"tradeflow_oldest_waiting_seconds", "tradeflow_journey_overdue"}
+    assert all(alerted <= exported[name] for name in ("strategy", "quant", "risk", "execution", "audit", "recorder"))
     assert {p["id"] for p in dashboard["panels"]} == set(range(1, len(dashboard["panels"]) + 1))
     # `tradeflow up` and Stack write the scrape targets Prometheus' file_sd reads
     targets = orjson.loads((stack.home / "prometheus-targets.json").read_bytes())
@@ -77,6 +83,7 @@ async def test_metrics_parse_are_named_consistently_and_cover_the_grafana_dashbo
 
 def test_the_prometheus_config_scrapes_every_service():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"] and (DEPLOY / "prometheus" / "alerts.yml").is_file()
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["tradeflow-local"]["file_sd_configs"][0]["files"][0].endswith("prometheus-targets.json")
     static = jobs["tradeflow"]["static_configs"][0]["targets"]

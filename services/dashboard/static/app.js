@@ -61,15 +61,19 @@ function renderFlow(state) {
   const flow = $("#flow");
   const parts = [];
   for (const stage of state.stages || []) {
-    const card = el("div", { class: "stage" + (stage.paused ? " paused" : ""), "data-stage": stage.name },
-      el("h3", {}, stage.name, el("span", { class: "pill " + (stage.paused ? "warn" : "good"), "data-field": "status" },
-                                  stage.paused ? "paused" : "flowing")),
+    const status = stage.overdue ? "overdue" : stage.paused ? "paused" : "flowing";
+    const card = el("div", { class: "stage" + (stage.paused ? " paused" : "") + (stage.overdue ? " overdue" : ""),
+                             "data-stage": stage.name },
+      el("h3", {}, stage.name, el("span", { class: "pill " + (stage.overdue ? "bad" : stage.paused ? "warn" : "good"),
+                                            "data-field": "status" }, status)),
       el("div", { class: "num", "data-field": "rate" }, fmt(stage.name === "data" ? stage.published_per_s : stage.processed_per_s)),
       el("div", { class: "muted" }, stage.name === "data" ? "bars published/s" : "events processed/s"),
       el("dl", {},
         el("dt", {}, "published/s"), el("dd", { "data-field": "published" }, fmt(stage.published_per_s)),
         el("dt", {}, "pending"), el("dd", { "data-field": "pending" }, fmt(stage.pending, 0)),
         el("dt", {}, "in flight"), el("dd", { "data-field": "in_flight" }, fmt(stage.in_flight, 0)),
+        el("dt", {}, "oldest waiting"), el("dd", { "data-field": "oldest_waiting" },
+                                           stage.oldest_waiting_s == null ? "–" : `${fmt(stage.oldest_waiting_s, 0)} s`),
         el("dt", {}, "latency p50"), el("dd", {}, stage.latency_p50_ms == null ? "–" : `${fmt(stage.latency_p50_ms, 1)} ms`),
         el("dt", {}, "latency p99"), el("dd", {}, stage.latency_p99_ms == null ? "–" : `${fmt(stage.latency_p99_ms, 1)} ms`)),
       stage.consumers.length ? el("div", {},
