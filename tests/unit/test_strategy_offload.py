@@ -76,7 +76,8 @@ async def test_auto_offloads_only_a_batch_that_would_hold_the_loop_long_enough()
         assert not agent._ready                     # nothing measured yet: computed in the process
         for inc in items[:300]:
             agent.handle(inc, NOW)
-        assert agent.cost is not None and agent.cost * 1 < 0.001 < agent.cost * 300
+        assert agent.cost is not None and agent.cost > 0   # measured; its value depends on the machine's load
+        agent.cost = 0.0001                          # 0.1 ms a bar: one bar is under OFFLOAD_MIN_MS, 300 over
         await agent.prepare(items[300:301])
         assert not agent._ready                     # one bar: not worth a trip to the pool
         await agent.prepare(items[300:600])
