@@ -130,6 +130,10 @@ async def test_the_equity_curve_and_the_fills_are_in_event_time(make_stack):
     assert curve["total"] == len(bars) and 100 < len(curve["points"]) <= 500
     assert first[0].startswith("2004-08-19") and last[0].startswith("2013-03-01")
     assert last[1] == portfolio["equity"]
+    status, small = await http_json(stack.http_port("audit"), "/v1/equity?points=10")
+    assert status == 200 and len(small["points"]) <= 10 and (small["points"][0], small["points"][-1]) == (first, last)
+    for bad in ("3", "10001", "ten", "²"):
+        assert (await http_json(stack.http_port("audit"), f"/v1/equity?points={bad}"))[0] == 400, bad
     fills = sorted((decode(m.subject, m.data, m.headers).event
                     for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")), key=lambda f: f.ts)
     today = datetime.now(timezone.utc).date().isoformat()
