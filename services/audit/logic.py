@@ -1,7 +1,9 @@
-"""Audit logic: positions, cash and PnL from fills, marked to the last bar. Pure and synchronous."""
+"""Audit logic: positions, cash and PnL from fills, marked to the last bar; the equity curve in event
+time. Pure and synchronous."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
@@ -67,7 +69,11 @@ def on_bar(pf: Portfolio, bar: BarReceived) -> Portfolio:
                                    exposed_bars=pf.exposed_bars + (1 if pf.positions else 0))
 
 
-def in_event_time(cash: float, events: list[tuple[datetime, int, BarReceived | OrderFilled]]) -> Portfolio:
+Logged = tuple[datetime, int, BarReceived | OrderFilled]   # (event time, 0 for a fill or 1 for a bar, event)
+Point = tuple[datetime, float]                              # (event time, equity)
+
+
+def in_event_time(cash: float, events: list[Logged]) -> Portfolio:
     """The portfolio folded over (time, order, event) in time order: fills (order 0) before the bar
     closing at the same time (order 1). Live, fills arrive after later bars; in event time the
     equity curve, drawdown and exposure are what they were, whatever the arrival order."""
@@ -75,6 +81,53 @@ def in_event_time(cash: float, events: list[tuple[datetime, int, BarReceived | O
     for _, _, event in sorted(events, key=lambda e: (e[0], e[1])):
         pf = on_bar(pf, event) if isinstance(event, BarReceived) else on_fill(pf, event)
     return pf
+
+
+def equity_curve(cash: float, events: list[Logged]) -> list[Point]:
+    """The equity at each event time, folded in the order of `in_event_time`: one point per time,
+    once every fill and bar of that time is in."""
+    pf = new_portfolio(cash)
+    curve: list[Point] = []
+    for ts, _, event in sorted(events, key=lambda e: (e[0], e[1])):
+        pf = on_bar(pf, event) if isinstance(event, BarReceived) else on_fill(pf, event)
+        if curve and curve[-1][0] == ts:
+            curve[-1] = (ts, equity(pf))
+        else:
+            curve.append((ts, equity(pf)))
+    return curve
+
+
+def downsample(curve: Sequence[Point], limit: int) -> list[Point]:
+    """At most `limit` (4 or more) points of a curve in time order: the first, and in each of
+    (limit - 1) // 3 equal spans of event time its lowest, highest and last point, so the last
+    point stays and a drawdown's peak and trough stay visible."""
+    if limit < 4:
+        raise ValueError(f"limit must be at least 4, got {limit}")
+    if len(curve) <= limit:
+        return list(curve)
+    buckets = (limit - 1) // 3
+    start = curve[0][0].timestamp()
+    span = curve[-1][0].timestamp() - start or 1.0
+    keep = {0}
+    low = high = last = 0
+    bucket = 0
+    for i, (ts, value) in enumerate(curve):
+        b = min(int((ts.timestamp() - start) / span * buckets), buckets - 1)
+        if b != bucket:
+            keep.update((low, high, last))
+            low = high = i
+            bucket = b
+        low = i if value < curve[low][1] else low
+        high = i if value > curve[high][1] else high
+        last = i
+    keep.update((low, high, last))
+    return [curve[i] for i in sorted(keep)]
+
+
+def curve_report(curve: Sequence[Point], limit: int) -> dict:
+    """A JSON-ready curve: [[ISO time, equity], ...] downsampled to `limit`, and how many points it had."""
+    return {"points": [[ts.isoformat(), round(value, 6)] for ts, value in downsample(curve, limit)],
+            "total": len(curve), "limit": limit}
 
 
 def equity(pf: Portfolio) -> float:

@@ -1,5 +1,7 @@
-"""Audit service wiring: fills and bars in, the portfolio out on GET /v1/portfolio, every fill and
-closed trade in the audit log (TRADEFLOW_AUDIT_LOG, by default <data dir>/audit/audit.jsonl)."""
+"""Audit service wiring: fills and bars in, the portfolio out on GET /v1/portfolio and the equity curve
+in event time on GET /v1/equity?points=N (both as micro endpoints too: tradeflow.audit.portfolio,
+tradeflow.audit.equity), every fill and closed trade in the audit log (TRADEFLOW_AUDIT_LOG, by default
+<data dir>/audit/audit.jsonl)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from contracts.codec import Incoming
 from contracts.events import BarReceived, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY
 from services.audit import trades
-from services.audit.logic import Portfolio, in_event_time, report
+from services.audit.logic import Logged, Portfolio, curve_report, equity_curve, in_event_time, report
 from services.audit.trail import AuditLog
 from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.settings import load
+
+CURVE_POINTS = 500          # the equity curve's points, unless asked for others
+MAX_CURVE_POINTS = 10_000
 
 
 class AuditSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +45,7 @@ class AuditAgent(Agent):
         self.log_path = settings.log
         # every fill and bar, append-only; the portfolio is folded from it when asked for,
         # in event time (fills order 0, bars 1), so a snapshot is just its length
-        self.log: list[tuple[datetime, int, BarReceived | OrderFilled]] = []
+        self.log: list[Logged] = []
         self.trades = trades.Trades()   # fills paired into trades in arrival order, for the audit log
         self.lines: list[dict] = []      # audit log lines not yet written
         self.audit_log: AuditLog | None = None
@@ -91,14 +96,27 @@ class AuditAgent(Agent):
         pf = await asyncio.get_running_loop().run_in_executor(None, in_event_time, self.cash, events)
         return report(pf)
 
+    async def equity(self, points: int = CURVE_POINTS) -> dict:
+        """The equity curve in event time, at most `points` of it (GET /v1/equity, tradeflow.audit.equity)."""
+        events = list(self.log)
+        curve = await asyncio.get_running_loop().run_in_executor(None, equity_curve, self.cash, events)
+        return curve_report(curve, points)
+
     def routes(self) -> list[web.RouteDef]:
         async def portfolio(_: web.Request) -> web.Response:
             return web.json_response(await self.portfolio())
 
-        return [web.get("/v1/portfolio", portfolio)]
+        async def equity(request: web.Request) -> web.Response:
+            raw = request.query.get("points", str(CURVE_POINTS))
+            if not (raw.isascii() and raw.isdigit()) or not 4 <= int(raw) <= MAX_CURVE_POINTS:
+                return web.json_response({"error": f"points must be a whole number from 4 to {MAX_CURVE_POINTS}"},
+                                         status=400)
+            return web.json_response(await self.equity(int(raw)))
+
+        return [web.get("/v1/portfolio", portfolio), web.get("/v1/equity", equity)]
 
     def micro_endpoints(self) -> dict:
-        return {"portfolio": self.portfolio}
+        return {"portfolio": self.portfolio, "equity": self.equity}
 
 
 def build(environ=None) -> AuditAgent:

@@ -5,11 +5,12 @@
 It reads everything over NATS, as the `dashboard` user: the consumers of PIPELINE (pending,
 in flight, paused, processed/s), every service through the micro protocol (up, ready, restarts,
 event-loop lag, CPU, memory, tasks, cache, market phase: `tradeflow.<service>.health`), audit's
-portfolio (`tradeflow.audit.portfolio`), the dead letters, and every pipeline event as it is
-published (rates, the time each stage takes from its input to its output, the live tail, the
-fills). The page gets it as server-sent events: a state snapshot each TRADEFLOW_DASHBOARD_REFRESH
-seconds and the tail, filtered by symbol and subject, at most TRADEFLOW_DASHBOARD_TAIL_RATE events
-a second. Its assets are served from here: no CDN, no outside network.
+portfolio and its equity curve in event time (`tradeflow.audit.portfolio`, `tradeflow.audit.equity`),
+the dead letters, and every pipeline event as it is published (rates, the time each stage takes
+from its input to its output, the live tail, the fills). The page gets it as server-sent events:
+a state snapshot each TRADEFLOW_DASHBOARD_REFRESH seconds and the tail, filtered by symbol and
+subject, at most TRADEFLOW_DASHBOARD_TAIL_RATE events a second. Its assets are served from here:
+no CDN, no outside network.
 
     GET  /                      the page (and /static/app.js, /static/app.css): no data in them
     GET  /v1/state              the latest snapshot, JSON
@@ -136,7 +137,7 @@ class Dashboard(Monitor):
         self._acked: dict[str, tuple[float, int]] = {}
         self._ids: dict[str, set[str]] = {}
         self._restarts: Counter = Counter()
-        self._equity: deque[tuple[str, float]] = deque(maxlen=720)
+        self._equity: list = []    # audit's curve: [[event time, equity], ...]
         self._fills: deque[dict] = deque(maxlen=100)
         self._dlq: dict[str, Any] = {"total": 0, "by": [], "latest": [], "scanned": 0}
         self._dlq_mark: tuple[int, int] | None = None
@@ -302,9 +303,9 @@ class Dashboard(Monitor):
                 errors["dlq"] = f"{type(exc).__name__}: {exc}"[:200]
         if self._ticks % 2 == 0 and any(s["name"] == "audit" and s["up"] for s in services):
             try:
-                self._portfolio = await ask(self.nc, "tradeflow.audit.portfolio", 3.0)
-                self._equity.append((datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                     float(self._portfolio["equity"])))
+                portfolio, curve = await asyncio.gather(ask(self.nc, "tradeflow.audit.portfolio", 3.0),
+                                                        ask(self.nc, "tradeflow.audit.equity", 3.0))
+                self._portfolio, self._equity = portfolio, list(curve["points"])
             except (NatsError, TimeoutError, RuntimeError, msgspec.DecodeError, KeyError, TypeError) as exc:
                 errors["portfolio"] = f"{type(exc).__name__}: {exc}"[:200]
         self._ticks += 1
@@ -319,7 +320,7 @@ class Dashboard(Monitor):
                                                         "return_pct", "max_drawdown_pct", "fills", "trade_count",
                                                         "positions")} if portfolio else None,
             "trades": (portfolio.get("trades") or [])[-50:], "fills": list(self._fills)[:50],
-            "equity": list(self._equity), "errors": errors,
+            "equity": self._equity, "errors": errors,
         }
 
     # the loop the runtime runs

@@ -7,6 +7,7 @@
     nats req tradeflow.strategy.ready ''       the readiness checks
     nats req tradeflow.strategy.restart ''     exit (code 75) so its supervisor starts it again
     nats req tradeflow.audit.portfolio ''      an agent's own endpoints (audit: positions, PnL, trades)
+    nats req tradeflow.audit.equity ''         (audit: the equity curve in event time)
 
 Endpoints live under `tradeflow.<service>.` in the queue group `q`: with replicas, one answers
 each request; `$SRV.INFO.<service>.<id>` reaches one replica in particular.

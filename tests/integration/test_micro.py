@@ -33,7 +33,8 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
         assert {e["name"]: e["subject"] for e in info["endpoints"]} == {
             "health": f"tradeflow.{name}.health", "ready": f"tradeflow.{name}.ready",
             "restart": f"tradeflow.{name}.restart",
-            **({"portfolio": "tradeflow.audit.portfolio"} if name == "audit" else {})}
+            **({"portfolio": "tradeflow.audit.portfolio", "equity": "tradeflow.audit.equity"} if name == "audit"
+               else {})}
         assert int(info["metadata"]["http_port"]) == stack.http_port(name)
         health = orjson.loads((await nc.request(f"tradeflow.{name}.health", b"", timeout=2)).data)
         assert health["service"] == name and "event_loop_lag" in health and "tasks" in health
@@ -41,6 +42,8 @@ async def test_every_service_answers_ping_info_and_stats_and_its_endpoints(make_
         assert ready["ready"] is True and all(ready["checks"].values())
     portfolio = orjson.loads((await nc.request("tradeflow.audit.portfolio", b"", timeout=5)).data)
     assert portfolio["equity"] == portfolio["cash"] and portfolio["trades"] == []
+    curve = orjson.loads((await nc.request("tradeflow.audit.equity", b"", timeout=5)).data)
+    assert curve["limit"] == 500 and curve["total"] == len(curve["points"])
 
     async def strategy_counted() -> bool:
         [stats] = await micro_services(nc, 1.0, "STATS", "strategy")

@@ -124,20 +124,46 @@ function renderPortfolio(state) {
   const positions = p && p.positions ? Object.entries(p.positions) : [];
   rows($("#positions tbody"), positions, ([sym, q]) => [sym, q.quantity, q.avg_price, q.last_price,
     q.last_price == null ? null : (q.last_price - q.avg_price) * q.quantity]);
-  const eq = state.equity || [];
-  const svg = $("#equity");
-  if (eq.length > 1) {
-    const values = eq.map((e) => e[1]);
-    const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-    const points = values.map((v, i) => `${(i / (values.length - 1)) * 600},${150 - ((v - lo) / span) * 140}`).join(" ");
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", points);
-    svg.replaceChildren(line);
-  }
+  renderEquity(state.equity || []);
   rows($("#fills tbody"), state.fills || [], (f) => {
     const b = f.body || {};
-    return [f.time.slice(11, 23), b.symbol, b.side, b.quantity, b.price, b.commission, b.order_id];
+    const ts = b.ts ? eventTime(b.ts, !utc(b.ts).endsWith("T00:00:00.000Z")) : null;
+    return [el("span", { "data-ts": b.ts || "", title: `arrived ${f.time.slice(0, 23).replace("T", " ")} UTC` }, ts),
+            b.symbol, b.side, b.quantity, b.price, b.commission, b.order_id];
   });
+}
+
+// event times (a bar's, a fill's) are shown in UTC: the date, and the time unless daily
+function utc(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? String(iso) : d.toISOString();
+}
+function eventTime(iso, withTime) {
+  const s = utc(iso);
+  return withTime ? `${s.slice(0, 10)} ${s.slice(11, 19)}` : s.slice(0, 10);
+}
+
+// audit's equity curve, [[event time, equity], ...]: x is event time, labelled with dates when it spans days
+function renderEquity(curve) {
+  const svg = $("#equity"), axis = $("#equity-axis");
+  if (curve.length < 2) {
+    svg.replaceChildren();
+    axis.replaceChildren();
+    return;
+  }
+  const times = curve.map((p) => Date.parse(p[0])), values = curve.map((p) => p[1]);
+  const t0 = times[0], tspan = times[times.length - 1] - t0 || 1;
+  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+  const points = values.map((v, i) => `${((times[i] - t0) / tspan) * 600},${150 - ((v - lo) / span) * 140}`).join(" ");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points);
+  svg.replaceChildren(line);
+  svg.setAttribute("aria-label", `equity curve, ${fmt(lo, 2)} to ${fmt(hi, 2)}`);
+  const withTime = tspan < 3 * 86400e3;
+  axis.replaceChildren(...[0, 0.25, 0.5, 0.75, 1].map((f) => {
+    const iso = new Date(t0 + f * tspan).toISOString();
+    return el("span", { "data-ts": iso }, eventTime(iso, withTime));
+  }));
 }
 
 function renderDeadLetters(state) {
