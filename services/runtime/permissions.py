@@ -95,10 +95,12 @@ def service_permissions(service: str, durables: Sequence[str] = ()) -> dict:
 
 
 def dashboard_permissions() -> dict:
-    """Watch, list, pause and resume, ask the services, redrive a dead letter."""
+    """Watch, list, pause and resume, read a pipeline message by sequence, ask the services, redrive a dead letter."""
     publish = [f"$JS.API.STREAM.INFO.{PIPELINE_STREAM}", f"$JS.API.STREAM.INFO.{DLQ_STREAM}",
                f"$JS.API.CONSUMER.LIST.{PIPELINE_STREAM}", f"$JS.API.CONSUMER.NAMES.{PIPELINE_STREAM}",
                f"$JS.API.CONSUMER.INFO.{PIPELINE_STREAM}.*", f"$JS.API.CONSUMER.PAUSE.{PIPELINE_STREAM}.*",
+               # a stage's oldest waiting event, for the journey deadline (services/runtime/journey.py)
+               f"$JS.API.STREAM.MSG.GET.{PIPELINE_STREAM}",
                # reading the DLQ: an ordered consumer of its own (nats-py names it), and messages by sequence
                f"$JS.API.CONSUMER.CREATE.{DLQ_STREAM}", f"$JS.API.CONSUMER.CREATE.{DLQ_STREAM}.>",
                f"$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*",
