@@ -11,9 +11,9 @@ from cloudevents.core.v1.event import CloudEvent
 
 from contracts.codec import decode
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM
-from services import observe
-from services.deadletters import DLQ_ERROR, DLQ_REASON, DLQ_SUBJECT
-from services.supervisor import http_json
+from services.ops import observe
+from contracts.deadletters import DLQ_ERROR, DLQ_REASON, DLQ_SUBJECT
+from services.ops.supervisor import http_json
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 
 pytestmark = pytest.mark.integration
