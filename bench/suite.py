@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
+import click
 import msgspec
 import nats
 import psutil
@@ -473,26 +474,53 @@ async def run(args) -> dict:
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "bars": args.bars, "symbols": args.symbols, "latency_bars": args.latency_bars, "rate": args.rate,
               "reps": args.reps, "systems": {}, "ratios": {}, "scaling": {}, "replicas": {}}
+    progress = Runs(args.reps * (len(args.systems) + len(args.scale_symbols) + len(args.scale_replicas)))
     for system in args.systems:
         reps = []
         for rep in range(args.reps):
-            print(f"{system}: repetition {rep + 1} of {args.reps}", file=sys.stderr, flush=True)
+            progress.next(f"{system}: repetition {rep + 1} of {args.reps}")
             reps.append(await one_rep(system, args, symbols, with_store=system == "tradeflow"))
         result["systems"][system] = summarise(reps) | {"runs": reps}
     result["ratios"] = ratios(result["systems"])
     for n in args.scale_symbols:
         reps = []
         for rep in range(args.reps):
-            print(f"tradeflow, {n} symbols: repetition {rep + 1} of {args.reps}", file=sys.stderr, flush=True)
+            progress.next(f"tradeflow, {n} symbols: repetition {rep + 1} of {args.reps}")
             reps.append(await one_rep("tradeflow", args, [f"SYM{i}" for i in range(n)]))
         result["scaling"][str(n)] = summarise(reps) | {"runs": reps}
     for n in args.scale_replicas:
         reps = []
         for rep in range(args.reps):
-            print(f"tradeflow, {n} strategy replicas: repetition {rep + 1} of {args.reps}", file=sys.stderr, flush=True)
+            progress.next(f"tradeflow, {n} strategy replicas: repetition {rep + 1} of {args.reps}")
             reps.append(await one_rep("tradeflow", args, symbols, replicas=n))
         result["replicas"][str(n)] = summarise(reps) | {"runs": reps}
+    progress.close()
     return result
+
+
+class Runs:
+    """The run's progress on standard error: a bar over every repetition on a terminal (click's), else a
+    line as each one starts (for logs)."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = click.progressbar(length=total, file=sys.stderr, show_pos=True) if sys.stderr.isatty() else None
+        self.started = 0
+        if self.bar is not None:
+            self.bar.__enter__()
+
+    def next(self, what: str) -> None:
+        if self.bar is None:
+            print(what, file=sys.stderr, flush=True)
+            return
+        if self.started:
+            self.bar.update(1)
+        self.started += 1
+        self.bar.label = what
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.__exit__(None, None, None)
 
 
 def _csv(kind, allowed=None):
