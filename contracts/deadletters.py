@@ -52,7 +52,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
         body = body or b""
         _, service, original = (dlq_subject.split(".", 2) + ["", ""])[:3]
         subject = headers.get(DLQ_SUBJECT) or original
-        original_id = (headers.get(ce.CE_ID) or headers.get(DLQ_ORIGINAL_ID)
+        original_id = (ce.header(headers, ce.CE_ID) or headers.get(DLQ_ORIGINAL_ID)
                        or ce.content_id(subject, body))   # as the codec names a header-less message
         return cls(seq=seq, subject=subject, service=headers.get(DLQ_SERVICE) or service,
                    reason=headers.get(DLQ_REASON, "unknown"), error=headers.get(DLQ_ERROR, ""),

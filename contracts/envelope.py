@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import NamedTuple
 from urllib.parse import quote, unquote_to_bytes
@@ -168,3 +169,13 @@ def headers_for(env: Envelope) -> dict[str, str]:
     if env.causation_id:
         headers[CE_CAUSATION] = env.causation_id
     return headers
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value whatever the case of its name (NATS header names are case-insensitive, as HTTP's):
+    the exact spelling first, the fast path."""
+    value = headers.get(name)
+    if value is None:
+        low = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == low), None)
+    return value

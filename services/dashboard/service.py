@@ -150,14 +150,14 @@ class Dashboard(Monitor):
         subject = msg.subject
         stage = stage_of(subject)
         headers = msg.headers or {}
-        event_id = headers.get(ce.CE_ID) or headers.get(ce.NATS_MSG_ID)
+        event_id = ce.header(headers, ce.CE_ID) or ce.header(headers, ce.NATS_MSG_ID)
         if stage in self._events and not subject.startswith("dlq."):
             self._events[stage].append(now)
         if event_id and not subject.startswith("dlq."):
             self._arrivals[event_id] = now
             if len(self._arrivals) > ARRIVALS:
                 self._arrivals.popitem(last=False)
-        cause = headers.get(ce.CE_CAUSATION)
+        cause = ce.header(headers, ce.CE_CAUSATION)
         if cause and stage in self._hops and (start := self._arrivals.get(cause)) is not None:
             self._hops[stage].append((now, now - start))
         body = None

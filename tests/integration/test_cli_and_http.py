@@ -157,17 +157,27 @@ async def test_every_service_serves_health_readiness_and_prometheus_metrics(make
     await wait_for(ping_failing, what="/v1/health to show the Redis check failing")
 
 
-async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
+async def start_up(tmp_path, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """`tradeflow up` on free ports under `tmp_path`, once it has said it is up; and what it printed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "up", "--home", str(tmp_path / "up"), "--nats-port", "0",
-        "--redis-port", "0", env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "REDIS_URL")},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "--redis-port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
     try:
-        lines = []
         while not any("Ctrl-C" in line for line in lines):
             line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
             assert line, f"up exited early: {(await proc.stderr.read()).decode()[-2000:]}"
             lines.append(line)
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+        raise
+    return proc, lines
+
+
+async def test_up_serves_the_pipeline_and_sigterm_stops_everything(tmp_path):
+    proc, lines = await start_up(tmp_path, {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "REDIS_URL")})
+    try:
         nats_url = next(w for line in lines for w in line.split() if w.startswith("nats://"))
         audit_port = int(next(line for line in lines if line.strip().startswith("audit")).split(":")[-1].split("/")[0])
         code, _, err = await tradeflow("publish", "data_ready.AAPL", json.dumps(BAR), env={"NATS_URL": nats_url})
@@ -210,15 +220,8 @@ async def test_up_takes_a_polled_feed_from_the_environment_as_run_data_does(tmp_
         "TRADEFLOW_DATA_SOURCE": "synthetic", "TRADEFLOW_DATA_MODE": "poll", "TRADEFLOW_DATA_SYMBOLS": "AAPL,MSFT",
         "TRADEFLOW_DATA_BARS": "300", "TRADEFLOW_DATA_SEED": "11", "TRADEFLOW_DATA_PER_POLL": "25",
         "TRADEFLOW_DATA_POLL_IMPORTANT": "0.1,0.1", "TRADEFLOW_CALENDAR": "24/7"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", "--home", str(tmp_path / "up"), "--nats-port", "0",
-        "--redis-port", "0", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc, lines = await start_up(tmp_path, env)
     try:
-        lines = []
-        while not any("Ctrl-C" in line for line in lines):
-            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
-            assert line, f"up exited early: {(await proc.stderr.read()).decode()[-2000:]}"
-            lines.append(line)
         assert any(line.split() == ["Data", "synthetic", "(seed", "11),", "polled:", "2", "symbol(s)", "(AAPL,",
                                     "MSFT)"] for line in lines), lines
         audit_port = int(next(line for line in lines if line.strip().startswith("audit")).split(":")[-1].split("/")[0])

@@ -106,3 +106,9 @@ def test_copies_of_one_event_group_together_in_order_of_their_first():
                          copy("risk", 40, 4, subject="approved_ready.AAPL"), copy("audit", 40, 5))
     assert [[x.seq for x in g] for g in by_original([a1, b1, a2, c, a3])] == [[1, 3, 5], [2], [4]]
     assert by_original([]) == []
+
+
+def test_a_dead_letter_finds_its_original_id_whatever_the_case_of_ce_id():
+    copy = dead_letter_copy("strategy", "data_ready.AAPL", BAR, {"CE-ID": "orig-9"}, seq=3, deliveries=1,
+                            reason="undecodable", error="bad", now=NOW)
+    assert stored(copy).original_id == "orig-9"
