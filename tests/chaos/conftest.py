@@ -74,6 +74,18 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_sessionfinish(session) -> None:
+    """On a worker of a parallel run (pytest-xdist): hand this worker's rows to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["chaos_rows"] = [msgspec.to_builtins(row) for row in RESULTS]
+
+
+def pytest_testnodedown(node, error) -> None:
+    """On the controller of a parallel run: the rows of a worker that finished."""
+    RESULTS.extend(msgspec.convert(row, Figures) for row in getattr(node, "workeroutput", {}).get("chaos_rows", []))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if not RESULTS:
         return

@@ -23,7 +23,7 @@ from tests.chaos.conftest import Compound
 from tests.chaos.harness import DATA, ENV, kill_plan, run_fault
 from tests.integration.conftest import stream_messages, wait_for
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.serial]   # recovery figures: the machine alone
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.faults]   # recovery figures: the machine alone
 
 IN_TURN = ("strategy", "quant", "risk", "execution", "audit", "recorder", "data")
 ENV_GRACE = 10.0   # the supervisor's grace period (and the services' drain timeout)

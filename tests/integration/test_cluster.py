@@ -17,7 +17,7 @@ from services.runtime.connect import nats_options
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_matches_prediction, predicted
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]   # a kill that must land mid-stream
+pytestmark = [pytest.mark.integration, pytest.mark.faults]   # a kill that must land mid-stream
 
 
 async def test_killing_the_stream_leader_mid_stream_loses_nothing_and_fills_nothing_twice(tmp_path):

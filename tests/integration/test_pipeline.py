@@ -77,7 +77,7 @@ async def test_every_stage_matches_the_pure_logic(make_stack):
     assert sim.counts["data_ready"] == len(bars) == 1200
 
 
-@pytest.mark.serial   # the restart must land mid-stream: a paced feed against the services' speed
+@pytest.mark.faults   # the restart must land mid-stream: a paced feed against the services' speed
 @pytest.mark.parametrize("service", ["strategy", "risk", "execution", "audit"])
 async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_stack, service):
     _, sim, _ = predicted(LOGIC_ENV)
@@ -97,7 +97,7 @@ async def test_restart_mid_stream_loses_nothing_and_fills_nothing_twice(make_sta
     await assert_matches_prediction(stack, nc, sim)
 
 
-@pytest.mark.serial
+@pytest.mark.faults
 async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(make_stack):
     _, sim, _ = predicted(LOGIC_ENV)
     # acks sent while the server was down are lost; ack_wait decides how soon those messages come back

@@ -25,7 +25,7 @@ POLL_ENV = DATA_ENV | {"TRADEFLOW_DATA_MODE": "poll", "TRADEFLOW_DATA_PER_POLL":
                        "TRADEFLOW_DATA_POLL_CRITICAL": "0.1,30", "TRADEFLOW_CALENDAR": "24/7"}
 
 
-@pytest.mark.serial   # the restart must land mid-stream
+@pytest.mark.faults   # the restart must land mid-stream
 async def test_a_polled_feed_restarted_mid_stream_gives_what_the_pure_logic_predicts(make_stack):
     _, sim, _ = predicted(LOGIC_ENV)
     stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": POLL_ENV})
