@@ -40,7 +40,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ.setdefault(_MARK, uuid.uuid4().hex)   # a pytest-xdist worker keeps its controller's
 
 
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's controller: a worker finished; keep its fault-table rows."""
+    from tests.chaos.conftest import take_over
+
+    take_over(node)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.chaos.conftest import summary
+
+    summary(terminalreporter)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.chaos.conftest import hand_over
+
+    hand_over(session.config)
     if hasattr(session.config, "workerinput") or _MARK not in os.environ:   # xdist's controller checks
         return
     deadline = time.monotonic() + _GRACE

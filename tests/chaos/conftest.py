@@ -1,7 +1,8 @@
 """The fault suite: a whole deployment per test, a fault injected mid-stream, and an account of
 every event afterwards (what the logic predicts against what the stream, the store and the DLQ
 hold). Each test adds a row to a table printed at the end of the run and written to
-test-artifacts/chaos.md.
+test-artifacts/chaos.md (tests/conftest.py calls the hooks here: a parallel run's controller never loads
+this file).
 
     .venv/bin/python -m pytest -m chaos
 """
@@ -74,20 +75,21 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def pytest_sessionfinish(session) -> None:
+def hand_over(config) -> None:
     """On a worker of a parallel run (pytest-xdist): hand this worker's rows to the controller."""
-    output = getattr(session.config, "workeroutput", None)
+    output = getattr(config, "workeroutput", None)
     if output is not None:
         output["chaos_rows"] = [msgspec.to_builtins(row) for row in RESULTS]
 
 
-def pytest_testnodedown(node, error) -> None:
+def take_over(node) -> None:
     """On the controller of a parallel run: the rows of a worker that finished."""
     RESULTS.extend(msgspec.convert(row, Figures) for row in getattr(node, "workeroutput", {}).get("chaos_rows", []))
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not RESULTS:
+def summary(terminalreporter) -> None:
+    """The table of every fault run, at the end of the run (a parallel run's controller has them all)."""
+    if not RESULTS or hasattr(terminalreporter.config, "workerinput"):
         return
     text = table(RESULTS)
     terminalreporter.write_sep("-", "fault tests")
