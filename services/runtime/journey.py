@@ -18,7 +18,7 @@ from nats.js import JetStreamManager
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-DEFAULT_TIMEOUT = 300.0   # seconds: five minutes, as pipeline orchestrators flag a run
+_MAX_ASKED = 4            # filters asked one by one; more are asked as one (see oldest_waiting)
 
 
 class Waiting(msgspec.Struct, frozen=True):
@@ -48,12 +48,16 @@ def filters_of(info: ConsumerInfo) -> list[str]:
 
 async def oldest_waiting(jsm: JetStreamManager, stream: str, info: ConsumerInfo) -> Waiting | None:
     """The oldest message the consumer has not processed (the first one after its ack floor that it takes),
-    or None when nothing waits for it."""
+    or None when nothing waits for it. One request a filter, up to four; a consumer with more (a replica's
+    symbols) gets the first message after its floor, whatever its subject: never younger than its own."""
     if not (info.num_pending or info.num_ack_pending):
         return None
     after = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+    filters = filters_of(info)
+    if len(filters) > _MAX_ASKED:   # a replica's many symbols: the first message after the floor, whatever its
+        filters = [">"]             # subject, is as old or older: an upper bound of the age, in one request
     found: list[Waiting] = []
-    for subject in filters_of(info):
+    for subject in filters:
         try:
             msg = await jsm.get_msg(stream, seq=after, subject=subject, next=True)
         except NotFoundError:   # nothing of this filter after the floor (aged out, or another filter's)
