@@ -92,6 +92,12 @@ def merged(tmp_path: Path, *texts: str, variables: dict | None = None) -> dict:
     return load(files(tmp_path, *texts), variables)["services"]
 
 
+def overridden(tmp_path: Path, attribute: str, base: str, over: str):
+    """Service foo's `attribute` once a file setting it to `over` is merged over one setting it to `base`."""
+    base_file, over_file = (f"services:\n  foo:\n    {attribute}: {value}\n" for value in (base, over))
+    return merged(tmp_path, base_file, over_file)["foo"][attribute]
+
+
 def test_mappings_merge_by_key(tmp_path):
     """13-merge.md, Mapping: missing entries added, conflicting ones merged."""
     out = merged(tmp_path, "services:\n  foo:\n    key1: value1\n    key2: value2\n",
@@ -112,9 +118,7 @@ def test_sequences_are_appended(tmp_path):
     ("command", '"echo foo"', "\"sh -c 'echo a b'\"", ["sh", "-c", "echo a b"]),
 ], ids=["command", "entrypoint", "shell-words"])
 def test_commands_are_replaced(tmp_path, attribute, base, over, expected):
-    out = merged(tmp_path, f"services:\n  foo:\n    {attribute}: {base}\n",
-                 f"services:\n  foo:\n    {attribute}: {over}\n")
-    assert out["foo"][attribute] == expected
+    assert overridden(tmp_path, attribute, base, over) == expected
 
 
 def test_a_healthcheck_test_is_replaced_the_rest_merged(tmp_path):
@@ -180,9 +184,7 @@ def test_environment_merges_by_name_in_either_form(tmp_path):
      [{"source": "s2", "target": "/run/secrets/s"}, {"source": "t", "target": "/x"}, {"source": "t"}]),
 ])
 def test_keyed_attributes_merge_by_key(tmp_path, attribute, base, over, expected):
-    out = merged(tmp_path, f"services:\n  foo:\n    {attribute}: {base}\n",
-                 f"services:\n  foo:\n    {attribute}: {over}\n")
-    assert out["foo"][attribute] == expected
+    assert overridden(tmp_path, attribute, base, over) == expected
 
 
 def test_depends_on_merges_short_and_long_forms(tmp_path):
