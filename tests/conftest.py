@@ -77,3 +77,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.config.get_terminal_writer().line("processes left behind by the test suite (killed now):\n"
                                                   + "\n".join(lines), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL cluster per test process (each xdist worker its own), started on first use."""
+    from tests.servers import postgres
+
+    with postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """The URL of a new, empty PostgreSQL database, this test's own."""
+    return postgres_server.database()

@@ -123,17 +123,23 @@ async def test_store_commands_read_a_live_store_without_changing_it(make_stack):
 async def test_history_aged_out_of_the_stream_is_rebuilt_from_the_store(make_stack):
     _, sim, agents = predicted(LOGIC_ENV)
     expected_book = book_view(agents["risk"].book)
-    short = LOGIC_ENV | {"TRADEFLOW_STREAM_MAX_AGE": "10", "TRADEFLOW_DUPLICATE_WINDOW": "1"}
-    stack, nc = await make_stack(env=short, per_service={"data": DATA_ENV})
+    stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV})
     await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
     await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
     assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == expected_book
 
+    # only now shorten the stream's window, as `nats stream edit --max-age 1s` would: a window short
+    # from the start loses what a lagging consumer has not yet read (on a loaded machine, it did)
+    jsm = nc.jsm()
+    config = (await jsm.stream_info(PIPELINE_STREAM)).config
+    config.max_age, config.duplicate_window = 1.0, 1.0
+    await jsm.update_stream(config)
+
     async def stream_empty() -> bool:
-        return (await nc.jsm().stream_info(PIPELINE_STREAM)).state.messages == 0
+        return (await jsm.stream_info(PIPELINE_STREAM)).state.messages == 0
 
     await wait_for(stream_empty, timeout=60, what="the stream to age everything out")
-    await stack.restart_service("risk", signal.SIGKILL)
+    await stack.restart_service("risk", signal.SIGKILL)   # which puts the window back as configured
     assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == expected_book, "rebuilt from the store"
 
     store = stack.home / "recorder" / "events.sqlite"

@@ -1,52 +1,42 @@
-"""The event store: every recorded pipeline event, queryable by time, subject, symbol and trace.
-
-`EventStore` is the port; `SqliteEventStore` the embedded adapter: one SQLite file in WAL
-mode, one `events` table, insert-or-ignore by ce-id (re-recording a redelivered message is a
-no-op). Times are integer microseconds since the epoch (UTC), so ordering and ranges are
-exact: `time` is the envelope's time, `event_ts` the body's `ts` (the bar's time). Results
-come in (time column, stream_seq, id) order, fetched page by page.
-
-    TradeflowError
-     ├── StoreError             the store cannot be opened: no such folder, not SQLite, newer schema
-     └── Transient
-          └── StoreUnavailable  a write failed for now (locked, disk full): retry after a pause
-"""
+"""The embedded event store: one SQLite file in WAL mode, one `events` table, insert-or-ignore by
+ce-id. A read-only open never changes the file, so query commands can run beside the recorder."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, TypedDict, Unpack
+from typing import Any, Unpack
 
 import aiosqlite
-import msgspec
 import orjson
 
-from contracts.codec import Incoming
-from contracts.envelope import rfc3339
-from contracts.errors import TradeflowError, Transient
-from contracts.subjects import stage_of
+from replay.store.model import (
+    COLUMNS,
+    Filters,
+    Opening,
+    Order,
+    OrderColumn,
+    StoredEvent,
+    StoreError,
+    StoreStats,
+    StoreUnavailable,
+    Target,
+    TimeColumn,
+    at,
+    check_pattern,
+    export_events,
+    micros,
+)
 
 SCHEMA_VERSION = 1
-TimeColumn = Literal["time", "event_ts"]
-OrderColumn = Literal["time", "event_ts", "stream_seq"]
-Order = Literal["asc", "desc"]
-Target = str | os.PathLike[str] | IO[bytes]
-
-_EXPORT_BATCH = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICRO = timedelta(microseconds=1)
-_COLUMNS = ("id", "type", "subject", "stage", "symbol", "source", "time", "event_ts", "trace_id",
-            "causation_id", "stream_seq", "headers", "body", "recorded_at")
-_SEQ_AT = _COLUMNS.index("stream_seq")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
-_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_SEQ_AT = COLUMNS.index("stream_seq")
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM events"
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
         id TEXT PRIMARY KEY, type TEXT NOT NULL, subject TEXT NOT NULL, stage TEXT NOT NULL,
@@ -63,87 +53,6 @@ _SCHEMA = [
 _DOTS = "(length(subject) - length(replace(subject, '.', '')))"
 
 
-class StoreError(TradeflowError):
-    """Raised when a store cannot be opened: its folder is missing, the file is not one, or its schema is newer."""
-
-
-class StoreUnavailable(Transient):
-    """Raised when a write fails for now (database locked past the busy timeout, disk full)."""
-
-
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One recorded event: its envelope, the subject's stage and symbol, the NATS headers and the exact body."""
-
-    id: str
-    type: str
-    subject: str
-    stage: str
-    symbol: str
-    source: str
-    time: datetime
-    event_ts: datetime
-    trace_id: str
-    causation_id: str | None = None
-    stream_seq: int = 0
-    headers: dict[str, str] = {}
-    body: bytes
-    recorded_at: datetime
-
-    @classmethod
-    def of(cls, incoming: Incoming, *, recorded_at: datetime, body: bytes | None = None,
-           headers: Mapping[str, str] | None = None) -> StoredEvent:
-        """The record of a decoded message, with the body and headers it came as (unless given)."""
-        env, event = incoming.envelope, incoming.event
-        body = incoming.body if body is None else body
-        headers = incoming.headers if headers is None else headers
-        return cls(id=env.id, type=env.type, subject=env.subject, stage=stage_of(env.subject),
-                   symbol=event.symbol, source=env.source, time=env.time, event_ts=event.ts, trace_id=env.trace_id,
-                   causation_id=env.causation_id, stream_seq=env.sequence, headers=dict(headers), body=body,
-                   recorded_at=recorded_at)
-
-
-class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
-    """How many events a store holds, their time span, and how many per stage."""
-
-    count: int
-    first_time: datetime | None
-    last_time: datetime | None
-    first_event_ts: datetime | None
-    last_event_ts: datetime | None
-    stages: dict[str, int]
-
-
-class Filters(TypedDict, total=False):
-    """Which events a query, count or export covers; every filter given must hold."""
-
-    since: datetime | None      # inclusive, on the `by` column
-    until: datetime | None      # exclusive, on the `by` column
-    subjects: Sequence[str]     # NATS patterns (`data_ready.*`, `rejected.>`); any one may match
-    symbol: str | None
-    trace_id: str | None
-    causation_id: str | None
-    by: OrderColumn             # the time column of since/until and of the order (stream_seq: order only)
-    after_seq: int | None       # only events with a higher stream sequence
-    before_seq: int | None      # only events with a lower stream sequence
-
-
-class EventStore(Protocol):
-    """The port the recorder, replay and what-if use; one adapter per storage."""
-
-    async def append(self, events: Sequence[StoredEvent]) -> int: ...
-    def query(self, *, limit: int | None = None, order: Order = "asc",
-              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]: ...
-    async def get(self, event_id: str) -> StoredEvent | None: ...
-    async def trace(self, trace_id: str) -> list[StoredEvent]: ...
-    async def count(self, **filters: Unpack[Filters]) -> int: ...
-    async def last_seq(self) -> int: ...
-    async def stats(self) -> StoreStats: ...
-    async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int: ...
-    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
-                     **filters: Unpack[Filters]) -> int: ...
-    async def close(self) -> None: ...
-
-
 class SqliteEventStore:
     """The embedded store: `async with SqliteEventStore.open(path) as store`, or `store = await ...open(path)`."""
 
@@ -153,13 +62,13 @@ class SqliteEventStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False, must_exist: bool = False,
-             page_size: int = 1000, busy_timeout_ms: int = 5000) -> _Opening:
+             page_size: int = 1000, busy_timeout_ms: int = 5000) -> Opening[SqliteEventStore]:
         """Open the store at `path`, creating it unless `read_only` or `must_exist`; StoreError if it cannot be used.
 
         A read-only open never changes the file (SQLite may add its -wal/-shm side files), so
         query commands can run beside the recorder, or on an archived copy.
         """
-        return _Opening(cls._open(Path(path), read_only, must_exist or read_only, page_size, busy_timeout_ms))
+        return Opening(cls._open(Path(path), read_only, must_exist or read_only, page_size, busy_timeout_ms))
 
     @classmethod
     async def _open(cls, path: Path, read_only: bool, must_exist: bool, page_size: int,
@@ -202,7 +111,7 @@ class SqliteEventStore:
 
     async def _pages(self, column: str, where: list[str], params: list[Any], limit: int | None,
                      order: Order) -> AsyncIterator[StoredEvent]:
-        key_at = _COLUMNS.index(column)
+        key_at = COLUMNS.index(column)
         direction, beyond = ("ASC", ">") if order == "asc" else ("DESC", "<")
         sort = f" ORDER BY {column} {direction}, stream_seq {direction}, id {direction} LIMIT ?"
         key: list[Any] = []
@@ -241,7 +150,7 @@ class SqliteEventStore:
         (n, t0, t1, e0, e1), = await self._fetch(
             "SELECT count(*), min(time), max(time), min(event_ts), max(event_ts) FROM events", [])
         stages = await self._fetch("SELECT stage, count(*) FROM events GROUP BY stage ORDER BY stage", [])
-        t0, t1, e0, e1 = (None if us is None else _at(us) for us in (t0, t1, e0, e1))
+        t0, t1, e0, e1 = (None if us is None else at(us) for us in (t0, t1, e0, e1))
         return StoreStats(count=n, first_time=t0, last_time=t1, first_event_ts=e0, last_event_ts=e1,
                           stages=dict(stages))
 
@@ -249,7 +158,7 @@ class SqliteEventStore:
         """Delete events older than `before` on the `by` column and give the space back; how many went."""
         column = _column(by)
         async with self._lock:
-            deleted = await self._write(f"DELETE FROM events WHERE {column} < ?", [_micros(before)])
+            deleted = await self._write(f"DELETE FROM events WHERE {column} < ?", [micros(before)])
             await self._conn.executescript("PRAGMA incremental_vacuum")  # run to the end, not one page per step
             await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
@@ -282,23 +191,6 @@ class SqliteEventStore:
         return cursor.rowcount
 
 
-class _Opening:
-    """What `SqliteEventStore.open` returns: await it for the store, or enter it to have it closed on exit."""
-
-    def __init__(self, opening: Coroutine[Any, Any, SqliteEventStore]) -> None:
-        self._opening = opening
-
-    def __await__(self) -> Generator[Any, None, SqliteEventStore]:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> SqliteEventStore:
-        self._store = await self._opening
-        return self._store
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._store.close()
-
-
 async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int, read_only: bool) -> None:
     """Set the pragmas and check the file is a store this code can use; create the schema in a new file."""
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -322,26 +214,15 @@ async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int,
     await conn.execute("COMMIT")
 
 
-def _micros(ts: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime, exactly."""
-    if ts.utcoffset() is None:
-        raise ValueError(f"datetime {ts.isoformat()} has no time zone")
-    return (ts - _EPOCH) // _MICRO
-
-
-def _at(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
 def _row(e: StoredEvent) -> tuple[Any, ...]:
-    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, _micros(e.time), _micros(e.event_ts), e.trace_id,
-            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, _micros(e.recorded_at))
+    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, micros(e.time), micros(e.event_ts), e.trace_id,
+            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, micros(e.recorded_at))
 
 
 def _event(r: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=_at(r[6]),
-                       event_ts=_at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
-                       headers=orjson.loads(r[11]), body=r[12], recorded_at=_at(r[13]))
+    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=at(r[6]),
+                       event_ts=at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
+                       headers=orjson.loads(r[11]), body=r[12], recorded_at=at(r[13]))
 
 
 def _column(by: str, *, seq: bool = False) -> str:
@@ -364,7 +245,7 @@ def _where(*, since: datetime | None = None, until: datetime | None = None, subj
         raise ValueError("since/until need a time column: by='time' or by='event_ts'")
     where: list[str] = []
     params: list[Any] = []
-    for sql, value in ((f"{column} >= ?", since and _micros(since)), (f"{column} < ?", until and _micros(until)),
+    for sql, value in ((f"{column} >= ?", since and micros(since)), (f"{column} < ?", until and micros(until)),
                        ("symbol = ?", symbol), ("trace_id = ?", trace_id), ("causation_id = ?", causation_id),
                        ("stream_seq > ?", after_seq), ("stream_seq < ?", before_seq)):
         if value is not None:
@@ -386,14 +267,7 @@ def subject_match(pattern: str) -> tuple[str, list[Any]]:
     parameters, so `_`, `%` and quotes are plain characters, and the match is case-sensitive like
     NATS. Pinning the subject's number of dots to the pattern's makes every `?*` one dot-free token.
     """
-    tokens = pattern.split(".")
-    for i, token in enumerate(tokens):
-        if not token or any(c.isspace() for c in token):
-            raise ValueError(f"bad subject pattern {pattern!r}: empty token or white space")
-        if token == ">" and i < len(tokens) - 1:
-            raise ValueError(f"bad subject pattern {pattern!r}: '>' may only be the last token")
-        if token not in ("*", ">") and ("*" in token or ">" in token):
-            raise ValueError(f"bad subject pattern {pattern!r}: a wildcard must be a whole token, not in {token!r}")
+    tokens = check_pattern(pattern)
     fixed = tokens[:-1] if tokens[-1] == ">" else tokens
     if not fixed:
         return "1", []  # `>` alone: everything
@@ -409,56 +283,3 @@ def subject_match(pattern: str) -> tuple[str, list[Any]]:
     return f"({stage_sql}{sql})", [*stage_params, *params]
 
 
-async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl",
-                        progress: Callable[[int], None] | None = None) -> int:
-    """Write events to a path or binary file as JSON lines or Parquet, a batch at a time off the loop; how many."""
-    write = {"jsonl": _jsonl, "parquet": _parquet}.get(fmt)
-    if write is None:
-        raise ValueError(f"unknown export format {fmt!r}: use 'jsonl' or 'parquet'")
-    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise ModuleNotFoundError("Parquet export needs the 'pyarrow' package, which is not installed", name="pyarrow")
-    owned = isinstance(target, (str, os.PathLike))
-    sink: Any = await asyncio.to_thread(open, target, "wb") if owned else target
-    state, count, batch = None, 0, []
-    try:
-        async for event in events:
-            batch.append(event)
-            if len(batch) == _EXPORT_BATCH:
-                state, count, batch = await asyncio.to_thread(write, sink, batch, state), count + len(batch), []
-                if progress is not None:
-                    progress(count)
-        state, count = await asyncio.to_thread(write, sink, batch, state), count + len(batch)
-        if progress is not None:
-            progress(count)
-    finally:
-        await asyncio.to_thread(write, sink, None, state)  # None: the end, close what the writer opened
-        if owned:
-            await asyncio.to_thread(sink.close)
-    return count
-
-
-def _jsonl(sink: IO[bytes], events: list[StoredEvent] | None, state: None) -> None:
-    """Write a batch as JSON lines: one object per event, times in RFC 3339, the body as JSON (not a string)."""
-    for e in events or ():
-        sink.write(orjson.dumps(
-            {"id": e.id, "type": e.type, "subject": e.subject, "stage": e.stage, "symbol": e.symbol,
-             "source": e.source, "time": rfc3339(e.time), "event_ts": rfc3339(e.event_ts), "trace_id": e.trace_id,
-             "causation_id": e.causation_id, "stream_seq": e.stream_seq, "headers": e.headers,
-             "body": orjson.loads(e.body), "recorded_at": rfc3339(e.recorded_at)}, option=orjson.OPT_APPEND_NEWLINE))
-
-
-def _parquet(sink: IO[bytes], events: list[StoredEvent] | None, writer: Any) -> Any:
-    """Write a batch to Parquet (body as JSON text, headers as a map); the writer, opened on the first batch."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if events is None:
-        return writer and writer.close()
-    text, utc = pa.string(), pa.timestamp("us", tz="UTC")
-    kinds = {"time": utc, "event_ts": utc, "recorded_at": utc, "stream_seq": pa.int64(), "headers": pa.map_(text, text)}
-    schema = pa.schema([(column, kinds.get(column, text)) for column in _COLUMNS])
-    rows = [{c: getattr(e, c) for c in _COLUMNS} | {"headers": list(e.headers.items()), "body": e.body.decode()}
-            for e in events]
-    writer = writer or pq.ParquetWriter(sink, schema)
-    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    return writer
