@@ -5,10 +5,14 @@ Every recorded pipeline event is queryable by time, subject, symbol and trace. T
 integer microseconds since the epoch (UTC) in every adapter, so ordering and ranges are exact:
 `time` is the envelope's time, `event_ts` the body's `ts` (the bar's time). Results come in
 (time column, stream_seq, id) order, fetched page by page. An append is idempotent by event id
-(re-recording a redelivered message is a no-op).
+(re-recording a redelivered message is a no-op). At most one writer holds a store at a time
+(`acquire_writer`): a second one waits, or fails with StoreBusy, and never interleaves its commits
+with the first's, so a reader resuming after a stream sequence never misses a row committed late
+(why, in `replay.store.postgres`).
 
     TradeflowError
      ├── StoreError             the store cannot be opened: no such folder, not a store, newer schema
+     │    └── StoreBusy         another writer holds the store, past the time given to wait for it
      └── Transient
           └── StoreUnavailable  a write failed for now (locked, disk full, connection lost): retry after a pause
 """
@@ -47,8 +51,12 @@ class StoreError(TradeflowError):
     """Raised when a store cannot be opened: its folder is missing, the file is not one, or its schema is newer."""
 
 
+class StoreBusy(StoreError):
+    """Raised when another writer (a recorder) still holds the store after the time given to wait for it."""
+
+
 class StoreUnavailable(Transient):
-    """Raised when a write fails for now (database locked past the busy timeout, disk full)."""
+    """Raised when a write fails for now (database locked past the busy timeout, disk full, connection lost)."""
 
 
 class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +118,7 @@ class Filters(TypedDict, total=False):
 class EventStore(Protocol):
     """The port the recorder, replay and what-if use; one adapter per storage."""
 
+    async def acquire_writer(self, timeout: float | None = None) -> None: ...
     async def append(self, events: Sequence[StoredEvent]) -> int: ...
     def query(self, *, limit: int | None = None, order: Order = "asc",
               **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]: ...

@@ -15,12 +15,13 @@ from typing import Any, Unpack
 import aiosqlite
 import orjson
 
+from replay.store import sql
+from replay.store.fence import lock_file, writer_file
 from replay.store.model import (
     COLUMNS,
     Filters,
     Opening,
     Order,
-    OrderColumn,
     StoredEvent,
     StoreError,
     StoreStats,
@@ -34,7 +35,6 @@ from replay.store.model import (
 )
 
 SCHEMA_VERSION = 1
-_SEQ_AT = COLUMNS.index("stream_seq")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM events"
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _SCHEMA = [
@@ -59,6 +59,7 @@ class SqliteEventStore:
     def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int, read_only: bool = False) -> None:
         self._conn, self.path, self._page, self.read_only = conn, path, page_size, read_only
         self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
+        self._writer: int | None = None  # the descriptor holding the writer fence, once acquired
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False, must_exist: bool = False,
@@ -90,8 +91,21 @@ class SqliteEventStore:
         return cls(conn, path, page_size=page_size, read_only=read_only)
 
     async def close(self) -> None:
-        """Close the connection; the WAL is checkpointed by SQLite."""
-        await self._conn.close()
+        """Close the connection (the WAL is checkpointed by SQLite), and let the next writer in."""
+        try:
+            await self._conn.close()
+        finally:
+            if self._writer is not None:
+                os.close(self._writer)   # releases the lock
+                self._writer = None
+
+    async def acquire_writer(self, timeout: float | None = None) -> None:
+        """Become the store's one writer: wait for the lock on `<db>.writer` (held until close() or the
+        process ends), StoreBusy after `timeout` seconds (None: wait however long it takes)."""
+        if self.read_only:
+            raise StoreError(f"event store {self.path} is open read-only")
+        if self._writer is None:
+            self._writer = await lock_file(writer_file(self.path), timeout=timeout, where=str(self.path))
 
     async def append(self, events: Sequence[StoredEvent]) -> int:
         """Record events in one transaction, ignoring ids already stored; the number that were new."""
@@ -104,28 +118,10 @@ class SqliteEventStore:
     def query(self, *, limit: int | None = None, order: Order = "asc",
               **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]:
         """The matching events in (time column, stream_seq, id) order, fetched a page at a time."""
-        column, where, params = _where(**filters)
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-        return self._pages(column, where, params, limit, order)
-
-    async def _pages(self, column: str, where: list[str], params: list[Any], limit: int | None,
-                     order: Order) -> AsyncIterator[StoredEvent]:
-        key_at = COLUMNS.index(column)
-        direction, beyond = ("ASC", ">") if order == "asc" else ("DESC", "<")
-        sort = f" ORDER BY {column} {direction}, stream_seq {direction}, id {direction} LIMIT ?"
-        key: list[Any] = []
-        left = limit
-        while left is None or left > 0:
-            size = self._page if left is None else min(self._page, left)
-            clauses = [*where, f"({column}, stream_seq, id) {beyond} (?, ?, ?)"] if key else where
-            rows = await self._fetch(_SELECT + _sql_where(clauses) + sort, [*params, *key, size])
-            for row in rows:
-                yield _event(row)
-            if len(rows) < size:
-                return
-            left = None if left is None else left - len(rows)
-            key = [rows[-1][key_at], rows[-1][_SEQ_AT], rows[-1][0]]
+        ordered, clauses, params = sql.where(subject_match, "?", **filters)
+        sql.direction(order)
+        return sql.pages(self._fetch, _SELECT, _event, ordered=ordered, clauses=clauses, params=params,
+                         limit=limit, order=order, page=self._page, mark="?")
 
     async def get(self, event_id: str) -> StoredEvent | None:
         """The event with this id, or None."""
@@ -138,8 +134,8 @@ class SqliteEventStore:
 
     async def count(self, **filters: Unpack[Filters]) -> int:
         """How many events match the filters."""
-        _, where, params = _where(**filters)
-        return (await self._fetch("SELECT count(*) FROM events" + _sql_where(where), params))[0][0]
+        _, clauses, params = sql.where(subject_match, "?", **filters)
+        return (await self._fetch("SELECT count(*) FROM events" + sql.sql_where(clauses), params))[0][0]
 
     async def last_seq(self) -> int:
         """The highest JetStream stream sequence recorded, 0 if none: where the recorder resumes."""
@@ -156,7 +152,7 @@ class SqliteEventStore:
 
     async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int:
         """Delete events older than `before` on the `by` column and give the space back; how many went."""
-        column = _column(by)
+        column = sql.column(by)
         async with self._lock:
             deleted = await self._write(f"DELETE FROM events WHERE {column} < ?", [micros(before)])
             await self._conn.executescript("PRAGMA incremental_vacuum")  # run to the end, not one page per step
@@ -169,18 +165,19 @@ class SqliteEventStore:
         hears how many are written, a batch at a time."""
         return await export_events(self.query(**filters), target, fmt=fmt, progress=progress)
 
-    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    async def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         async with self._lock:
-            return list(await self._conn.execute_fetchall(sql, params))
+            return list(await self._conn.execute_fetchall(statement, params))
 
-    async def _write(self, sql: str, params: Sequence[Any], *, many: bool = False) -> int:
+    async def _write(self, statement: str, params: Sequence[Any], *, many: bool = False) -> int:
         """Run one write statement in its own transaction; the number of rows changed."""
         if self.read_only:
             raise StoreError(f"event store {self.path} is open read-only")
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = await (self._conn.executemany(sql, params) if many else self._conn.execute(sql, params))
+                cursor = await (self._conn.executemany(statement, params) if many
+                                else self._conn.execute(statement, params))
                 await self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -223,41 +220,6 @@ def _event(r: Sequence[Any]) -> StoredEvent:
     return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=at(r[6]),
                        event_ts=at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
                        headers=orjson.loads(r[11]), body=r[12], recorded_at=at(r[13]))
-
-
-def _column(by: str, *, seq: bool = False) -> str:
-    if by not in ("time", "event_ts", *(("stream_seq",) if seq else ())):
-        raise ValueError(f"by must be 'time' or 'event_ts'{' or stream_seq' if seq else ''}, not {by!r}")
-    return by
-
-
-def _sql_where(clauses: Sequence[str]) -> str:
-    return " WHERE " + " AND ".join(clauses) if clauses else ""
-
-
-def _where(*, since: datetime | None = None, until: datetime | None = None, subjects: Sequence[str] = (),
-           symbol: str | None = None, trace_id: str | None = None, causation_id: str | None = None,
-           by: OrderColumn = "time", after_seq: int | None = None,
-           before_seq: int | None = None) -> tuple[str, list[str], list[Any]]:
-    """(order column, SQL conditions, parameters) for a set of filters; values are always parameters."""
-    column = _column(by, seq=True)
-    if column == "stream_seq" and (since or until):
-        raise ValueError("since/until need a time column: by='time' or by='event_ts'")
-    where: list[str] = []
-    params: list[Any] = []
-    for sql, value in ((f"{column} >= ?", since and micros(since)), (f"{column} < ?", until and micros(until)),
-                       ("symbol = ?", symbol), ("trace_id = ?", trace_id), ("causation_id = ?", causation_id),
-                       ("stream_seq > ?", after_seq), ("stream_seq < ?", before_seq)):
-        if value is not None:
-            where.append(sql)
-            params.append(value)
-    if isinstance(subjects, str):
-        subjects = (subjects,)  # one pattern, not its letters
-    if subjects:
-        matches = [subject_match(pattern) for pattern in subjects]
-        where.append("(" + " OR ".join(sql for sql, _ in matches) + ")")
-        params.extend(value for _, values in matches for value in values)
-    return column, where, params
 
 
 def subject_match(pattern: str) -> tuple[str, list[Any]]:
