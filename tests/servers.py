@@ -54,11 +54,19 @@ class PostgresServer:
             os.chown(self.home, entry.pw_uid, entry.pw_gid)
         self._run(pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
                   "-E", "UTF8", "--locale=C")
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server on the cluster made by start() (again, after halt())."""
         options = (f"-c listen_addresses={self.host} -p {self.port} -k {self.home} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
                   "start")
         return self
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its cluster, for resume() (`immediate`: as a crash would)."""
+        self._run(pg_binary("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
 
     @property
     def url(self) -> str:

@@ -17,6 +17,7 @@ from replay.store.model import (
     Opening,
     Order,
     OrderColumn,
+    StoreBusy,
     StoredEvent,
     StoreError,
     StoreStats,
@@ -38,13 +39,14 @@ def open_store(location: str | os.PathLike[str] | Location, *, read_only: bool =
         from replay.store.postgres import PostgresEventStore
 
         assert where.url is not None
-        return PostgresEventStore.open(where.url, read_only=read_only, must_exist=must_exist)  # type: ignore[return-value]
+        return PostgresEventStore.open(where.url, read_only=read_only, must_exist=must_exist,  # type: ignore[return-value]
+                                       setting=setting)
     assert where.path is not None
     return SqliteEventStore.open(where.path, read_only=read_only, must_exist=must_exist)  # type: ignore[return-value]
 
 
 __all__ = [
     "SCHEMA_VERSION", "EventStore", "Filters", "Location", "Opening", "Order", "OrderColumn", "SqliteEventStore",
-    "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn", "check_pattern",
+    "StoreBusy", "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn", "check_pattern",
     "export_events", "open_store", "parse_location", "subject_match",
 ]

@@ -118,6 +118,9 @@ class Filters(TypedDict, total=False):
 class EventStore(Protocol):
     """The port the recorder, replay and what-if use; one adapter per storage."""
 
+    where: str       # the store's path or URL (password hidden), for messages
+    read_only: bool
+
     async def acquire_writer(self, timeout: float | None = None) -> None: ...
     async def append(self, events: Sequence[StoredEvent]) -> int: ...
     def query(self, *, limit: int | None = None, order: Order = "asc",

@@ -34,17 +34,22 @@ def reason(exc: BaseException) -> str:
 
 
 async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max_size: int = 4,
-                    read_only: bool = False, timeout: float = CONNECT_TIMEOUT) -> AsyncConnectionPool:
+                    read_only: bool = False, autocommit: bool = False, check: bool = False,
+                    timeout: float = CONNECT_TIMEOUT) -> AsyncConnectionPool:
     """An open pool on `url` whose first connection has been made; DatabaseError naming `setting` (and
-    `what` it is for) if none can be, within `timeout` seconds."""
+    `what` it is for) if none can be, within `timeout` seconds. `autocommit`: each statement its own
+    transaction unless in `conn.transaction()` (a read is one round trip, no BEGIN or COMMIT around it).
+    `check`: try each connection before lending it (one round trip more), so the connections a database
+    restart broke are replaced unseen, rather than each failing one call."""
     async def configure(conn: psycopg.AsyncConnection) -> None:
         if read_only:
             await conn.execute("SET default_transaction_read_only = on")
             await conn.commit()
 
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
-                               kwargs={"connect_timeout": max(1, int(timeout)), "autocommit": False},
-                               configure=configure, name=what)
+                               kwargs={"connect_timeout": max(1, int(timeout)), "autocommit": autocommit},
+                               configure=configure, name=what,
+                               check=AsyncConnectionPool.check_connection if check else None)
     try:
         await pool.open(wait=True, timeout=timeout)
     except BaseException as exc:

@@ -58,6 +58,7 @@ class SqliteEventStore:
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int, read_only: bool = False) -> None:
         self._conn, self.path, self._page, self.read_only = conn, path, page_size, read_only
+        self.where = str(path)
         self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
         self._writer: int | None = None  # the descriptor holding the writer fence, once acquired
 

@@ -1,23 +1,34 @@
-"""replay.store: the SQLite event store — idempotent appends, exact time windows, NATS subject
-patterns, paging, compaction, export, and clear errors on bad files and bad filters."""
+"""replay.store: one behaviour suite for the event store's port, run against both adapters (SQLite, the
+embedded default; PostgreSQL, the shared one): idempotent appends, exact time windows, NATS subject
+patterns, paging, compaction, export, the writer fence, and clear errors on bad stores and bad filters.
+What only one adapter has (a file's bytes, PRAGMAs, a server restart) is in its own section at the end."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
+import os
+import signal
 import sqlite3
+import sys
 from datetime import datetime, timedelta, timezone
 
 import orjson
+import psycopg
 import pytest
 
 from contracts.codec import decode
 from contracts.envelope import Envelope, headers_for
-from replay.store import SqliteEventStore, StoredEvent, StoreError
+from replay.store import SqliteEventStore, StoreBusy, StoredEvent, StoreError, StoreUnavailable
+from replay.store.pg import DatabaseError
+from replay.store.postgres import TABLE, PostgresEventStore
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 SUBJECTS = ["data_ready.GOOG", "data_ready.A_B", "data_ready.AXB", "data_ready.BRK.B", "signals_ready.GOOG",
             "rejected.risk.GOOG", "rejected.quant.A_B"]
+ADAPTERS = ["sqlite", "postgresql"]
 
 
 def event(n: int, subject: str = "data_ready.GOOG", *, time: datetime | None = None, event_ts: datetime | None = None,
@@ -32,9 +43,38 @@ def event(n: int, subject: str = "data_ready.GOOG", *, time: datetime | None = N
                        headers={"ce-id": f"evt-{n}"}, body=body, recorded_at=T0)
 
 
+@pytest.fixture(scope="module")
+def store_database(postgres_server) -> str:
+    return postgres_server.database()
+
+
 @pytest.fixture
-async def store(tmp_path):
-    async with SqliteEventStore.open(tmp_path / "events.db", page_size=7) as opened:
+def pg_url(store_database) -> str:
+    """This module's database, emptied: as new as conftest's, without CREATE DATABASE's half second a test."""
+    with psycopg.connect(store_database, autocommit=True) as raw:
+        raw.execute("SET lock_timeout = '10s'")   # a session a test left open fails the next loudly
+        raw.execute("DROP SCHEMA public CASCADE")
+        raw.execute("CREATE SCHEMA public")
+    return store_database
+
+
+@pytest.fixture(params=ADAPTERS)
+def where(request, tmp_path) -> str:
+    """This test's store: a file in its folder, or a new PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("pg_url")
+
+
+def opening(where: str, **options):
+    """Open the store at `where` with the adapter its spelling names."""
+    adapter = PostgresEventStore if where.startswith("postgresql://") else SqliteEventStore
+    return adapter.open(where, **options)
+
+
+@pytest.fixture
+async def store(where):
+    async with opening(where, page_size=7) as opened:
         yield opened
 
 
@@ -203,8 +243,17 @@ async def test_compaction_deletes_before_the_cutoff_and_frees_the_space(store):
     assert (await anext(store.query())).id == "evt-150"
     assert await store.compact(T0 + timedelta(seconds=190), by="time") == 40
     assert await store.count() == 10
-    with sqlite3.connect(store.path) as raw:
-        assert raw.execute("PRAGMA freelist_count").fetchone() == (0,)
+    assert await free_space_left(store) == 0
+
+
+async def free_space_left(store) -> int:
+    """SQLite: the free pages left in the file; PostgreSQL: the dead rows in the table, not yet vacuumed."""
+    if isinstance(store, SqliteEventStore):
+        with sqlite3.connect(store.path) as raw:
+            return raw.execute("PRAGMA freelist_count").fetchone()[0]
+    async with await psycopg.AsyncConnection.connect(store._url, autocommit=True) as raw:
+        await raw.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")   # counts them from the table's pages
+        return (await (await raw.execute(f"SELECT dead_tuple_count FROM pgstattuple('{TABLE}')")).fetchone())[0]
 
 
 async def test_export_writes_json_lines_whose_body_is_the_same_json(store, tmp_path):
@@ -241,20 +290,205 @@ async def test_parquet_export_names_pyarrow_when_it_is_missing(store, tmp_path):
     assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["evt-1"]
 
 
-async def test_reopening_keeps_the_events(tmp_path):
-    path = tmp_path / "events.db"
-    async with SqliteEventStore.open(path) as first:
+async def test_reopening_keeps_the_events(where):
+    async with opening(where) as first:
         await first.append([event(1)])
-    second = await SqliteEventStore.open(path)
+    second = await opening(where)
     try:
         assert await second.count() == 1
     finally:
         await second.close()
-    with sqlite3.connect(path) as raw:
+    if where.startswith("postgresql://"):
+        return
+    with sqlite3.connect(where) as raw:   # SQLite: the file is in WAL mode
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-async def test_a_missing_folder_is_a_clear_error(tmp_path):
+async def test_a_newer_schema_version_is_refused(where):
+    async with opening(where):
+        pass
+    await set_schema_version(where, 99)
+    for options in ({}, {"read_only": True}):
+        with pytest.raises((StoreError, DatabaseError), match="version 99, newer") as caught:
+            await opening(where, **options)
+        assert "\n" not in str(caught.value)
+
+
+async def set_schema_version(where: str, version: int) -> None:
+    if not where.startswith("postgresql://"):
+        with sqlite3.connect(where) as raw:
+            raw.execute(f"PRAGMA user_version = {version}")
+        return
+    async with await psycopg.AsyncConnection.connect(where, autocommit=True) as raw:
+        await raw.execute("UPDATE tradeflow_schema SET version = %s WHERE component = 'events'", [version])
+
+
+async def test_read_only_opens_need_a_store_and_never_write_it(where):
+    for options in ({"read_only": True}, {"must_exist": True}):
+        with pytest.raises(StoreError, match="no event store (at|in) .*is the recorder running") as caught:
+            await opening(where, **options)
+        assert "\n" not in str(caught.value)
+    assert not await store_exists(where)
+    async with opening(where) as store:
+        await store.append([event(n) for n in range(5)])
+    async with opening(where, read_only=True) as store:
+        assert store.read_only
+        assert await store.count() == 5 and (await store.stats()).count == 5
+        assert [e.id async for e in store.query()] == [f"evt-{n}" for n in range(5)]
+        with pytest.raises(StoreError, match="read-only"):
+            await store.append([event(9)])
+        with pytest.raises(StoreError, match="read-only"):
+            await store.compact(T0 + timedelta(days=9))
+        with pytest.raises(StoreError, match="read-only"):
+            await store.acquire_writer(timeout=1)
+    async with opening(where, must_exist=True) as store:
+        assert await store.count() == 5
+
+
+async def store_exists(where: str) -> bool:
+    """Whether anything of an event store is at `where`: the file, or any tradeflow table in the database."""
+    if not where.startswith("postgresql://"):
+        return os.path.exists(where)
+    async with await psycopg.AsyncConnection.connect(where) as raw:
+        rows = await (await raw.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'tradeflow%'")).fetchall()
+        return bool(rows)
+
+
+async def test_twenty_thousand_events_in_batches_of_five_hundred(where):
+    subjects = ["data_ready.GOOG", "signals_ready.GOOG", "data_ready.EURUSD"]
+    async with opening(where) as store:
+        for start in range(0, 20_000, 500):
+            batch = [event(n, subjects[n % 3]) for n in range(start, start + 500)]
+            assert await store.append(batch) == 500
+        assert await store.append(batch) == 0
+        assert await store.count() == 20_000
+        assert await store.count(symbol="EURUSD") == 6_666
+        assert await store.count(subjects=["signals_ready.*"]) == 6_667
+        assert len([e async for e in store.query(subjects=["data_ready.>"])]) == 13_333
+        assert await store.last_seq() == 19_999
+
+
+# -- the writer fence: one writer per store ------------------------------------------------------------------
+
+
+async def test_a_second_writer_waits_until_the_first_closes(where):
+    first, second = await opening(where), await opening(where)
+    try:
+        await first.acquire_writer(timeout=5)
+        await first.acquire_writer(timeout=0)   # already the writer: no-op
+        with pytest.raises(StoreBusy, match="another writer.*waited 0.2 s") as caught:
+            await second.acquire_writer(timeout=0.2)
+        assert "\n" not in str(caught.value)
+        waiting = asyncio.create_task(second.acquire_writer())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), 0.3)
+        assert await first.append([event(1)]) == 1
+        await first.close()
+        await asyncio.wait_for(waiting, 10)
+        assert await second.append([event(1), event(2)]) == 1
+        assert await second.count() == 2
+    finally:
+        await first.close() if not first_closed(first) else None
+        await second.close()
+
+
+def first_closed(store) -> bool:
+    return store._conn._connection is None if isinstance(store, SqliteEventStore) else store._pool.closed
+
+
+_HOLDER = """
+import asyncio, sys
+from replay.store.postgres import PostgresEventStore
+from replay.store.sqlite import SqliteEventStore
+
+async def main(where):
+    adapter = PostgresEventStore if where.startswith("postgresql://") else SqliteEventStore
+    store = await adapter.open(where)
+    await store.acquire_writer(timeout=10)
+    print("writer", flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_the_writer_fence_goes_with_a_killed_process(where):
+    async with opening(where):
+        pass   # the store exists before the holder opens it
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", _HOLDER, where,
+                                                  stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"writer\n"
+        async with opening(where) as store:
+            with pytest.raises(StoreBusy, match="another writer") as caught:
+                await store.acquire_writer(timeout=0.3)
+            if isinstance(store, SqliteEventStore):
+                assert f"pid {holder.pid}" in str(caught.value)
+            holder.send_signal(signal.SIGKILL)
+            assert await asyncio.wait_for(holder.wait(), 10) == -signal.SIGKILL
+            await store.acquire_writer(timeout=10)
+            assert await store.append([event(1)]) == 1
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(where: str):
+    """Block every write to the store at `where` for the length of the block (reads go on)."""
+    if not where.startswith("postgresql://"):
+        raw = sqlite3.connect(where, isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            raw.execute("COMMIT")
+            raw.close()
+        return
+    async with await psycopg.AsyncConnection.connect(where) as raw, raw.transaction():
+        await raw.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+        yield
+
+
+async def test_a_reader_resuming_after_a_sequence_sees_a_batch_committed_late(where):
+    # the reader keeps a resume point (as the recorder's last_seq or replay's after_seq do) and pages on
+    # from it: a batch whose commit is held up must still reach it, and no later batch may land first
+    first, second = await opening(where), await opening(where)
+    reader = await opening(where, read_only=True)
+    seen: list[int] = []
+
+    async def read_on() -> None:
+        seen.extend([e.stream_seq async for e in reader.query(by="stream_seq", after_seq=seen[-1] if seen else 0)])
+
+    try:
+        await first.acquire_writer(timeout=5)
+        await first.append([event(n) for n in (1, 2, 3)])
+        await read_on()
+        async with writes_held(where):
+            late = asyncio.create_task(first.append([event(n) for n in (4, 5, 6)]))
+            with pytest.raises(StoreBusy):   # the next writer cannot commit 7-9 ahead of 4-6
+                await second.acquire_writer(timeout=0.3)
+            assert not late.done()
+            await read_on()
+            assert seen == [1, 2, 3] and await reader.last_seq() == 3
+        assert await asyncio.wait_for(late, 10) == 3
+        await read_on()
+        await first.close()
+        await second.acquire_writer(timeout=10)
+        await second.append([event(n) for n in (7, 8, 9)])
+        await read_on()
+        assert seen == list(range(1, 10))
+    finally:
+        for store in (first, second, reader):
+            if not first_closed(store):
+                await store.close()
+
+
+# -- SQLite only: the file ------------------------------------------------------------------------------------
+
+
+async def test_sqlite_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         await SqliteEventStore.open(tmp_path / "no" / "such" / "events.db")
     (tmp_path / "a-folder").mkdir()
@@ -262,24 +496,14 @@ async def test_a_missing_folder_is_a_clear_error(tmp_path):
         await SqliteEventStore.open(tmp_path / "a-folder")
 
 
-async def test_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):
+async def test_sqlite_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):
     path = tmp_path / "garbage.db"
     path.write_bytes(bytes(range(256)) * 64)
     with pytest.raises(StoreError, match="garbage.db"):
         await SqliteEventStore.open(path)
 
 
-async def test_a_newer_schema_version_is_refused(tmp_path):
-    path = tmp_path / "events.db"
-    async with SqliteEventStore.open(path):
-        pass
-    with sqlite3.connect(path) as raw:
-        raw.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="schema version 99, newer"):
-        await SqliteEventStore.open(path)
-
-
-async def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
+async def test_sqlite_a_foreign_file_is_refused_and_left_as_it_was(tmp_path):
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as raw:
         raw.execute("CREATE TABLE users (name TEXT)")
@@ -290,21 +514,15 @@ async def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path):
     assert path.read_bytes() == before
 
 
-async def test_read_only_opens_need_a_store_and_never_write_it(tmp_path):
+async def test_sqlite_read_only_opens_leave_the_file_as_it_was(tmp_path):
     path = tmp_path / "events.db"
-    with pytest.raises(StoreError, match="no event store at"):
-        await SqliteEventStore.open(path, read_only=True)
-    assert not path.exists()
     async with SqliteEventStore.open(path) as store:
         await store.append([event(n) for n in range(5)])
     before = path.read_bytes()
     async with SqliteEventStore.open(path, read_only=True) as store:
-        assert await store.count() == 5 and (await store.stats()).count == 5
-        assert [e.id async for e in store.query()] == [f"evt-{n}" for n in range(5)]
+        assert await store.count() == 5
         with pytest.raises(StoreError, match="read-only"):
             await store.append([event(9)])
-        with pytest.raises(StoreError, match="read-only"):
-            await store.compact(T0 + timedelta(days=9))
     assert path.read_bytes() == before
     empty = tmp_path / "empty.db"
     empty.touch()
@@ -312,15 +530,60 @@ async def test_read_only_opens_need_a_store_and_never_write_it(tmp_path):
         await SqliteEventStore.open(empty, read_only=True)
 
 
-async def test_twenty_thousand_events_in_batches_of_five_hundred(tmp_path):
-    subjects = ["data_ready.GOOG", "signals_ready.GOOG", "data_ready.EURUSD"]
-    async with SqliteEventStore.open(tmp_path / "events.db") as store:
-        for start in range(0, 20_000, 500):
-            batch = [event(n, subjects[n % 3]) for n in range(start, start + 500)]
-            assert await store.append(batch) == 500
-        assert await store.append(batch) == 0
-        assert await store.count() == 20_000
-        assert await store.count(symbol="EURUSD") == 6_666
-        assert await store.count(subjects=["signals_ready.*"]) == 6_667
-        assert len([e async for e in store.query(subjects=["data_ready.>"])]) == 13_333
-        assert await store.last_seq() == 19_999
+# -- PostgreSQL only: a shared database, a server that restarts -------------------------------------------
+
+
+async def test_postgres_shares_a_database_with_other_tables_and_hides_the_password(pg_url):
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as raw:
+        await raw.execute("CREATE TABLE events (name TEXT)")   # another application's, of the same name
+        await raw.execute("INSERT INTO events VALUES ('theirs')")
+    secret = pg_url.replace("postgres@", "postgres:s3cret@")
+    with pytest.raises(StoreError, match=r"no event store in postgresql://postgres:\*\*\*@") as caught:
+        await PostgresEventStore.open(secret, read_only=True)
+    assert "s3cret" not in str(caught.value)
+    async with PostgresEventStore.open(secret) as store:
+        assert "s3cret" not in store.where
+        assert await store.append([event(1)]) == 1
+    async with await psycopg.AsyncConnection.connect(pg_url) as raw:
+        assert await (await raw.execute("SELECT name FROM events")).fetchall() == [("theirs",)]
+
+
+async def test_postgres_the_store_recovers_after_the_server_restarts(postgres_server, pg_url):
+    async with PostgresEventStore.open(pg_url) as writer, PostgresEventStore.open(pg_url) as reader:
+        await writer.acquire_writer(timeout=5)
+        await writer.append([event(n) for n in range(10)])
+        assert await reader.count() == 10
+        await asyncio.to_thread(postgres_server.halt)   # fast: every session ended, as in a restart
+        try:
+            with pytest.raises(StoreUnavailable, match="event store postgresql://") as caught:
+                await writer.append([event(10)])   # the writer's session is gone with the server
+            assert "\n" not in str(caught.value)
+        finally:
+            await asyncio.to_thread(postgres_server.resume)
+        # the writer takes its lock back on a new session; the reader's pool replaces what broke unseen
+        assert await writer.append([event(n) for n in range(10, 20)]) == 10
+        assert await reader.count() == 20
+        assert await reader.last_seq() == 19
+        async with PostgresEventStore.open(pg_url) as other:
+            with pytest.raises(StoreBusy):
+                await other.acquire_writer(timeout=0.3)
+
+
+async def test_postgres_a_lost_writer_whose_lock_was_taken_stops(pg_url):
+    writer = await PostgresEventStore.open(pg_url)
+    other = await PostgresEventStore.open(pg_url)
+    try:
+        await writer.acquire_writer(timeout=5)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = 'tradeflow event store writer'")
+        await other.acquire_writer(timeout=5)   # the lost session's lock is free: another writer takes it
+        with pytest.raises(StoreUnavailable):
+            await writer.append([event(1)])
+        with pytest.raises(StoreBusy, match="another writer holds the store now"):
+            await writer.append([event(1)])
+        assert await other.append([event(2)]) == 1
+        assert await other.count() == 1
+    finally:
+        await writer.close()
+        await other.close()
