@@ -172,6 +172,19 @@ async def test_hostile_filter_values_are_just_data(store, hostile):
     assert await store.count() == 3
 
 
+REGEX_SYMBOLS = ["A+B", "A$", "(A)", "A|B", "A{2}", "[A]", "^A", "A\\B", "A?", "A-B", "A#B", "A<B"]
+
+
+async def test_regex_and_glob_characters_in_a_subject_are_plain(store):
+    # each would match one of the decoys (or nothing) if it were read as a regular expression or a glob
+    decoys = ["AB", "AAB", "A", "AA", "B", "AAA", "A\\\\B", "a$"]
+    await store.append([event(n, f"data_ready.{symbol}") for n, symbol in enumerate(REGEX_SYMBOLS + decoys)])
+    for symbol in REGEX_SYMBOLS:
+        for pattern in (f"*.{symbol}", f"data_ready.{symbol}", f"data_ready.{symbol}.>"):
+            found = [e.subject async for e in store.query(subjects=[pattern])]
+            assert found == ([] if pattern.endswith(">") else [f"data_ready.{symbol}"]), pattern
+
+
 async def test_symbol_trace_and_causation_filters(store):
     await store.append([
         event(1, "data_ready.GOOG", trace="t1"),
