@@ -27,8 +27,8 @@ CONNECT_TIMEOUT = 10
 # each end notices a silent other within idle + interval * count seconds: the server then drops the lock,
 # and the writer's next write fails (StoreUnavailable) rather than hang
 _SERVER_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "4"}
-_CLIENT = {"application_name": "tradeflow event store writer", "connect_timeout": CONNECT_TIMEOUT,
-           "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
+_CLIENT: dict[str, Any] = {"application_name": "tradeflow event store writer", "connect_timeout": CONNECT_TIMEOUT,
+                           "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
 
 
 def writer_file(path: Path) -> Path:

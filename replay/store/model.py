@@ -38,7 +38,15 @@ TimeColumn = Literal["time", "event_ts"]
 OrderColumn = Literal["time", "event_ts", "stream_seq"]
 Order = Literal["asc", "desc"]
 Target = str | os.PathLike[str] | IO[bytes]
-S = TypeVar("S")
+
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Closable)
+Writer = Callable[[IO[bytes], "list[StoredEvent] | None", Any], Any]
 
 COLUMNS = ("id", "type", "subject", "stage", "symbol", "source", "time", "event_ts", "trace_id",
            "causation_id", "stream_seq", "headers", "body", "recorded_at")
@@ -183,14 +191,16 @@ def check_pattern(pattern: str) -> list[str]:
 async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, fmt: str = "jsonl",
                         progress: Callable[[int], None] | None = None) -> int:
     """Write events to a path or binary file as JSON lines or Parquet, a batch at a time off the loop; how many."""
-    write = {"jsonl": _jsonl, "parquet": _parquet}.get(fmt)
+    writers: dict[str, Writer] = {"jsonl": _jsonl, "parquet": _parquet}
+    write = writers.get(fmt)
     if write is None:
         raise ValueError(f"unknown export format {fmt!r}: use 'jsonl' or 'parquet'")
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
         raise ModuleNotFoundError("Parquet export needs the 'pyarrow' package, which is not installed", name="pyarrow")
     owned = isinstance(target, (str, os.PathLike))
-    sink: Any = await asyncio.to_thread(open, target, "wb") if owned else target
-    state, count, batch = None, 0, []
+    sink: IO[bytes] = await asyncio.to_thread(_create, target) if isinstance(target, (str, os.PathLike)) else target
+    state: Any = None
+    count, batch = 0, []
     try:
         async for event in events:
             batch.append(event)
@@ -206,6 +216,10 @@ async def export_events(events: AsyncIterator[StoredEvent], target: Target, *, f
         if owned:
             await asyncio.to_thread(sink.close)
     return count
+
+
+def _create(path: str | os.PathLike[str]) -> IO[bytes]:
+    return open(path, "wb")
 
 
 def _jsonl(sink: IO[bytes], events: list[StoredEvent] | None, state: None) -> None:
