@@ -21,7 +21,7 @@ import pytest
 
 from contracts.codec import decode
 from contracts.envelope import Envelope, headers_for
-from replay.store import SqliteEventStore, StoreBusy, StoredEvent, StoreError, StoreUnavailable
+from replay.store import SqliteEventStore, StoreBusy, StoredEvent, StoreError, StoreUnavailable, open_store
 from replay.store.pg import DatabaseError
 from replay.store.postgres import TABLE, PostgresEventStore
 
@@ -401,12 +401,36 @@ async def test_a_second_writer_waits_until_the_first_closes(where):
         assert await second.append([event(1), event(2)]) == 1
         assert await second.count() == 2
     finally:
-        await first.close() if not first_closed(first) else None
-        await second.close()
+        for store in (first, second):
+            await store.close()   # a second close is a no-op
 
 
-def first_closed(store) -> bool:
-    return store._conn._connection is None if isinstance(store, SqliteEventStore) else store._pool.closed
+async def test_a_cancelled_wait_for_the_fence_leaves_nothing_behind(where):
+    first, second, third = await opening(where), await opening(where), await opening(where)
+    try:
+        await first.acquire_writer(timeout=5)
+        waiting = asyncio.create_task(second.acquire_writer())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), 0.3)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await first.close()
+        await third.acquire_writer(timeout=5)   # the cancelled wait did not take the lock when it came free
+        assert await third.append([event(1)]) == 1
+    finally:
+        for store in (first, second, third):
+            await store.close()   # a second close is a no-op
+
+
+async def test_open_store_picks_the_adapter_by_the_location_spelling(where):
+    with pytest.raises(StoreError, match="no event store"):
+        await open_store(where, read_only=True)
+    async with open_store(where) as store:
+        assert isinstance(store, PostgresEventStore if where.startswith("postgresql://") else SqliteEventStore)
+        assert await store.append([event(1)]) == 1
+    async with open_store(where, read_only=True) as store:
+        assert store.read_only and await store.count() == 1
 
 
 _HOLDER = """
@@ -494,8 +518,7 @@ async def test_a_reader_resuming_after_a_sequence_sees_a_batch_committed_late(wh
         assert seen == list(range(1, 10))
     finally:
         for store in (first, second, reader):
-            if not first_closed(store):
-                await store.close()
+            await store.close()   # a second close is a no-op
 
 
 # -- SQLite only: the file ------------------------------------------------------------------------------------
