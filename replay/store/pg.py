@@ -74,10 +74,10 @@ async def check_schema(conn: psycopg.AsyncConnection[Any], *, component: str, ve
                        create: bool) -> bool:
     """Whether `component`'s schema is at `version` in this database (False: none yet). Records `version`
     when `create` and there is none; DatabaseError if the database's is newer than the code's."""
-    if create:
+    if not await _has_table(conn):   # only then: a role that may not create tables can use an existing one
+        if not create:
+            return False
         await conn.execute(_SCHEMA_TABLE)
-    elif not await _has_table(conn):
-        return False
     row = await (await conn.execute("SELECT version FROM tradeflow_schema WHERE component = %s",
                                     [component])).fetchone()
     if row is None:

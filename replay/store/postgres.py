@@ -52,7 +52,7 @@ from replay.store.model import (
     export_events,
     micros,
 )
-from replay.store.pg import check_schema, open_pool, reason
+from replay.store.pg import DatabaseError, check_schema, open_pool, reason
 
 SCHEMA_VERSION = 1
 COMPONENT = "events"
@@ -119,11 +119,12 @@ class PostgresEventStore:
                 if not found and must_exist:
                     raise StoreError(f"no event store in {redact(url)} (is the recorder running? give --store "
                                      f"or {setting})")
-                if not must_exist:
-                    for statement in _SCHEMA:
-                        await conn.execute(statement)
-        except BaseException:
+                for statement in () if found else _SCHEMA:
+                    await conn.execute(statement)
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, psycopg.Error):   # no right to create the tables, ...
+                raise DatabaseError(f"{setting}: cannot use {redact(url)} as the event store: {reason(exc)}") from None
             raise
         return cls(pool, url, page_size=page_size, read_only=read_only)
 

@@ -584,6 +584,26 @@ async def test_postgres_shares_a_database_with_other_tables_and_hides_the_passwo
         assert await (await raw.execute("SELECT name FROM events")).fetchall() == [("theirs",)]
 
 
+async def test_postgres_a_role_that_may_only_read_and_write_rows(pg_url):
+    role = f"recorder_{os.urandom(4).hex()}"
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC")
+    url = pg_url.replace("postgres@", f"{role}@")
+    with pytest.raises(DatabaseError, match=r"^TRADEFLOW_STORE: cannot use .* as the event store: permission denied"):
+        await PostgresEventStore.open(url)
+    assert not await store_exists(pg_url)
+    async with PostgresEventStore.open(pg_url):   # an administrator creates it
+        pass
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+        await admin.execute(f"GRANT SELECT, INSERT, DELETE ON {TABLE} TO {role}")
+        await admin.execute(f"GRANT SELECT ON tradeflow_schema TO {role}")
+    async with PostgresEventStore.open(url) as store:
+        await store.acquire_writer(timeout=5)
+        assert await store.append([event(1)]) == 1 and await store.count() == 1
+
+
 async def test_postgres_the_store_recovers_after_the_server_restarts(postgres_server, pg_url):
     async with PostgresEventStore.open(pg_url) as writer, PostgresEventStore.open(pg_url) as reader:
         await writer.acquire_writer(timeout=5)
