@@ -1,7 +1,8 @@
 """replay.store: one behaviour suite for the event store's port, run against both adapters (SQLite, the
 embedded default; PostgreSQL, the shared one): idempotent appends, exact time windows, NATS subject
 patterns, paging, compaction, export, the writer fence, and clear errors on bad stores and bad filters.
-What only one adapter has (a file's bytes, PRAGMAs, a server restart) is in its own section at the end."""
+What only one adapter has (a file's bytes, a server restart, a database role) is in its own section at the
+end; where a shared test looks inside the storage (free space, WAL mode), it does so per adapter."""
 
 from __future__ import annotations
 
