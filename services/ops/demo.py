@@ -34,7 +34,7 @@ async def wait_published(stack: Stack, timeout: float, progress: Progress | None
     """Wait until the data service has published every bar; its progress."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, published = await http_json(stack.http_port("data"), "/v1/progress")
+        _, published = await stack.get("data", "/v1/progress")
         if progress is not None:
             progress("publishing", published.get("published", 0), published.get("bars", 0))
         if published.get("done"):

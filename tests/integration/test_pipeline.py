@@ -51,7 +51,7 @@ async def assert_matches_prediction(stack, nc, sim) -> None:
     await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=120)
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
-    _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
+    _, portfolio = await stack.get("audit", "/v1/portfolio")
     assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
     fills = [decode(m.subject, m.data, m.headers).event
              for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
