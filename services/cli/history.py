@@ -239,19 +239,21 @@ def journey(events: list[StoredEvent], audited: Sequence[dict] = ()) -> list[Ste
     return steps
 
 
-def audit_lines(path: Path, trace_id: str) -> list[dict]:
-    """The audit log's fill lines of one trace; none if there is no log or it cannot be read."""
+async def audit_lines(location: str, trace_id: str) -> list[dict]:
+    """The audit trail's fill lines of one trace; none if there is no trail or it cannot be read."""
     try:
-        return [line for line in trail.read(path) if line.get("type") == "fill" and line.get("trace_id") == trace_id]
-    except (OSError, ValueError):
+        lines = await trail.read(location)
+    except (TradeflowError, OSError, ValueError):   # no trail (yet), not one, unreachable
         return []
+    return [line for line in lines if line.get("type") == "fill" and line.get("trace_id") == trace_id]
 
 
 @click.command("trace")
 @click.argument("event_or_trace_id")
 @store_option
-@click.option("--audit-log", type=click.Path(dir_okay=False), envvar="TRADEFLOW_AUDIT_LOG",
-              help="The audit log, for the last step (default: audit/audit.jsonl beside the store's folder).")
+@click.option("--audit-log", envvar="TRADEFLOW_AUDIT_LOG",
+              help="The audit trail, for the last step: a path, sqlite:///path or postgresql://… "
+                   "(default: audit/audit.jsonl beside the store's folder).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per step.")
 def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_json: bool) -> None:
     """Follow one bar's journey from data to audit, stage by stage, with the time spent at each.
@@ -266,8 +268,8 @@ def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_jso
             event = await store.get(key)
             trace_id = event.trace_id if event else key
             events_of_trace = await store.trace(trace_id)
-            log = Path(audit_log) if audit_log else Path(store_path).resolve().parent.parent / "audit" / "audit.jsonl"
-            audited = await asyncio.to_thread(audit_lines, log, trace_id) if events_of_trace else []
+            log = audit_log or str(Path(store_path).resolve().parent.parent / "audit" / trail.DEFAULT_FILE)
+            audited = await audit_lines(log, trace_id) if events_of_trace else []
             steps = journey(events_of_trace, audited)
             if not steps:
                 raise TradeflowError(f"no event or trace {_shown(key)!r} in the event store {store.path}")

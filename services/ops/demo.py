@@ -84,8 +84,8 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         with contextlib.suppress(asyncio.CancelledError):
             codes = await asyncio.shield(stack.stop())
     events = sum(v for k, v in summary.items() if isinstance(v, int) and k != "dead_letters")
-    audit_log = stack.home / "audit" / "audit.jsonl"
-    logged = Counter(line["type"] for line in await asyncio.to_thread(trail.read, audit_log))
+    audit_log = audit_trail_location(stack)
+    logged = Counter(line["type"] for line in await trail.read(audit_log))
     store_path = stack.home / "recorder" / STORE_FILE
     async with SqliteEventStore.open(store_path, read_only=True) as store:
         recorded = await store.count()
@@ -98,7 +98,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "home": str(stack.home),
         "nats_store": str(stack.home / "nats"),
         "logs": str(stack.logs),
-        "audit_log": str(audit_log),
+        "audit_log": trail.shown(audit_log),
         "audit_log_lines": dict(logged),
         "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
         "event_store": str(store_path),
@@ -106,6 +106,12 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "exit_codes": codes,
     })
     return summary
+
+
+def audit_trail_location(stack: Stack) -> str:
+    """Where the stack's audit service kept its trail: its TRADEFLOW_AUDIT_LOG, else the default file."""
+    given = stack.supervisor.procs["audit"].env.get(trail.SETTING)
+    return given or str(stack.home / "audit" / trail.DEFAULT_FILE)
 
 
 def render(s: dict) -> str:
