@@ -11,6 +11,7 @@ database restart needs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -45,6 +46,9 @@ async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                kwargs={"connect_timeout": max(1, int(timeout)), "autocommit": False},
                                configure=configure, name=what)
+    quiet = logging.getLogger("psycopg.pool")   # its retries' warnings would precede our one line
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         await pool.open(wait=True, timeout=timeout)
     except BaseException as exc:
@@ -53,6 +57,8 @@ async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max
             why = await _why(url, exc)
             raise DatabaseError(f"{setting}: cannot connect to {redact(url)} ({what}): {why}") from None
         raise
+    finally:
+        quiet.setLevel(level)
     return pool
 
 
@@ -69,7 +75,8 @@ async def check_schema(conn: psycopg.AsyncConnection[Any], *, component: str, ve
                        create: bool) -> bool:
     """Whether `component`'s schema is at `version` in this database (False: none yet). Records `version`
     when `create` and there is none; DatabaseError if the database's is newer than the code's."""
-    if create:
+    if create:   # two components starting at once on a new database would race on the create: one at a time
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tradeflow_schema'))")
         await conn.execute(_SCHEMA_TABLE)
     elif not await _has_table(conn):
         return False
