@@ -45,8 +45,9 @@ class PostgresServer:
         self._admin_url = f"postgresql://postgres@{host}:{self.port}/postgres"
 
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.prefix, *args], user=self._user, check=check, timeout=timeout,
-                              capture_output=True, text=True)
+        as_user = ["runuser", "-u", self._user, "--"] if self._user else []   # after the prefix, which needs root
+        return subprocess.run([*self.prefix, *as_user, *args], check=check, timeout=timeout, capture_output=True,
+                              text=True)
 
     def start(self) -> PostgresServer:
         if self._user:
