@@ -18,17 +18,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from services.ops.postgres_local import pg_binary
 from services.ops.supervisor import free_port
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-
-
-def pg_binary(name: str) -> str:
-    """`initdb`, `pg_ctl`, ... from PATH, else from Debian's newest /usr/lib/postgresql/N/bin."""
-    found = shutil.which(name) or next((str(d / name) for d in PG_BIN_DIRS if (d / name).exists()), None)
-    if found is None:
-        raise RuntimeError(f"{name} not found: apt-get install postgresql (scripts/bootstrap does)")
-    return found
+__all__ = ["PostgresServer", "pg_binary", "postgres"]
 
 
 class PostgresServer:

@@ -160,6 +160,8 @@ class Proc:
     stopping: bool = False
     http_port: int | None = None
     http_host: str = "127.0.0.1"
+    user: str | None = None                          # run as this user (PostgreSQL refuses to run as root)
+    stop_signal: int = signal.SIGTERM                # what asks it to stop (Compose's `stop_signal`)
     watcher: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -171,7 +173,7 @@ class Proc:
         self.started_at = time.monotonic()
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, user=self.user,
                 start_new_session=True, preexec_fn=on_parent_death(signal.SIGTERM))   # dies with its supervisor
 
 
@@ -215,9 +217,11 @@ class Supervisor:
                 return
             await proc.spawn()
 
-    async def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
-        """Signal one process and wait for it (SIGKILL after the grace period); its exit code."""
+    async def stop(self, name: str, sig: int | None = None, timeout: float | None = None) -> int | None:
+        """Signal one process (by default with its stop signal) and wait for it (SIGKILL after the grace
+        period); its exit code."""
         proc = self.procs[name]
+        sig = proc.stop_signal if sig is None else sig
         proc.stopping = True
         if proc.process is None or proc.process.returncode is not None:
             return proc.process.returncode if proc.process else None
@@ -245,8 +249,9 @@ class Supervisor:
             return True
         return False
 
-    async def restart(self, name: str, sig: int = signal.SIGTERM) -> int | None:
-        """Stop one process with `sig` and start it again; the exit code it stopped with."""
+    async def restart(self, name: str, sig: int | None = None) -> int | None:
+        """Stop one process with `sig` (by default its stop signal) and start it again; the exit code it
+        stopped with."""
         code = await self.stop(name, sig)
         await self.start(self.procs[name])
         return code
