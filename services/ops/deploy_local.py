@@ -237,6 +237,7 @@ class LocalDeployment:
                     *([] if "--port" in rest else ["--port", str(self.ports[name, port])])]
             environ = os.environ | env
         elif kind == "postgres":
+            pg.ImageSettings.of(env, name)   # its errors now, not once the servers are up
             rest = args[1:] if args and args[0] == "postgres" else args
             argv = pg.server_argv(self.pgdata(name), self.ports[name, self._container_ports(name, svc)[0]], rest)
             environ = os.environ | env

@@ -43,8 +43,8 @@ async def run_and_check(tmp_path: Path, files: list[Path], profiles: tuple[str, 
     assert [n for n in deployment.services if n.startswith("strategy")] == strategies
     env = {k: v for k, v in deployment.services["audit"]["environment"].items() if k.startswith("TRADEFLOW_")}
     expected = run_backtest(("GOOG",), env)   # what the compose file's settings give in one process
-    await deployment.start()
     try:
+        await deployment.start()
         data = deployment.http_ports["data"]
 
         async def published() -> bool:
