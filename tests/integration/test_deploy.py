@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import nats
@@ -19,6 +20,8 @@ import yaml
 from psycopg import sql
 
 from contracts.errors import ConfigError
+from replay.store.location import parse_location
+from services import registry
 from services.offline.backtest import run_backtest
 from replay.store.pg import check_schema
 from services.ops.compose import interpolate
@@ -27,7 +30,9 @@ from services.ops.compose import read
 from services.ops.deploy_local import LocalDeployment
 from services.ops.observe import wait_drained
 from services.ops.supervisor import http_json
+from services.runtime.agent import Agent
 from services.runtime.connect import nats_options
+from services.runtime.permissions import REDIS_USERS, USERS, redis_acl
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -317,10 +322,8 @@ def test_the_kubernetes_manifests_are_valid():
     run = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", *map(str, manifests)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    import yaml
-
     docs = [d for m in manifests for d in yaml.safe_load_all(m.read_text()) if d]
-    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
     assert set(deployments) >= {"data", "strategy", "quant", "risk", "execution", "audit", "recorder", "dashboard"}
     for name, d in deployments.items():
         [container] = d["spec"]["template"]["spec"]["containers"]
@@ -328,9 +331,101 @@ def test_the_kubernetes_manifests_are_valid():
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert any(e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]), name
-    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    secret = named(docs, "Secret", "tradeflow-credentials")
     for name, d in deployments.items():   # each service reads its own URLs, which the Secret holds
         refs = {e["valueFrom"]["secretKeyRef"]["key"] for c in d["spec"]["template"]["spec"]["containers"]
                 for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
         assert refs <= set(secret["stringData"]), (name, refs - set(secret["stringData"]))
         assert {f"{name}-nats-url", f"{name}-redis-url"} <= refs and all(r.startswith(f"{name}-") for r in refs), refs
+
+
+K8S = ROOT / "deploy" / "k8s"
+STORES = ("TRADEFLOW_STORE", "TRADEFLOW_EXECUTION_LEDGER", "TRADEFLOW_AUDIT_LOG")
+
+
+def k8s_docs(*paths: Path) -> list[dict]:
+    return [d for path in paths or sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def single_instance() -> set[str]:
+    """The services of which one process at most may be alive (per durable): every agent whose state is
+    rebuilt at start-up, and the recorder, the event store's one writer."""
+    return {n for n in registry.SERVICES
+            if isinstance(agent := registry.build(n, {}), Agent) and agent.options.stateful} | {"recorder"}
+
+
+def test_kubernetes_shares_no_file_and_runs_one_pod_of_each_single_instance_service():
+    docs = k8s_docs()
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    secret = named(docs, "Secret", "tradeflow-credentials")["stringData"]
+    settings = named(docs, "ConfigMap", "tradeflow-settings")["data"]
+    assert not [d for d in docs if d["kind"] in ("PersistentVolumeClaim", "PersistentVolume")]
+    assert not set(STORES) & set(settings) and not any(".sqlite" in v or ".jsonl" in v for v in settings.values())
+    headless = {d["metadata"]["name"] for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
+    redis = yaml.safe_load((K8S / "charts" / "redis.yaml").read_text())
+    sentinels = [f"redis-node-{i}.redis-headless.tradeflow.svc:26379" for i in range(redis["replica"]["replicaCount"])]
+    roles = {}
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        assert "volumeClaimTemplates" not in workload["spec"], name
+        assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "secret"} for v in pod["volumes"]), name
+        [container] = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert not any(".sqlite" in e.get("value", "") or ".jsonl" in e.get("value", "") for e in env.values())
+        for key in set(STORES) & set(env):   # from the Secret (a KeyError if a literal), a postgresql:// URL
+            location = parse_location(secret[env[key]["valueFrom"]["secretKeyRef"]["key"]], key)
+            assert location.kind == "postgresql", (name, key)
+            roles[name, key] = urlsplit(location.url or "").username
+        url = urlsplit(secret[env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"]])
+        assert url.scheme == "redis+sentinel" and url.netloc.rpartition("@")[2].split(",") == sentinels, name
+        assert url.path == f"/{redis['sentinel']['masterSet']}/0", name
+    for name in single_instance():
+        spec = workloads[name]["spec"]
+        assert workloads[name]["kind"] == "StatefulSet" and spec["replicas"] == 1, name
+        assert spec["podManagementPolicy"] == "OrderedReady" and spec["serviceName"] in headless, name
+    readers = single_instance() - {"recorder"}
+    assert roles == {("recorder", "TRADEFLOW_STORE"): "tradeflow_recorder",
+                     ("execution", "TRADEFLOW_EXECUTION_LEDGER"): "tradeflow_execution",
+                     ("audit", "TRADEFLOW_AUDIT_LOG"): "tradeflow_audit",
+                     **{(n, "TRADEFLOW_STORE"): "tradeflow_reader" for n in readers}}
+
+
+def test_the_servers_charts_hold_the_compose_deployments_roles_users_and_replicas():
+    docs = k8s_docs()
+    servers = k8s_docs(K8S / "servers-secrets.yaml")
+    sql = named(docs, "ConfigMap", "tradeflow-postgres-roles")["data"]["roles.sql"]
+    assert sql == (COMPOSE / "postgres-init" / "10-roles.sql").read_text()
+    [cluster] = k8s_docs(K8S / "charts" / "postgres.yaml")
+    spec = cluster["spec"]
+    assert spec["bootstrap"]["initdb"]["postInitApplicationSQLRefs"]["configMapRefs"] == [
+        {"name": "tradeflow-postgres-roles", "key": "roles.sql"}]
+    made = {"tradeflow_recorder", "tradeflow_execution", "tradeflow_audit", "tradeflow_reader"}
+    assert all(f"'{role}'" in sql for role in made)
+    assert {r["name"] for r in spec["managed"]["roles"]} == made and all(r["login"] for r in spec["managed"]["roles"])
+    for role in spec["managed"]["roles"]:
+        login = named(servers, "Secret", role["passwordSecret"]["name"])
+        assert login["type"] == "kubernetes.io/basic-auth" and login["stringData"]["username"] == role["name"]
+    assert spec["instances"] >= 3 and spec["postgresql"]["synchronous"]["number"] >= 1
+    hosts = {urlsplit(u).hostname for u in named(docs, "Secret", "tradeflow-credentials")["stringData"].values()
+             if u.startswith("postgresql://")}
+    assert hosts == {f"{cluster['metadata']['name']}-rw.tradeflow.svc"}
+    redis = yaml.safe_load((K8S / "charts" / "redis.yaml").read_text())
+    assert redis["sentinel"]["enabled"] and redis["auth"]["acl"]["enabled"]
+    for user in redis["auth"]["acl"]["users"]:   # the Compose file's rules, as the code writes them
+        rule = [t for t in redis_acl(user["username"], "x").split() if t[0] in "~&+-"]
+        assert " ".join(user.get(k, "") for k in ("keys", "channels", "commands")).split() == rule, user
+    assert [u["username"] for u in redis["auth"]["acl"]["users"]] == list(REDIS_USERS)
+    assert set(named(servers, "Secret", "redis-acl-users")["stringData"]) == set(REDIS_USERS)
+    nats_values = yaml.safe_load((K8S / "charts" / "nats.yaml").read_text())
+    settings = named(docs, "ConfigMap", "tradeflow-settings")["data"]
+    assert nats_values["config"]["cluster"]["replicas"] == int(settings["TRADEFLOW_STREAM_REPLICAS"]) == 3
+    assert nats_values["config"]["jetstream"]["enabled"]
+    passwords = nats_values["container"]["env"]
+    assert set(passwords) == {f"TRADEFLOW_NATS_PASSWORD_{u.upper()}" for u in USERS}
+    assert {p["valueFrom"]["secretKeyRef"]["key"] for p in passwords.values()} == \
+        set(named(servers, "Secret", "nats-passwords")["stringData"])
