@@ -282,30 +282,15 @@ class LocalDeployment:
 
     async def _start_postgres(self, name: str) -> Proc:
         """Postgres service `name` started; on an empty volume set up first, as the image does."""
-        env, data = self._service_env(name), self.pgdata(name)
-        settings = pg.ImageSettings.of(env, name)
-        port = self.ports[name, self._container_ports(name, self.services[name])[0]]
-        log = self.home / "logs" / f"{name}.log"
-        scripts = pg.init_scripts(self._mounted(name, pg.INITDB_FOLDER))
-        pg.prepare(data)
-        fresh = not pg.is_initialised(data)
+        env = self._service_env(name)
+        cluster = pg.Cluster(pg.ImageSettings.of(env, name), self.pgdata(name),
+                             self.ports[name, self._container_ports(name, self.services[name])[0]],
+                             pg.init_scripts(self._mounted(name, pg.INITDB_FOLDER)), env,
+                             self.home / "logs" / f"{name}.log")
         try:
-            if fresh:
-                await pg.initdb(data, settings, log)
-            proc = await self.supervisor.start(self.proc(name))
-            await pg.wait_accepting(settings, port, 60, proc.process)
-            if fresh:
-                await pg.create_database(settings, port)
-                await pg.run_init_scripts(scripts, settings, port, data, env, log)
-        except BaseException as exc:
-            if fresh:   # a half-made cluster is not kept for the next run
-                if name in self.supervisor.procs:
-                    await self.supervisor.stop(name)
-                pg.remove(data)
-            if isinstance(exc, ConfigError):
-                raise ConfigError(f"service {name}: {exc}") from None
-            raise
-        return proc
+            return await pg.bring_up(cluster, self.supervisor, self.proc(name))
+        except ConfigError as exc:
+            raise ConfigError(f"service {name}: {exc}") from None
 
     def nats_url_for(self, user: str) -> str | None:
         """NATS `user`'s URL, every node listed, with the password the servers were given (None: no such user)."""

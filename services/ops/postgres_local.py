@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from contracts.errors import ConfigError
 from replay.store.pg import reason
+from services.ops.supervisor import Proc, Supervisor
 from services.runtime.deathsig import on_parent_death
 
 PGDATA = "/var/lib/postgresql/data"
@@ -100,6 +101,42 @@ class ImageSettings:
         """The superuser's URL on this machine."""
         auth = quote(self.user, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
         return f"postgresql://{auth}@127.0.0.1:{port}/{quote(database or self.database, safe='')}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One postgres service of a local deployment: its settings, data folder, local port, init scripts,
+    environment (this machine's paths and addresses) and log."""
+
+    settings: ImageSettings
+    data: Path
+    port: int
+    scripts: Sequence[Path]
+    env: Mapping[str, str]
+    log: Path
+
+
+async def bring_up(cluster: Cluster, supervisor: Supervisor, server: Proc) -> Proc:
+    """`server` started by `supervisor` on `cluster`'s data folder, set up first if it is empty (initdb, then,
+    once it takes connections, POSTGRES_DB and the init scripts); a set-up that fails keeps no cluster."""
+    prepare(cluster.data)
+    fresh = not is_initialised(cluster.data)
+    try:
+        if fresh:
+            await initdb(cluster.data, cluster.settings, cluster.log)
+        proc = await supervisor.start(server)
+        await wait_accepting(cluster.settings, cluster.port, 60, proc.process)
+        if fresh:
+            await create_database(cluster.settings, cluster.port)
+            await run_init_scripts(cluster.scripts, cluster.settings, cluster.port, cluster.data, cluster.env,
+                                   cluster.log)
+    except BaseException:
+        if fresh:   # a half-made cluster is not kept for the next run
+            if server.name in supervisor.procs:
+                await supervisor.stop(server.name)
+            remove(cluster.data)
+        raise
+    return proc
 
 
 def server_argv(data: Path, port: int, args: Sequence[str]) -> list[str]:
