@@ -24,6 +24,7 @@ from replay.store.location import parse_location
 from services import registry
 from services.offline.backtest import run_backtest
 from replay.store.pg import check_schema
+from services.audit.trail import open_trail
 from services.ops.compose import interpolate
 from services.ops.compose import load as load_files
 from services.ops.compose import read
@@ -263,6 +264,14 @@ async def check_roles(deployment: LocalDeployment) -> None:
     bad = role_url(deployment, "reader").replace(deployment.variables["TRADEFLOW_POSTGRES_PASSWORD_READER"], "no")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         await psycopg.AsyncConnection.connect(bad)
+    async with open_trail(role_url(deployment, "audit")) as trail:   # the adapter, as audit opens it
+        assert await trail.append([{"id": "f1", "kind": "fill"}]) == 1
+    async with await psycopg.AsyncConnection.connect(deployment.postgres_url("postgres"), autocommit=True) as conn:
+        assert await (await conn.execute("SELECT count(*) FROM audit.audit_trail")).fetchone() == (1,)
+    for read_only, why in ((True, "no audit trail"), (False, "read-only transaction|permission denied")):
+        with pytest.raises(ConfigError, match=f"^TRADEFLOW_AUDIT_LOG: .*({why})"):   # the reader sees none, makes none
+            async with open_trail(role_url(deployment, "reader"), read_only=read_only):
+                pass
 
 
 async def test_an_init_script_that_fails_stops_the_deployment_and_keeps_no_cluster(tmp_path):
