@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.errors import ConfigError
-from services.ops.compose import load, names, read
 from services.ops import postgres_local as pg
+from services.ops.compose import load, names, read
 from services.ops.envfile import read_env_file
 from services.ops.supervisor import (
     Proc,
