@@ -324,5 +324,5 @@ async def test_dedup_marks_are_seen_for_the_ttl_across_days(make_stack):
         assert await registry.seen(ids, now=day + timedelta(days=2)) == {"e0", "e499", "late"}
         assert await registry.seen(ids, now=day + timedelta(days=3)) == {"late"}   # past e*'s ttl: not asked
         assert await registry.seen([]) == set()
-        ttl = await redis.ttl("tradeflow:done:strategy:20260301")
+        ttl = await redis.ttl("tradeflow:done:{strategy}:20260301")
         assert 2 * 86_400 < ttl <= 2 * 86_400 + 60, "a day's marks live the ttl after that day ends"
