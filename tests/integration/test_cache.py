@@ -1,4 +1,5 @@
-"""The cache manager against a real redis-server: TTL per kind, single-flight, pass-through when Redis is away."""
+"""The cache manager against a real redis-server and a Sentinel set's master: TTL per kind, single-flight,
+pass-through when Redis is away."""
 
 from __future__ import annotations
 
@@ -15,11 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def redis(make_stack):
-    stack, _ = await make_stack(services=())
-    client = Redis.from_url(stack.redis_url)
-    yield client
-    await client.aclose()
+def redis(any_redis):
+    """One redis-server, then a Sentinel set's master: the cache behaves the same on each."""
+    return any_redis
 
 
 def counting(value, delay: float = 0.0):
