@@ -154,7 +154,8 @@ class SentinelSet:
         folder.mkdir()
         argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", host,
                 "--save", "", "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
-                "--protected-mode", "no", "--repl-diskless-sync-delay", "0"]   # a replica in sync at once
+                "--protected-mode", "no", "--repl-diskless-sync-delay", "0",   # a replica in sync at once
+                "--replica-announce-ip", host]   # not the source address of its link to the master
         if self.password:
             argv += ["--requirepass", self.password, "--masterauth", self.password]
         if replica_of:
@@ -166,7 +167,8 @@ class SentinelSet:
         folder = self.home / f"sentinel-{i + 1}"
         folder.mkdir()
         conf = folder / "sentinel.conf"   # sentinel rewrites it: a file of its own, writable
-        lines = [f"port {port}", f"bind {host}", "daemonize no", f"dir {folder}", "protected-mode no",
+        lines = [f"port {port}", f"bind {host}", f"sentinel announce-ip {host}", "daemonize no", f"dir {folder}",
+                 "protected-mode no",
                  f"sentinel monitor {self.service} {master_host} {master_port} 2",
                  f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
                  f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
