@@ -20,7 +20,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from contracts.errors import ConfigError
@@ -126,7 +128,9 @@ async def connect(url: str, **options: Any) -> Redis:
     target = parse(url)
     common = {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
     tls = {"ssl": True} if target.tls else {}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={**common, **tls, **target.sentinel},
+    # a sentinel that does not answer is passed over at once (redis-py's client would retry it ten times)
+    once = {"retry": Retry(NoBackoff(), 0)}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={**common, **tls, **once, **target.sentinel},
                         **{**options, **tls, **target.node})
     try:
         await _check_master(sentinel, target, url)

@@ -109,6 +109,18 @@ async def test_a_deployment_on_sentinel_matches_the_pure_logic_with_its_master_k
     assert SECRET not in log
 
 
+async def test_a_sentinel_that_does_not_answer_is_passed_over_at_once(sentinels):
+    members = sentinels.url().split("@", 1)[1]
+    url = f"redis+sentinel://:{SECRET}@127.0.0.1:{free_port()},{members}"   # the first one is down
+    started = time.monotonic()
+    redis = await connect_redis(url)
+    try:
+        assert await redis.ping() and master_address(redis) == sentinels.master_address
+        assert time.monotonic() - started < 1.5, "a sentinel that refuses was asked again and again"
+    finally:
+        await redis.aclose()
+
+
 def _start_quant(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     data = tmp_path / "data"
     return subprocess.run([sys.executable, "-m", "services.cli", "run", "quant"], capture_output=True, text=True,
