@@ -19,6 +19,7 @@ import msgspec
 import psutil
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from redis.asyncio import Redis
 
 from contracts import envelope as ce
 from contracts.errors import ConfigError
@@ -36,6 +37,7 @@ from services.runtime.connect import (
     TlsSettings,
     connect_nats,
     connect_redis,
+    redis_location,
 )
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
@@ -94,6 +96,7 @@ class Service:
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
         self.cache: Cache | None = None
+        self.redis: Redis | None = None
         self.loop_lag = LoopLag(self.metrics)
         self.tasks = TaskManager(MarketClock(settings.calendar), backoff=settings.backoff)
         self.pool = ComputePool(load(PoolSettings, "TRADEFLOW_POOL_"), self.metrics)   # workers start on first use
@@ -140,17 +143,22 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
+        # first: a REDIS_URL that cannot work stops the service before it serves anything
+        redis = self.redis = await connect_redis(s.redis_url, load(RedisTlsSettings, "TRADEFLOW_"))
         self.nc = None
         self.micro = None
         self.worker: Worker | None = None
         routes = [web.get("/v1/health", self._health_view)]
-        runner, self.http_port = await start_http(
-            s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
-            routes=routes + self.component.routes())
+        try:
+            runner, self.http_port = await start_http(
+                s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
+                routes=routes + self.component.routes())
+        except BaseException:
+            await redis.aclose()
+            raise
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
         background: list[asyncio.Task] = [asyncio.create_task(self.loop_lag.watch(stop=self._closing),
                                                               name="loop-lag")]
-        redis = connect_redis(s.redis_url, load(RedisTlsSettings, "TRADEFLOW_"))
         self.cache = Cache(redis, self.cache_settings, self.metrics)
         self.tasks.register("redis-ping", lambda: self._ping_redis(redis), priority=Priority.CRITICAL,
                             every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0,))   # readiness follows within 1 s
@@ -313,6 +321,7 @@ class Service:
             "event_loop_lag": self.loop_lag.snapshot(),
             "tasks": [msgspec.to_builtins(h) for h in self.tasks.health()],
             "cache": self.cache.stats() if self.cache else None,
+            "redis": redis_location(self.redis, self.settings.redis_url) if self.redis is not None else None,
             "pool": self.pool.stats(),
             "market": market,
         }
