@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from contracts.errors import ConfigError
+from replay.store import Location
 from services.ops.provision import init
 from services.ops.supervisor import (
     ROOT,
@@ -38,6 +39,7 @@ from services.runtime.partition import Partition
 from services.runtime.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
 from services.runtime.permissions import USERS as NATS_USERS
 from services.runtime.settings import load
+from services.runtime.store import store_location
 
 SETTINGS_FILE = "settings.env"
 TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT", "RISK", "EXECUTION", "AUDIT"))
@@ -310,6 +312,12 @@ class Stack:
         services = [label for label in self.labels() if label in self.supervisor.procs]
         codes = await self.supervisor.stop_all(order=services)
         return codes
+
+    def store_location(self) -> Location:
+        """The event store this stack's recorder writes: TRADEFLOW_STORE as the recorder sees it, else
+        <home>/recorder/events.sqlite."""
+        return store_location({**os.environ, **self.env, **self.per_service_env.get("recorder", {}),
+                               "TRADEFLOW_DATA_DIR": str(self.home)})
 
     def http_port(self, name: str) -> int:
         port = self.ports.get(name)

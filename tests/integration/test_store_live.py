@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from contracts.subjects import PIPELINE_STREAM
-from replay.store import SqliteEventStore
+from replay.store import open_store
 from services.ops import observe
 from services.ops.supervisor import http_json
 from services.registry import DURABLES
@@ -60,7 +60,7 @@ async def test_store_holds_every_event_once_across_a_killed_recorder(make_stack)
     delivered = (await nc.jsm().consumer_info(PIPELINE_STREAM, "recorder")).delivered
     assert delivered.consumer_seq > delivered.stream_seq, "some messages were delivered to the recorder twice"
     messages = await stream_messages(nc, PIPELINE_STREAM)
-    async with SqliteEventStore.open(store_path, read_only=True) as store:
+    async with open_store(store_path, read_only=True) as store:
         stored = [e async for e in store.query(by="time")]
         assert await store.count() == len(stored)
     assert len(messages) == 2148 + 4 * 94
@@ -156,7 +156,7 @@ async def test_a_fill_made_on_a_later_bar_is_in_its_orders_trace(make_stack):
                                  per_service={"data": slow})
     await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
     await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
-    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+    async with open_store(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
         stored = [e async for e in store.query(by="time")]
     approved = {e.id: e for e in stored if e.stage == "approved_ready"}
     fills = [e for e in stored if e.stage == "executed_ready"]
