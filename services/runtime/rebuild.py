@@ -126,6 +126,9 @@ async def caught_up(location: Location | None, needed: int, *, first: int, wait:
             recorded = await store.last_seq() if store is not None else 0
             verdict = judge_store(needed, recorded, time.monotonic() - started, wait)
             if verdict == "fold" and store is not None:
+                if said:
+                    log.info("the event store caught up: the rebuild goes on",
+                             extra={"store_holds_up_to_seq": recorded})
                 return store
             if verdict == "refuse":
                 raise ConfigError(_short_history(location, recorded, needed, first, wait))
@@ -143,10 +146,12 @@ async def caught_up(location: Location | None, needed: int, *, first: int, wait:
 
 
 def _short_history(location: Location | None, recorded: int, needed: int, first: int, wait: float) -> str:
-    where = f"{location.setting}: the event store {location}" if location is not None else "no event store"
-    return (f"{where} holds events up to seq {recorded}, the stream starts at seq {first}: seqs {recorded + 1}.."
-            f"{needed} are in neither (waited {wait:g}s for the recorder, TRADEFLOW_REBUILD_WAIT); "
-            "not rebuilding a short state")
+    if location is None:
+        return (f"no event store to rebuild from (TRADEFLOW_STORE): the stream starts at seq {first}, seqs "
+                f"1..{needed} are gone; not rebuilding a short state")
+    return (f"{location.setting}: the event store {location} holds events up to seq {recorded}, the stream starts "
+            f"at seq {first}: seqs {recorded + 1}..{needed} are in neither (waited {wait:g}s for the recorder, "
+            "TRADEFLOW_REBUILD_WAIT); not rebuilding a short state")
 
 
 async def fold_from_store(agent: Agent, location: Location | None, needed: int, *, first: int,

@@ -1,4 +1,5 @@
-"""A service's life: connect, declare topology, rebuild state, serve, consume; drain on SIGTERM."""
+"""A service's life: open its files and stores, connect, declare topology, rebuild state, serve, consume;
+drain on SIGTERM."""
 
 from __future__ import annotations
 
