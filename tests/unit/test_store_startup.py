@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from replay.store import SCHEMA_VERSION, open_store
 from services.cli import cli
-from tests.stores import needs_postgres
+from tests.stores import KINDS, location_for, needs_postgres
 from tests.unit.test_store import event
 
 SECRET = "s3cret-pw"
@@ -141,17 +141,26 @@ def test_a_newer_postgres_schema_stops_the_recorder_and_the_commands(tmp_path, p
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
 
 
-def test_the_commands_take_a_sqlite_url(tmp_path, monkeypatch):
-    path = tmp_path / "events.sqlite"
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_commands_take_a_url_as_well_as_a_path(tmp_path, monkeypatch, request, kind):
+    location = location_for(kind, request, tmp_path)
 
     async def fill() -> None:
-        async with open_store(path) as store:
+        async with open_store(location) as store:
             await store.append([event(n) for n in range(1, 8)])
 
     asyncio.run(fill())
     monkeypatch.chdir(tmp_path)
-    for value in (f"sqlite:///{path}", "sqlite:///events.sqlite", str(path)):
+    spellings = [location] if kind == "postgresql" else [f"sqlite:///{location}", "sqlite:///events.sqlite", location]
+    for value in spellings:
         result = CliRunner().invoke(cli, ["store", "stats", "--json", "--store", value])
         assert result.exit_code == 0 and json.loads(result.output)["count"] == 7, (value, result.output)
-    monkeypatch.setenv("TRADEFLOW_STORE", f"sqlite:///{path}")
+    monkeypatch.setenv("TRADEFLOW_STORE", spellings[0])
     assert CliRunner().invoke(cli, ["events", "--count"]).output.strip() == "7"
+    trace = CliRunner().invoke(cli, ["trace", "evt-3", "--json"])
+    assert trace.exit_code == 0 and json.loads(trace.output)["id"] == "evt-3", trace.output
+    out = tmp_path / "all.jsonl"
+    assert CliRunner().invoke(cli, ["store", "export", "-o", str(out)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == 7
+    compacted = CliRunner().invoke(cli, ["store", "compact", "--before", "2024-01-05", "--yes"])
+    assert compacted.exit_code == 0 and "deleted 2 events" in compacted.output and "5 left" in compacted.output
