@@ -12,6 +12,7 @@ Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date (`2024-01-02`, midnight UT
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -26,7 +27,7 @@ import orjson
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import STAGES, stage_of
-from replay.store import EventStore, Filters, Location, StoredEvent, parse_location, subject_match
+from replay.store import EventStore, Filters, Location, Opening, StoredEvent, parse_location, subject_match
 from services.audit import trail
 from services.cli.common import Progress, connect, run_async
 from services.runtime.store import data_home, open_event_store, store_location
@@ -55,6 +56,13 @@ INSTANT = Instant()
 def _location(ctx: click.Context, param: click.Parameter, value: str | None) -> Location:
     """--store's location, else TRADEFLOW_STORE's (else the default file); ConfigError naming which."""
     return store_location() if value is None else parse_location(value, "--store")
+
+
+def _opened(where: Location, *, read_only: bool = False, must_exist: bool = False) -> Opening[EventStore]:
+    """The store at `where`, for a command: what stops it is one line (ConfigError). A PostgreSQL pool's
+    warnings as it retries its first connection say the same again, so they are not shown."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    return open_event_store(where, read_only=read_only, must_exist=must_exist)
 
 
 def store_option(command):
@@ -170,7 +178,7 @@ def events(where, since, until, by, subjects, symbol, trace_id, limit, everythin
     filters = filters_of(since, until, by, subjects, symbol, trace_id)
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as store:
+        async with _opened(where, read_only=True) as store:
             if count_only:
                 click.echo(await store.count(**filters))
                 return
@@ -265,7 +273,7 @@ def trace(event_or_trace_id: str, where: Location, audit_log: str | None, as_jso
     """
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as store:
+        async with _opened(where, read_only=True) as store:
             key = event_or_trace_id.strip()
             event = await store.get(key)
             trace_id = event.trace_id if event else key
@@ -300,7 +308,7 @@ def stats(where: Location, as_json: bool) -> None:
     """How many events the store holds, their time span and the count per stage."""
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             st = await s.stats()
         if as_json:
             click.echo(orjson.dumps(msgspec.to_builtins(st) | {"path": str(where)}).decode())
@@ -324,13 +332,13 @@ def compact(where: Location, before: datetime, by: str, yes: bool) -> None:
     """Delete events older than --before and give the space back (export them first to keep them)."""
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             doomed = await s.count(until=before, by=by)
         if not doomed:
             raise TradeflowError(f"no events before {rfc3339(before)} ({by}) in {where}: nothing to compact")
         if not yes:
             click.confirm(f"delete {doomed:,} events before {rfc3339(before)} from {where}?", abort=True)
-        async with open_event_store(where, must_exist=True) as s:
+        async with _opened(where, must_exist=True) as s:
             deleted = await s.compact(before, by=by)
             left = await s.count()
         click.echo(f"deleted {deleted:,} events before {rfc3339(before)}; {left:,} left")
@@ -352,7 +360,7 @@ def export(where, since, until, by, subjects, symbol, trace_id, fmt, output) -> 
         raise click.BadParameter("Parquet needs a file, not standard output", param_hint="--output")
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             total = await s.count(**filters)
             if not total:
                 raise TradeflowError(await nothing_matched(s, where, filters))
@@ -397,7 +405,7 @@ def replay_command(where, since, until, by, subjects, symbol, trace_id, speed, r
         option=orjson.OPT_SORT_KEYS).decode())
 
     async def main() -> None:
-        async with open_event_store(where, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             total = await s.count(**filters)
             if not total:
                 raise TradeflowError(await nothing_matched(s, where, filters))
@@ -474,7 +482,7 @@ def whatif_command(where, since, until, symbols, replay_run, settings_path, stra
     env = overrides_env(base, strategy=strategy, params=params, sets=sets)
 
     async def main():
-        async with open_event_store(where, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             recorded = await load_recorded(s, since=since, until=until, symbols=[x.upper() for x in symbols],
                                            run=replay_run)
         total = len(recorded.bars)
