@@ -18,6 +18,7 @@ from replay.store.model import (
     Order,
     OrderColumn,
     StoredEvent,
+    StoreBusy,
     StoreError,
     StoreStats,
     StoreUnavailable,
@@ -45,6 +46,6 @@ def open_store(location: str | os.PathLike[str] | Location, *, read_only: bool =
 
 __all__ = [
     "SCHEMA_VERSION", "EventStore", "Filters", "Location", "Opening", "Order", "OrderColumn", "SqliteEventStore",
-    "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn", "check_pattern",
-    "export_events", "open_store", "parse_location", "subject_match",
+    "StoreBusy", "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn",
+    "check_pattern", "export_events", "open_store", "parse_location", "subject_match",
 ]

@@ -9,6 +9,7 @@ integer microseconds since the epoch (UTC) in every adapter, so ordering and ran
 
     TradeflowError
      ├── StoreError             the store cannot be opened: no such folder, not a store, newer schema
+     │    └── StoreBusy         another writer holds the store (acquire_writer timed out)
      └── Transient
           └── StoreUnavailable  a write failed for now (locked, disk full, connection lost): retry after a pause
 """
@@ -45,6 +46,10 @@ _MICRO = timedelta(microseconds=1)
 
 class StoreError(TradeflowError):
     """Raised when a store cannot be opened: its folder is missing, the file is not one, or its schema is newer."""
+
+
+class StoreBusy(StoreError):
+    """Raised when another process holds the store's writer lock past `acquire_writer`'s timeout."""
 
 
 class StoreUnavailable(Transient):
@@ -121,6 +126,7 @@ class EventStore(Protocol):
     async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int: ...
     async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
                      **filters: Unpack[Filters]) -> int: ...
+    async def acquire_writer(self, timeout: float | None = None) -> None: ...
     async def close(self) -> None: ...
 
 

@@ -1,10 +1,15 @@
 """The embedded event store: one SQLite file in WAL mode, one `events` table, insert-or-ignore by
-ce-id. A read-only open never changes the file, so query commands can run beside the recorder."""
+ce-id. A read-only open never changes the file, so query commands can run beside the recorder.
+
+The one writer (the recorder) holds an exclusive flock(2) on `<file>.writer` beside it: held until
+close, dropped by the kernel when the process dies, so a replacement takes over from a killed one."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import time
 import sqlite3
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,6 +26,7 @@ from replay.store.model import (
     Opening,
     Order,
     OrderColumn,
+    StoreBusy,
     StoredEvent,
     StoreError,
     StoreStats,
@@ -59,6 +65,7 @@ class SqliteEventStore:
     def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int, read_only: bool = False) -> None:
         self._conn, self.path, self._page, self.read_only = conn, path, page_size, read_only
         self._lock = asyncio.Lock()  # one connection: a transaction's statements must not interleave with others
+        self._writer: int | None = None   # the file descriptor holding the writer lock
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False, must_exist: bool = False,
@@ -90,8 +97,34 @@ class SqliteEventStore:
         return cls(conn, path, page_size=page_size, read_only=read_only)
 
     async def close(self) -> None:
-        """Close the connection; the WAL is checkpointed by SQLite."""
+        """Close the connection (the WAL is checkpointed by SQLite) and let go of the writer lock."""
         await self._conn.close()
+        if self._writer is not None:
+            os.close(self._writer)   # releases the flock
+            self._writer = None
+
+    async def acquire_writer(self, timeout: float | None = None) -> None:
+        """Become the store's one writer, until close; StoreBusy if another process holds it past `timeout`
+        seconds (None: wait as long as it takes). Polls a non-blocking flock, so the loop never blocks."""
+        if self._writer is not None:
+            return
+        if self.read_only:
+            raise StoreError(f"event store {self.path} is open read-only")
+        fd = os.open(f"{self.path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise StoreBusy(f"event store {self.path}: another writer holds it") from None
+                    await asyncio.sleep(0.2)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._writer = fd
 
     async def append(self, events: Sequence[StoredEvent]) -> int:
         """Record events in one transaction, ignoring ids already stored; the number that were new."""

@@ -195,8 +195,9 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
         if tls_dir:
             click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
         click.echo(f"  Redis  {stack.redis_url}")
-        click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
-                   "tradeflow events --last)")
+        where = stack.store_location()
+        hint = f"TRADEFLOW_DATA_DIR={stack.home} " if where.kind == "sqlite" else ""
+        click.echo(f"  Store  {where}    ({hint}tradeflow events --last)")
         click.echo(f"  Data   {source}")
         click.echo(f"  Dashboard  {stack.dashboard_url()}")
         for name in stack.services:

@@ -18,13 +18,12 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
-from replay.store import SqliteEventStore
 from services.audit import trail
 from services.ops import observe
 from services.ops.stack import Stack
 from services.ops.supervisor import http_json
 from services.registry import DURABLES
-from services.runtime.store import STORE_FILE
+from services.runtime.store import open_event_store
 
 
 Progress = Callable[[str, int, int], None]   # (what, done, total): "publishing" bars, then "draining" events
@@ -86,8 +85,8 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
     events = sum(v for k, v in summary.items() if isinstance(v, int) and k != "dead_letters")
     audit_log = audit_trail_location(stack)
     logged = Counter(line["type"] for line in await trail.read(audit_log))
-    store_path = stack.home / "recorder" / STORE_FILE
-    async with SqliteEventStore.open(store_path, read_only=True) as store:
+    where = stack.store_location()   # the embedded file under the home unless TRADEFLOW_STORE says otherwise
+    async with open_event_store(where, read_only=True) as store:
         recorded = await store.count()
     summary.update({
         "data": list(data),
@@ -101,7 +100,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "audit_log": trail.shown(audit_log),
         "audit_log_lines": dict(logged),
         "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
-        "event_store": str(store_path),
+        "event_store": str(where),
         "event_store_events": recorded,
         "exit_codes": codes,
     })

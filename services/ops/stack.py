@@ -18,6 +18,7 @@ from typing import Protocol
 import orjson
 
 from contracts.errors import ConfigError
+from replay.store import Location
 from services.ops.provision import init
 from services.ops.supervisor import (
     ROOT,
@@ -40,6 +41,7 @@ from services.runtime.partition import Partition
 from services.runtime.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
 from services.runtime.permissions import USERS as NATS_USERS
 from services.runtime.settings import load
+from services.runtime.store import store_location
 
 SETTINGS_FILE = "settings.env"
 TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT", "RISK", "EXECUTION", "AUDIT"))
@@ -351,6 +353,12 @@ class Stack:
     async def get(self, name: str, path: str, timeout: float = 2.0) -> tuple[int, dict]:
         """GET a JSON endpoint of service `name`, on whichever host it runs; (status, body)."""
         return await http_json(self.http_port(name), path, timeout, host=self.host_of(name).address)
+
+    def store_location(self) -> Location:
+        """The event store this stack's recorder writes: TRADEFLOW_STORE as the recorder sees it, else
+        <home>/recorder/events.sqlite."""
+        return store_location({**os.environ, **self.env, **self.per_service_env.get("recorder", {}),
+                               "TRADEFLOW_DATA_DIR": str(self.home)})
 
     def http_port(self, name: str) -> int:
         port = self.ports.get(name)

@@ -1,4 +1,5 @@
-"""A service's life: connect, declare topology, rebuild state, serve, consume; drain on SIGTERM."""
+"""A service's life: open its files and stores, connect, declare topology, rebuild state, serve, consume;
+drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -104,10 +105,12 @@ class Service:
         self.process = psutil.Process()
         self.tracing = Tracing.from_env(self.name, version(),   # None unless an OTLP endpoint is configured
                                         consumer=self.consumer if stage is not None else None)
+        # where a stateful stage rebuilds what aged out of the stream from: read (and checked) once, at start
+        self.store = store_location() if stage is not None and stage.options.stateful else None
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
-        checks = dict(self._checks)
+        checks = dict(self._checks) | self.component.checks()
         checks["nats"] = bool(self.nc and self.nc.is_connected)
         return checks
 
@@ -164,7 +167,10 @@ class Service:
                             every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0,))   # readiness follows within 1 s
         await self.tasks.start()
         opened = False
-        try:
+        try:   # its files and stores first: one it cannot use stops the start before anything is connected
+            if not await self._until_stopped(self._open_component(redis)):
+                return 0
+            opened = True
             watch = PermissionWatch()
             tls = load(TlsSettings, "TRADEFLOW_").context(s.nats_url)
             self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch, tls,
@@ -188,19 +194,18 @@ class Service:
                 extra=self.component.micro_endpoints())
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
-            await self.component.open(self._context(redis))
-            opened = True
             main: list[asyncio.Task] = []
             if stage is not None:
                 tracking = None
                 if stage.options.stateful:
                     rebuilt = await self._until_stopped(rebuild_state(stage, js, jsm, self.consumer, dedup,
-                                                                      store=store_location()))
-                    if rebuilt is None:   # stopped while it waited for NATS or Redis
+                                                                      store=self.store, wait=s.rebuild_wait))
+                    if rebuilt is None:   # stopped while it waited for NATS, Redis or the store
                         return 0
                     folded, tracking = rebuilt
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
+                if stage.options.stateful or stage.options.in_order:
                     await self._await_unacked(jsm)
                 sub = await js.pull_subscribe_bind(durable=self.consumer, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
@@ -261,6 +266,11 @@ class Service:
                 await asyncio.to_thread(self.tracing.shutdown)   # export what is queued
             await runner.cleanup()
             log.info("service stopped")
+
+    async def _open_component(self, redis) -> bool:
+        """The component's open(); True once it returned (a stop meanwhile cancels it)."""
+        await self.component.open(self._context(redis))
+        return True
 
     async def _await_unacked(self, jsm) -> None:
         """Let what a previous run held unacked (it was killed) come back before anything newer.
