@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts.subjects import PIPELINE_STREAM  # noqa: E402
-from replay.store import SqliteEventStore  # noqa: E402
+from replay.store import open_store  # noqa: E402
 from services import registry  # noqa: E402
 from services.ops.stack import Stack  # noqa: E402
 
@@ -75,7 +75,7 @@ async def live_run(home: Path, data_env: dict[str, str]) -> dict:
     finally:
         await nc.close()
         await stack.stop()
-    async with SqliteEventStore.open(home / "recorder" / "events.sqlite", read_only=True) as store:
+    async with open_store(home / "recorder" / "events.sqlite", read_only=True) as store:
         stored = await store.count()
     return {"events": events, "bars": bars, "stored": stored, "pipeline_s": pipeline_s, "recorder_s": recorder_s,
             "samples": samples}

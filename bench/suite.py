@@ -309,13 +309,13 @@ async def latency(dep: Deployment, bars: Sequence[BarReceived], args) -> dict:
 
 def store_reads(home: Path) -> dict:
     """Store read events/s (the replay read) and whatif bars/s over what the recorder kept."""
-    from replay.store import SqliteEventStore
+    from replay.store import open_store
     from replay.whatif import load_recorded, whatif
 
     path = next(home.rglob("events.sqlite"))
 
     async def read() -> tuple[int, float, object]:
-        async with SqliteEventStore.open(path, read_only=True) as store:
+        async with open_store(path, read_only=True) as store:
             t = time.perf_counter()
             rows = [row async for row in store.query(subjects=["data_ready.>"], by="event_ts")]
             read_s = time.perf_counter() - t

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from contracts.events import BarReceived
 from replay.simulated import as_recorded
-from replay.store import SqliteEventStore, StoredEvent
+from replay.store import StoredEvent, open_store
 from replay.whatif import load_recorded, whatif
 from services import registry
 from services.data.sources import synthetic
@@ -78,13 +78,13 @@ async def bench(args: argparse.Namespace, folder: Path) -> None:
     bars = synthetic([f"S{n:03d}" for n in range(args.symbols)], args.bars // args.symbols, seed=7)
     path = folder / "events.sqlite"
     sim = run(bars)
-    async with SqliteEventStore.open(path) as store:
+    async with open_store(path) as store:
         await store.append(as_recorded(sim, source="bench"))
     events = len(sim.events)
     outputs = ", ".join(f"{k} {n:,}" for k, n in sorted(sim.counts.items()) if k != "data_ready")
     print(f"store: {events:,} events: {len(bars):,} bars of {args.symbols} symbols; {outputs}")
 
-    async with SqliteEventStore.open(path) as store:
+    async with open_store(path) as store:
         async def query_all() -> list[StoredEvent]:
             return [row async for row in store.query(by="event_ts")]
 

@@ -47,6 +47,6 @@ def open_store(location: str | os.PathLike[str] | Location, *, read_only: bool =
 
 __all__ = [
     "SCHEMA_VERSION", "EventStore", "Filters", "Location", "Opening", "Order", "OrderColumn", "SqliteEventStore",
-    "StoreBusy", "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn", "check_pattern",
-    "export_events", "open_store", "parse_location", "subject_match",
+    "StoreBusy", "StoreError", "StoreStats", "StoreUnavailable", "StoredEvent", "Target", "TimeColumn",
+    "check_pattern", "export_events", "open_store", "parse_location", "subject_match",
 ]

@@ -64,6 +64,7 @@ def _checked_postgres(url: str, setting: str) -> str:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:   # the text is libpq's
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.replace(url, redact(url))   # libpq quotes the URI, password and all
         raise ConfigError(f"{setting}={redact(url)!r} is not a PostgreSQL URL: {reason}") from None
     if not params.get("dbname"):
         raise ConfigError(f"{setting}={redact(url)!r} names no database: postgresql://host:port/DATABASE")

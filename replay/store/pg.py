@@ -11,6 +11,7 @@ database restart needs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -50,6 +51,9 @@ async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max
                                kwargs={"connect_timeout": max(1, int(timeout)), "autocommit": autocommit},
                                configure=configure, name=what,
                                check=AsyncConnectionPool.check_connection if check else None)
+    quiet = logging.getLogger("psycopg.pool")   # its retries' warnings would precede our one line
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         await pool.open(wait=True, timeout=timeout)
     except BaseException as exc:
@@ -58,6 +62,8 @@ async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max
             why = await _why(url, exc)
             raise DatabaseError(f"{setting}: cannot connect to {redact(url)} ({what}): {why}") from None
         raise
+    finally:
+        quiet.setLevel(level)
     return pool
 
 
@@ -77,6 +83,8 @@ async def check_schema(conn: psycopg.AsyncConnection[Any], *, component: str, ve
     if not await _has_table(conn):   # only then: a role that may not create tables can use an existing one
         if not create:
             return False
+        # two components starting at once on a new database would race on the create: one at a time
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tradeflow_schema'))")
         await conn.execute(_SCHEMA_TABLE)
     row = await (await conn.execute("SELECT version FROM tradeflow_schema WHERE component = %s",
                                     [component])).fetchone()

@@ -1,5 +1,8 @@
 """The embedded event store: one SQLite file in WAL mode, one `events` table, insert-or-ignore by
-ce-id. A read-only open never changes the file, so query commands can run beside the recorder."""
+ce-id. A read-only open never changes the file, so query commands can run beside the recorder.
+
+The one writer (the recorder) holds an exclusive flock(2) on `<file>.writer` beside it: held until
+close, dropped by the kernel when the process dies, so a replacement takes over from a killed one."""
 
 from __future__ import annotations
 

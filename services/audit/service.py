@@ -1,13 +1,12 @@
 """Audit service wiring: fills and bars in, the portfolio out on GET /v1/portfolio and the equity curve
 in event time on GET /v1/equity?points=N (both as micro endpoints too: tradeflow.audit.portfolio,
-tradeflow.audit.equity), every fill and closed trade in the audit log (TRADEFLOW_AUDIT_LOG, by default
-<data dir>/audit/audit.jsonl)."""
+tradeflow.audit.equity), every fill and closed trade in the audit trail (TRADEFLOW_AUDIT_LOG: by default
+the JSON-lines file <data dir>/audit/audit.jsonl; see services.audit.trail)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 import msgspec
@@ -18,7 +17,7 @@ from contracts.events import BarReceived, OrderFilled
 from contracts.subjects import DATA_READY, EXECUTED_READY
 from services.audit import trades
 from services.audit.logic import Logged, Portfolio, curve_report, equity_curve, in_event_time, report
-from services.audit.trail import AuditLog
+from services.audit.trail import DEFAULT_FILE, AuditTrail, locate, open_trail
 from services.runtime.agent import Agent, AgentContext, Options
 from services.runtime.settings import load
 
@@ -27,7 +26,8 @@ MAX_CURVE_POINTS = 10_000
 
 
 class AuditSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """TRADEFLOW_AUDIT_CASH: the cash the portfolio starts with; TRADEFLOW_AUDIT_LOG: the audit log's file."""
+    """TRADEFLOW_AUDIT_CASH: the cash the portfolio starts with; TRADEFLOW_AUDIT_LOG: the audit trail (a path:
+    the JSON-lines file; sqlite:///path: a SQLite table; postgresql://…: a PostgreSQL table)."""
 
     cash: Annotated[float, msgspec.Meta(gt=0)] = 100_000.0
     log: str | None = None
@@ -42,13 +42,15 @@ class AuditAgent(Agent):
 
     def __init__(self, settings: AuditSettings) -> None:
         self.cash = settings.cash
-        self.log_path = settings.log
+        if settings.log:
+            locate(settings.log)   # a malformed TRADEFLOW_AUDIT_LOG stops the service before it connects
+        self.trail_location = settings.log
         # every fill and bar, append-only; the portfolio is folded from it when asked for,
         # in event time (fills order 0, bars 1), so a snapshot is just its length
         self.log: list[Logged] = []
         self.trades = trades.Trades()   # fills paired into trades in arrival order, for the audit log
-        self.lines: list[dict] = []      # audit log lines not yet written
-        self.audit_log: AuditLog | None = None
+        self.lines: list[dict] = []      # audit trail lines not yet written
+        self.trail: AuditTrail | None = None
 
     def handle(self, incoming: Incoming, now: datetime) -> list:
         event = cast(BarReceived | OrderFilled, incoming.event)   # what audit consumes
@@ -68,15 +70,18 @@ class AuditAgent(Agent):
                                "trace_id": env.trace_id, "logged_at": now.isoformat(), **msgspec.to_builtins(trade)})
 
     async def open(self, context: AgentContext) -> None:
-        self.audit_log = await AuditLog.open(Path(self.log_path) if self.log_path
-                                             else context.data_dir / "audit.jsonl")
+        self.trail = await open_trail(self.trail_location or context.data_dir / DEFAULT_FILE)
 
     async def record(self) -> None:
-        """Append this batch's lines (and any the rebuild re-derived) to the audit log before acking."""
+        """Append this batch's lines (and any the rebuild re-derived) to the audit trail before acking."""
         if self.lines:
-            assert self.audit_log is not None, "open() opens the audit log"
-            await self.audit_log.append(self.lines)
+            assert self.trail is not None, "open() opens the audit trail"
+            await self.trail.append(self.lines)
             self.lines = []
+
+    async def close(self) -> None:
+        if self.trail is not None:
+            await self.trail.close()
 
     def snapshot(self) -> Any:
         return len(self.log), self.trades, len(self.lines)

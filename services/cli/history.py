@@ -2,14 +2,17 @@
 (read-only), compact and export it, re-drive a window of it, re-run the logic over it with other settings.
 
 Every read command opens the store read-only, so it can never change it, even while the
-recorder writes to it. Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date
-(`2024-01-02`, midnight UTC); `--by event_ts` (the default) windows on the bar's time,
-`--by time` on when the event was published.
+recorder writes to it. `--store` (or TRADEFLOW_STORE) is a path, `sqlite:///path` or a
+`postgresql://` URL; a store that cannot be used is a one-line error naming which of the two.
+
+Times are RFC 3339 (`2024-01-02T14:30:00Z`) or a date (`2024-01-02`, midnight UTC);
+`--by event_ts` (the default) windows on the bar's time, `--by time` on when the event was published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -24,10 +27,10 @@ import orjson
 from contracts.envelope import rfc3339
 from contracts.errors import TradeflowError
 from contracts.subjects import STAGES, stage_of
-from replay.store import Filters, SqliteEventStore, StoredEvent, subject_match
+from replay.store import EventStore, Filters, Location, Opening, StoredEvent, parse_location, subject_match
 from services.audit import trail
 from services.cli.common import Progress, connect, run_async
-from services.runtime.store import store_location
+from services.runtime.store import data_home, open_event_store, store_location
 
 STAGE_NAMES = tuple(STAGES)
 
@@ -50,14 +53,22 @@ class Instant(click.ParamType):
 INSTANT = Instant()
 
 
-def default_store() -> str:
-    return str(store_location())
+def _location(ctx: click.Context, param: click.Parameter, value: str | None) -> Location:
+    """--store's location, else TRADEFLOW_STORE's (else the default file); ConfigError naming which."""
+    return store_location() if value is None else parse_location(value, "--store")
+
+
+def _opened(where: Location, *, read_only: bool = False, must_exist: bool = False) -> Opening[EventStore]:
+    """The store at `where`, for a command: what stops it is one line (ConfigError). A PostgreSQL pool's
+    warnings as it retries its first connection say the same again, so they are not shown."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    return open_event_store(where, read_only=read_only, must_exist=must_exist)
 
 
 def store_option(command):
-    return click.option("--store", "store_path", default=default_store, show_default="$TRADEFLOW_STORE, else "
-                        "$TRADEFLOW_DATA_DIR/recorder/events.sqlite", metavar="PATH",
-                        type=click.Path(dir_okay=False), help="The event store file.")(command)
+    return click.option("--store", "where", callback=_location, show_default="$TRADEFLOW_STORE, else "
+                        "$TRADEFLOW_DATA_DIR/recorder/events.sqlite", metavar="PATH|URL",
+                        help="The event store: a file, sqlite:///path or postgresql://host/db.")(command)
 
 
 def filter_options(command):
@@ -103,11 +114,11 @@ def check_pattern(pattern: str) -> None:
                                  f"{', '.join(STAGE_NAMES)}", param_hint="--subject")
 
 
-async def nothing_matched(store: SqliteEventStore, filters: Filters) -> str:
+async def nothing_matched(store: EventStore, where: Location, filters: Filters) -> str:
     """The one-line error when a query finds nothing: what was asked and what the store holds."""
     stats = await store.stats()
     if not stats.count:
-        return f"the event store {store.path} is empty"
+        return f"the event store {where} is empty"
     column = "event_ts" if filters.get("by", "event_ts") == "event_ts" else "time"
     first, last = (stats.first_event_ts, stats.last_event_ts) if column == "event_ts" else (stats.first_time,
                                                                                            stats.last_time)
@@ -160,21 +171,21 @@ def table_rows(events: list[StoredEvent]) -> list[str]:
 @click.option("--last", is_flag=True, help="The newest first.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one event each, body as JSON.")
 @click.option("--count", "count_only", is_flag=True, help="Print only how many match.")
-def events(store_path, since, until, by, subjects, symbol, trace_id, limit, everything, last, as_json,
+def events(where, since, until, by, subjects, symbol, trace_id, limit, everything, last, as_json,
            count_only) -> None:
     """Query the event store: a time window, subject patterns, a symbol, a trace."""
 
     filters = filters_of(since, until, by, subjects, symbol, trace_id)
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as store:
+        async with _opened(where, read_only=True) as store:
             if count_only:
                 click.echo(await store.count(**filters))
                 return
             rows = store.query(limit=None if everything else limit, order="desc" if last else "asc", **filters)
             shown = await _emit(rows, as_json)
             if not shown:
-                raise TradeflowError(await nothing_matched(store, filters))
+                raise TradeflowError(await nothing_matched(store, where, filters))
 
     run_async(main())
 
@@ -239,21 +250,24 @@ def journey(events: list[StoredEvent], audited: Sequence[dict] = ()) -> list[Ste
     return steps
 
 
-def audit_lines(path: Path, trace_id: str) -> list[dict]:
-    """The audit log's fill lines of one trace; none if there is no log or it cannot be read."""
+async def audit_lines(location: str, trace_id: str) -> list[dict]:
+    """The audit trail's fill lines of one trace; none if there is no trail or it cannot be read."""
     try:
-        return [line for line in trail.read(path) if line.get("type") == "fill" and line.get("trace_id") == trace_id]
-    except (OSError, ValueError):
+        lines = await trail.read(location)
+    except (TradeflowError, OSError, ValueError):   # no trail (yet), not one, unreachable
         return []
+    return [line for line in lines if line.get("type") == "fill" and line.get("trace_id") == trace_id]
 
 
 @click.command("trace")
 @click.argument("event_or_trace_id")
 @store_option
-@click.option("--audit-log", type=click.Path(dir_okay=False), envvar="TRADEFLOW_AUDIT_LOG",
-              help="The audit log, for the last step (default: audit/audit.jsonl beside the store's folder).")
+@click.option("--audit-log", envvar="TRADEFLOW_AUDIT_LOG",
+              help="The audit trail, for the last step: a path, sqlite:///path or postgresql://… "
+                   "(default: audit/audit.jsonl beside the store's folder; for a PostgreSQL store, in "
+                   "$TRADEFLOW_DATA_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per step.")
-def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_json: bool) -> None:
+def trace(event_or_trace_id: str, where: Location, audit_log: str | None, as_json: bool) -> None:
     """Follow one bar's journey from data to audit, stage by stage, with the time spent at each.
 
     EVENT_OR_TRACE_ID is a trace id or the id of any event on it (e.g. the bar's). A stage's
@@ -261,16 +275,16 @@ def trace(event_or_trace_id: str, store_path: str, audit_log: str | None, as_jso
     """
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as store:
+        async with _opened(where, read_only=True) as store:
             key = event_or_trace_id.strip()
             event = await store.get(key)
             trace_id = event.trace_id if event else key
             events_of_trace = await store.trace(trace_id)
-            log = Path(audit_log) if audit_log else Path(store_path).resolve().parent.parent / "audit" / "audit.jsonl"
-            audited = await asyncio.to_thread(audit_lines, log, trace_id) if events_of_trace else []
+            log = audit_log or str(data_home(where) / "audit" / trail.DEFAULT_FILE)
+            audited = await audit_lines(log, trace_id) if events_of_trace else []
             steps = journey(events_of_trace, audited)
             if not steps:
-                raise TradeflowError(f"no event or trace {_shown(key)!r} in the event store {store.path}")
+                raise TradeflowError(f"no event or trace {_shown(key)!r} in the event store {where}")
         if as_json:
             for step in steps:
                 click.echo(orjson.dumps(msgspec.to_builtins(step)).decode())
@@ -292,16 +306,16 @@ def store() -> None:
 @store.command("stats")
 @store_option
 @click.option("--json", "as_json", is_flag=True)
-def stats(store_path: str, as_json: bool) -> None:
+def stats(where: Location, as_json: bool) -> None:
     """How many events the store holds, their time span and the count per stage."""
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             st = await s.stats()
         if as_json:
-            click.echo(orjson.dumps(msgspec.to_builtins(st) | {"path": store_path}).decode())
+            click.echo(orjson.dumps(msgspec.to_builtins(st) | {"path": str(where)}).decode())
             return
-        click.echo(f"{store_path}: {st.count:,} events")
+        click.echo(f"{where}: {st.count:,} events")
         if st.count:
             click.echo(f"  bar time   {rfc3339(st.first_event_ts)} .. {rfc3339(st.last_event_ts)}")
             click.echo(f"  published  {rfc3339(st.first_time)} .. {rfc3339(st.last_time)}")
@@ -316,17 +330,17 @@ def stats(store_path: str, as_json: bool) -> None:
 @click.option("--before", type=INSTANT, required=True, help="Delete the events older than this.")
 @click.option("--by", type=click.Choice(["event_ts", "time"]), default="event_ts", show_default=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
+def compact(where: Location, before: datetime, by: str, yes: bool) -> None:
     """Delete events older than --before and give the space back (export them first to keep them)."""
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             doomed = await s.count(until=before, by=by)
         if not doomed:
-            raise TradeflowError(f"no events before {rfc3339(before)} ({by}) in {store_path}: nothing to compact")
+            raise TradeflowError(f"no events before {rfc3339(before)} ({by}) in {where}: nothing to compact")
         if not yes:
-            click.confirm(f"delete {doomed:,} events before {rfc3339(before)} from {store_path}?", abort=True)
-        async with SqliteEventStore.open(store_path, must_exist=True) as s:
+            click.confirm(f"delete {doomed:,} events before {rfc3339(before)} from {where}?", abort=True)
+        async with _opened(where, must_exist=True) as s:
             deleted = await s.compact(before, by=by)
             left = await s.count()
         click.echo(f"deleted {deleted:,} events before {rfc3339(before)}; {left:,} left")
@@ -340,7 +354,7 @@ def compact(store_path: str, before: datetime, by: str, yes: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="The file to write ('-' for standard output, JSON lines only).")
-def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output) -> None:
+def export(where, since, until, by, subjects, symbol, trace_id, fmt, output) -> None:
     """Write the matching events to a JSON lines or Parquet file, for archiving."""
 
     filters = filters_of(since, until, by, subjects, symbol, trace_id)
@@ -348,10 +362,10 @@ def export(store_path, since, until, by, subjects, symbol, trace_id, fmt, output
         raise click.BadParameter("Parquet needs a file, not standard output", param_hint="--output")
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             total = await s.count(**filters)
             if not total:
-                raise TradeflowError(await nothing_matched(s, filters))
+                raise TradeflowError(await nothing_matched(s, where, filters))
             target = sys.stdout.buffer if output == "-" else output
             try:
                 n = await s.export(target, fmt=fmt, progress=lambda done: progress("exporting", done, total),
@@ -376,7 +390,7 @@ ISOLATE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 @click.option("--run-id", help="Replay run id (default: derived from the filters, so a repeat is a no-op).")
 @click.option("--isolate", metavar="NAME", help="Publish to replay.NAME.<subject> in the REPLAY stream, "
               "untouched by live consumers.")
-def replay_command(store_path, since, until, by, subjects, symbol, trace_id, speed, run_id, isolate) -> None:
+def replay_command(where, since, until, by, subjects, symbol, trace_id, speed, run_id, isolate) -> None:
     """Re-drive recorded events (data_ready.> unless --subject) into the running pipeline.
 
     Replayed events get new ids derived from the run id and their original ids, and say so in
@@ -393,10 +407,10 @@ def replay_command(store_path, since, until, by, subjects, symbol, trace_id, spe
         option=orjson.OPT_SORT_KEYS).decode())
 
     async def main() -> None:
-        async with SqliteEventStore.open(store_path, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             total = await s.count(**filters)
             if not total:
-                raise TradeflowError(await nothing_matched(s, filters))
+                raise TradeflowError(await nothing_matched(s, where, filters))
             nc = await connect()
             try:
                 await check_target(nc.jsm(), stages_of(filters["subjects"]), isolate)
@@ -439,7 +453,8 @@ def read_settings(path: Path) -> dict[str, str]:
 @click.option("--run", "replay_run", metavar="RUN_ID", help="A recorded replay run instead of the original events.")
 @click.option("--settings", "settings_path", type=click.Path(dir_okay=False),
               help="The recorded run's settings (default: settings.env beside the store's folder, as `up` and "
-                   "`demo` write it; then the TRADEFLOW_* environment).")
+                   "`demo` write it, or in $TRADEFLOW_DATA_DIR for a PostgreSQL store; then the TRADEFLOW_* "
+                   "environment).")
 @click.option("--strategy", help="Another strategy.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Strategy parameter. Repeatable.")
 @click.option("--set", "sets", multiple=True, metavar="TRADEFLOW_NAME=VALUE",
@@ -449,7 +464,7 @@ def read_settings(path: Path) -> dict[str, str]:
               "the portfolio before and after.")
 @click.option("--check", is_flag=True, help="Exit 1 if anything differs (e.g. in CI: the logic still "
               "reproduces the record).")
-def whatif_command(store_path, since, until, symbols, replay_run, settings_path, strategy, params, sets, limit,
+def whatif_command(where, since, until, symbols, replay_run, settings_path, strategy, params, sets, limit,
                    as_json, check) -> None:
     """Re-run the agents' logic over recorded bars, with other settings if given, and diff against the record.
 
@@ -462,14 +477,14 @@ def whatif_command(store_path, since, until, symbols, replay_run, settings_path,
 
     check_window(since, until)
     base = {k: v for k, v in os.environ.items() if k.startswith("TRADEFLOW_")}
-    found = Path(settings_path) if settings_path else Path(store_path).resolve().parent.parent / SETTINGS_FILE
+    found = Path(settings_path) if settings_path else data_home(where) / SETTINGS_FILE
     if settings_path or found.is_file():
         base |= read_settings(found)
     recorded_env = dict(base)
     env = overrides_env(base, strategy=strategy, params=params, sets=sets)
 
     async def main():
-        async with SqliteEventStore.open(store_path, read_only=True) as s:
+        async with _opened(where, read_only=True) as s:
             recorded = await load_recorded(s, since=since, until=until, symbols=[x.upper() for x in symbols],
                                            run=replay_run)
         total = len(recorded.bars)

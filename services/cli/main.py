@@ -195,8 +195,9 @@ def up(data: tuple[str, ...], home: str | None, nats_port: int, redis_port: int,
         if tls_dir:
             click.echo(f"         export TRADEFLOW_NATS_CA={stack.env['TRADEFLOW_NATS_CA']}   # NATS requires TLS")
         click.echo(f"  Redis  {stack.redis_url}")
-        click.echo(f"  Store  {stack.home / 'recorder' / 'events.sqlite'}    (TRADEFLOW_DATA_DIR={stack.home} "
-                   "tradeflow events --last)")
+        where = stack.store_location()
+        hint = f"TRADEFLOW_DATA_DIR={stack.home} " if where.kind == "sqlite" else ""
+        click.echo(f"  Store  {where}    ({hint}tradeflow events --last)")
         click.echo(f"  Data   {source}")
         click.echo(f"  Dashboard  {stack.dashboard_url()}")
         for name in stack.services:
@@ -376,14 +377,15 @@ def deploy() -> None:
 @deploy.command("local")
 @click.option("-f", "--file", "files", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="A Compose file; repeat to merge overrides (default: deploy/compose/compose.yaml).")
-@click.option("--profile", "profiles", multiple=True, help="Activate a Compose profile (scaled, cluster, ...).")
+@click.option("--profile", "profiles", multiple=True,
+              help="Activate a Compose profile (scaled, cluster, postgres, ...).")
 @click.option("--env-file", type=click.Path(dir_okay=False, exists=True),
               help="Variables for the files (default: .env beside the first file, if any).")
 @click.option("--home", type=click.Path(file_okay=False),
               help="Where logs and volumes go (default: var/deploy-<time>).")
 def deploy_local(files: tuple[str, ...], profiles: tuple[str, ...], env_file: str | None, home: str | None) -> None:
-    """Run a Compose file's services as local processes (nats-server, redis-server, tradeflow), each with
-    the environment the file gives it, until Ctrl-C: the file exercised without a container engine."""
+    """Run a Compose file's services as local processes (nats-server, redis-server, PostgreSQL, tradeflow),
+    each with the environment the file gives it, until Ctrl-C: the file exercised without a container engine."""
     from services.ops.deploy_local import DEFAULT_FILE, LocalDeployment
 
     deployment = LocalDeployment(files=[Path(f) for f in files] or [DEFAULT_FILE], home=_home(home, "deploy"),

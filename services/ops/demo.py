@@ -18,13 +18,12 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
-from replay.store import SqliteEventStore
 from services.audit import trail
 from services.ops import observe
 from services.ops.stack import Stack
 from services.ops.supervisor import http_json
 from services.registry import DURABLES
-from services.runtime.store import STORE_FILE
+from services.runtime.store import open_event_store
 
 
 Progress = Callable[[str, int, int], None]   # (what, done, total): "publishing" bars, then "draining" events
@@ -34,7 +33,7 @@ async def wait_published(stack: Stack, timeout: float, progress: Progress | None
     """Wait until the data service has published every bar; its progress."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, published = await http_json(stack.http_port("data"), "/v1/progress")
+        _, published = await stack.get("data", "/v1/progress")
         if progress is not None:
             progress("publishing", published.get("published", 0), published.get("bars", 0))
         if published.get("done"):
@@ -84,10 +83,10 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         with contextlib.suppress(asyncio.CancelledError):
             codes = await asyncio.shield(stack.stop())
     events = sum(v for k, v in summary.items() if isinstance(v, int) and k != "dead_letters")
-    audit_log = stack.home / "audit" / "audit.jsonl"
-    logged = Counter(line["type"] for line in await asyncio.to_thread(trail.read, audit_log))
-    store_path = stack.home / "recorder" / STORE_FILE
-    async with SqliteEventStore.open(store_path, read_only=True) as store:
+    audit_log = audit_trail_location(stack)
+    logged = Counter(line["type"] for line in await trail.read(audit_log))
+    where = stack.store_location()   # the embedded file under the home unless TRADEFLOW_STORE says otherwise
+    async with open_event_store(where, read_only=True) as store:
         recorded = await store.count()
     summary.update({
         "data": list(data),
@@ -98,14 +97,20 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "home": str(stack.home),
         "nats_store": str(stack.home / "nats"),
         "logs": str(stack.logs),
-        "audit_log": str(audit_log),
+        "audit_log": trail.shown(audit_log),
         "audit_log_lines": dict(logged),
         "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
-        "event_store": str(store_path),
+        "event_store": str(where),
         "event_store_events": recorded,
         "exit_codes": codes,
     })
     return summary
+
+
+def audit_trail_location(stack: Stack) -> str:
+    """Where the stack's audit service kept its trail: its TRADEFLOW_AUDIT_LOG, else the default file."""
+    given = stack.supervisor.procs["audit"].env.get(trail.SETTING)
+    return given or str(stack.home / "audit" / trail.DEFAULT_FILE)
 
 
 def render(s: dict) -> str:

@@ -9,6 +9,9 @@ What it does with each service of the merged files (the active ones: no profile,
   local ports, `-a 0.0.0.0` becomes 127.0.0.1, mounted paths become their host paths (a named
   volume is a folder under the home), and other services' `nats:4222`-style addresses follow.
 - `redis*` images run redis-server with the command's arguments, on a free local port.
+- `postgres*` images run Debian's PostgreSQL as the image would (services/ops/postgres_local.py): on an
+  empty volume initdb, POSTGRES_DB and the `/docker-entrypoint-initdb.d` scripts once, then the server
+  on a free local port; other services' `postgres:5432` follows.
 - tradeflow's image (a service with `build`, or an image named tradeflow) runs `tradeflow <command>`
   with exactly the environment the file gives it, addresses rewritten, on its own HTTP port
   (containers each have 8080; here they would collide) and its volume's folder as data directory.
@@ -29,12 +32,14 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.errors import ConfigError
+from services.ops import postgres_local as pg
 from services.ops.compose import load, names, read
 from services.ops.envfile import read_env_file
 from services.ops.supervisor import (
@@ -75,8 +80,19 @@ def _kind(name: str, service: dict) -> str:
         return "nats"
     if base == "redis":
         return "redis"
+    if base == "postgres":
+        return "postgres"
     raise ConfigError(f"service {name}: image {image or '(none)'!r} cannot run as a local process "
-                      "(tradeflow's image, nats and redis can)")
+                      "(tradeflow's image, nats, redis and postgres can)")
+
+
+def _stop_signal(service: dict, name: str, kind: str) -> int:
+    """Compose's `stop_signal` (SIGINT, INT or a number), else the image's (postgres: SIGINT, a fast shutdown)."""
+    given = str(service.get("stop_signal") or ("SIGINT" if kind == "postgres" else "SIGTERM"))
+    try:
+        return int(given) if given.isdigit() else signal.Signals["SIG" + given.upper().removeprefix("SIG")]
+    except KeyError:
+        raise ConfigError(f"service {name}: stop_signal {given!r} is not a signal") from None
 
 
 def _depends_on(service: dict) -> dict[str, dict]:
@@ -151,6 +167,9 @@ class LocalDeployment:
             ports |= {int(m) for a in args for m in re.findall(r"0\.0\.0\.0:(\d+)", a)}
         elif self.kinds[name] == "redis":
             ports.add(int(args[args.index("--port") + 1]) if "--port" in args[:-1] else 6379)
+        elif self.kinds[name] == "postgres":
+            ports.add(int(args[args.index("-p") + 1]) if "-p" in args[:-1] and args[args.index("-p") + 1].isdigit()
+                      else pg.PORT)
         return sorted(ports)
 
     def _mounts(self, name: str, svc: dict) -> list[tuple[str, Path]]:
@@ -217,6 +236,11 @@ class LocalDeployment:
             argv = [redis_server_binary(), *rest, "--bind", "127.0.0.1", "--protected-mode", "yes",
                     *([] if "--port" in rest else ["--port", str(self.ports[name, port])])]
             environ = os.environ | env
+        elif kind == "postgres":
+            pg.ImageSettings.of(env, name)   # its errors now, not once the servers are up
+            rest = args[1:] if args and args[0] == "postgres" else args
+            argv = pg.server_argv(self.pgdata(name), self.ports[name, self._container_ports(name, svc)[0]], rest)
+            environ = os.environ | env
         else:
             image_env = {k: self._paths(v, mounts) for k, v in IMAGE_DEFAULTS.items()}
             # as in a container, none of this shell's settings: only what the file (and the image) give
@@ -229,9 +253,44 @@ class LocalDeployment:
             restart = RestartPolicy.parse(svc.get("restart", "no"))
         except ConfigError as exc:
             raise ConfigError(f"{self.files[0]}: service {name}: {exc}") from exc
-        proc = Proc(name, argv, environ, self.home / "logs" / f"{name}.log", restart=restart)
+        proc = Proc(name, argv, environ, self.home / "logs" / f"{name}.log", restart=restart,
+                    stop_signal=_stop_signal(svc, name, kind), user=pg.run_as() if kind == "postgres" else None)
         proc.http_port = self.http_ports.get(name)
         return proc
+
+    def _service_env(self, name: str) -> dict[str, str]:
+        """A server's environment as its process gets it: addresses and mounted paths this machine's."""
+        mounts = self._mounts(name, self.services[name])
+        return {k: self._paths(self._rewrite(v, name), mounts)
+                for k, v in _environment(self.services[name], name, self.variables).items()}
+
+    def _mounted(self, name: str, path: str) -> Path | None:
+        """The folder of this machine that is `path` in service `name`'s container (None: not mounted)."""
+        mapped = self._paths(path, self._mounts(name, self.services[name]))
+        return None if mapped == path else Path(mapped)
+
+    def pgdata(self, name: str) -> Path:
+        """Where postgres service `name` keeps its cluster: the folder of the volume at its PGDATA (one of its
+        own under the home if none is mounted there) or, under root, the place postgres_local gives it."""
+        container = _environment(self.services[name], name, self.variables).get("PGDATA") or pg.PGDATA
+        return pg.data_folder(self._mounted(name, container) or self.home / "containers" / name / "data")
+
+    def postgres_url(self, name: str) -> str:
+        """The superuser's URL of postgres service `name`, on this machine."""
+        settings = pg.ImageSettings.of(self._service_env(name), name)
+        return settings.url(self.ports[name, self._container_ports(name, self.services[name])[0]])
+
+    async def _start_postgres(self, name: str) -> Proc:
+        """Postgres service `name` started; on an empty volume set up first, as the image does."""
+        env = self._service_env(name)
+        cluster = pg.Cluster(pg.ImageSettings.of(env, name), self.pgdata(name),
+                             self.ports[name, self._container_ports(name, self.services[name])[0]],
+                             pg.init_scripts(self._mounted(name, pg.INITDB_FOLDER)), env,
+                             self.home / "logs" / f"{name}.log")
+        try:
+            return await pg.bring_up(cluster, self.supervisor, self.proc(name))
+        except ConfigError as exc:
+            raise ConfigError(f"service {name}: {exc}") from None
 
     def nats_url_for(self, user: str) -> str | None:
         """NATS `user`'s URL, every node listed, with the password the servers were given (None: no such user)."""
@@ -279,6 +338,8 @@ class LocalDeployment:
             lines.append(f"         {injector}    (the injector: publish test events, read)")
         if redis := self.redis_url_for("operator"):
             lines.append(f"  Redis  {redis}")
+        lines += [f"  PostgreSQL  {self.postgres_url(name)}    (the superuser; the services' roles: "
+                  "deploy/compose/postgres-init/)" for name in self.services if self.kinds[name] == "postgres"]
         if dashboard := self.dashboard_url():
             lines.append(f"  Dashboard  {dashboard}")
         lines += [f"  {name:<12} http://127.0.0.1:{port}/healthz" for name, port in self.http_ports.items()]
@@ -292,8 +353,11 @@ class LocalDeployment:
     async def start(self) -> None:
         """The servers, healthy; then every tradeflow service, ready."""
         self.home.mkdir(parents=True, exist_ok=True)
-        servers = [n for n in self.services if self.kinds[n] != "tradeflow"]
+        servers = [n for n in self.services if self.kinds[n] not in ("tradeflow", "postgres")]
         procs = {n: await self.supervisor.start(self.proc(n)) for n in servers}
+        for name in self.services:   # its set-up, on a first run, takes a while: beside the others starting
+            if self.kinds[name] == "postgres":
+                await self._start_postgres(name)
         for name in servers:
             if self.kinds[name] == "nats":
                 await wait_port("127.0.0.1", self.ports[name, 4222], 20, procs[name].process)

@@ -13,16 +13,19 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
 from contracts.errors import ConfigError
+from replay.store import Location
 from services.ops.provision import init
 from services.ops.supervisor import (
     ROOT,
     Proc,
     Supervisor,
     free_port,
+    http_json,
     nats_server_binary,
     port_open,
     redis_server_binary,
@@ -38,6 +41,7 @@ from services.runtime.partition import Partition
 from services.runtime.permissions import OPERATOR, REDIS_USERS, redis_acl, with_authorization
 from services.runtime.permissions import USERS as NATS_USERS
 from services.runtime.settings import load
+from services.runtime.store import store_location
 
 SETTINGS_FILE = "settings.env"
 TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT", "RISK", "EXECUTION", "AUDIT"))
@@ -46,6 +50,24 @@ TRADING_PREFIXES = tuple(f"TRADEFLOW_{agent}_" for agent in ("STRATEGY", "QUANT"
 def _preferred(port: int) -> int:
     """`port` if it is given and free, else any free port."""
     return port if port and not port_open("127.0.0.1", port) else free_port()
+
+
+class Host(Protocol):
+    """Another machine a process of the stack runs on: its address, and the command prefix that runs a
+    program there (`ip netns exec NAME` for a network namespace, `ssh HOST` elsewhere)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def prefix(self) -> list[str]: ...
+
+
+class _ThisHost:
+    address = "127.0.0.1"
+    prefix: list[str] = []
+
+
+THIS_HOST: Host = _ThisHost()
 
 
 @dataclass
@@ -68,6 +90,8 @@ class Stack:
     # >1: that many nats-server nodes clustered on loopback (streams: set TRADEFLOW_STREAM_REPLICAS)
     nats_cluster: int = 1
     redis_appendfsync: str = "always"   # redis-server's AOF fsync policy (README: what a kill -9 costs)
+    # where processes run, by name ("nats-1", "recorder", ...): on this host (loopback) unless placed
+    hosts: dict[str, Host] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -92,24 +116,27 @@ class Stack:
 
     async def start_nats_cluster(self) -> None:
         """`nats_cluster` nats-server nodes (nats-1, nats-2, ...) with nats.conf, JetStream on each, routes on
-        loopback; ready once every node says JetStream is healthy. URLs list every node: clients fail over."""
+        loopback (or between the hosts `hosts` places them on); ready once every node says JetStream is
+        healthy. URLs list every node: clients fail over."""
         ports = [free_port() for _ in range(self.nats_cluster)]
         monitors = [free_port() for _ in range(self.nats_cluster)]
         routes = [free_port() for _ in range(self.nats_cluster)]
+        nodes = [self.host_of(f"nats-{i}") for i in range(1, self.nats_cluster + 1)]
         env = self._nats_env()
-        for i, (port, monitor, route) in enumerate(zip(ports, monitors, routes), start=1):
+        for i, (node, port, monitor, route) in enumerate(zip(nodes, ports, monitors, routes), start=1):
             store = self.home / f"nats-{i}"
             store.mkdir(parents=True, exist_ok=True)
-            argv = [nats_server_binary(), "-c", str(self._nats_conf()), "-a", "127.0.0.1", "-p", str(port),
-                    "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{i}", "--cluster_name", "tradeflow",
-                    "--cluster", f"nats://127.0.0.1:{route}",
-                    "--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)]
+            conf = self._nats_conf(node, port, monitor)
+            argv = [*node.prefix, nats_server_binary(), "-c", str(conf), "-a", node.address, "-p", str(port),
+                    "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{i}", "--cluster_name",
+                    "tradeflow", "--cluster", f"nats://{node.address}:{route}",
+                    "--routes", ",".join(f"nats://{n.address}:{r}" for n, r in zip(nodes, routes) if r != route)]
             proc = await self.supervisor.start(Proc(f"nats-{i}", argv, env, self.logs / f"nats-{i}.log"))
-            await wait_port("127.0.0.1", port, 20, proc.process)
+            await wait_port(node.address, port, 20, proc.process)
             self.ports[f"nats-{i}"], self.ports[f"nats-{i}-monitor"] = port, monitor
-        await wait_nats_healthy(monitors, 60, f"the NATS cluster (logs in {self.logs})")
+        await wait_nats_healthy(monitors, 60, f"the NATS cluster (logs in {self.logs})", [n.address for n in nodes])
         self.ports["nats-monitor"] = monitors[0]
-        self.nats_addresses = [f"127.0.0.1:{p}" for p in ports]
+        self.nats_addresses = [f"{n.address}:{p}" for n, p in zip(nodes, ports)]
         self.nats_address = self.nats_addresses[0]
         self.nats_url = self.nats_url_for(OPERATOR)
 
@@ -136,10 +163,15 @@ class Stack:
         return os.environ | {f"TRADEFLOW_NATS_PASSWORD_{user.upper()}": f'"{pw}"'
                              for user, pw in self.nats_passwords.items()}
 
-    def _nats_conf(self) -> Path:
+    def _nats_conf(self, node: Host = THIS_HOST, port: int = 0, monitor: int = 0) -> Path:
         """<home>/nats.conf: the repository's, with the permissions of this stack's durables (its replicas')
-        and, with `tls_dir`, TLS required with the certificate there."""
+        and, with `tls_dir`, TLS required with the certificate there. A node on another host gets its own
+        (nats-ADDRESS.conf), listening and monitored on that host's address."""
         text = with_authorization((ROOT / "nats.conf").read_text(), self.durables_by_service())
+        if node is not THIS_HOST:
+            text = "\n".join(f'listen: "{node.address}:{port}"' if line.startswith("listen:") else
+                             f'http: "{node.address}:{monitor}"' if line.startswith("http:") else line
+                             for line in text.splitlines()) + "\n"
         if self.tls_dir is not None:
             tls = Path(self.tls_dir).resolve()
             for name in ("ca.pem", "server.pem", "server-key.pem"):
@@ -148,7 +180,7 @@ class Stack:
             text += (f'\ntls {{\n  cert_file: "{tls / "server.pem"}"\n'
                      f'  key_file: "{tls / "server-key.pem"}"\n  ca_file: "{tls / "ca.pem"}"\n}}\n')
             self.env.setdefault("TRADEFLOW_NATS_CA", str(tls / "ca.pem"))
-        conf = self.home / "nats.conf"
+        conf = self.home / ("nats.conf" if node is THIS_HOST else f"nats-{node.address}.conf")
         conf.write_text(text)
         return conf
 
@@ -219,10 +251,17 @@ class Stack:
                                          **self.env, **self.per_service_env.get(name, {}), **partition,
                                          **({"TRADEFLOW_DASHBOARD_TOKEN": self.dashboard_token}
                                             if name == "dashboard" else {})})
-        argv = [sys.executable, "-m", "services.cli", "run", name]
+        host = self.host_of(label)
+        if host is not THIS_HOST:
+            env["TRADEFLOW_HTTP_HOST"] = host.address
+        argv = [*host.prefix, sys.executable, "-m", "services.cli", "run", name]
         proc = Proc(label, argv, env, self.logs / f"{label}.log")
-        proc.http_port = port
+        proc.http_port, proc.http_host = port, host.address
         return proc
+
+    def host_of(self, name: str) -> Host:
+        """The host process `name` runs on (this one unless `hosts` places it)."""
+        return self.hosts.get(name, THIS_HOST)
 
     def processes(self) -> list[tuple[str, str | None]]:
         """(service, replica) for every service process this stack runs, in start order."""
@@ -310,6 +349,16 @@ class Stack:
         services = [label for label in self.labels() if label in self.supervisor.procs]
         codes = await self.supervisor.stop_all(order=services)
         return codes
+
+    async def get(self, name: str, path: str, timeout: float = 2.0) -> tuple[int, dict]:
+        """GET a JSON endpoint of service `name`, on whichever host it runs; (status, body)."""
+        return await http_json(self.http_port(name), path, timeout, host=self.host_of(name).address)
+
+    def store_location(self) -> Location:
+        """The event store this stack's recorder writes: TRADEFLOW_STORE as the recorder sees it, else
+        <home>/recorder/events.sqlite."""
+        return store_location({**os.environ, **self.env, **self.per_service_env.get("recorder", {}),
+                               "TRADEFLOW_DATA_DIR": str(self.home)})
 
     def http_port(self, name: str) -> int:
         port = self.ports.get(name)

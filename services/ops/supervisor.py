@@ -159,6 +159,9 @@ class Proc:
     started_at: float = 0.0
     stopping: bool = False
     http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    user: str | None = None                          # run as this user (PostgreSQL refuses to run as root)
+    stop_signal: int = signal.SIGTERM                # what asks it to stop (Compose's `stop_signal`)
     watcher: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -170,7 +173,7 @@ class Proc:
         self.started_at = time.monotonic()
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, user=self.user,
                 start_new_session=True, preexec_fn=on_parent_death(signal.SIGTERM))   # dies with its supervisor
 
 
@@ -214,9 +217,11 @@ class Supervisor:
                 return
             await proc.spawn()
 
-    async def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float | None = None) -> int | None:
-        """Signal one process and wait for it (SIGKILL after the grace period); its exit code."""
+    async def stop(self, name: str, sig: int | None = None, timeout: float | None = None) -> int | None:
+        """Signal one process (by default with its stop signal) and wait for it (SIGKILL after the grace
+        period); its exit code."""
         proc = self.procs[name]
+        sig = proc.stop_signal if sig is None else sig
         proc.stopping = True
         if proc.process is None or proc.process.returncode is not None:
             return proc.process.returncode if proc.process else None
@@ -244,8 +249,9 @@ class Supervisor:
             return True
         return False
 
-    async def restart(self, name: str, sig: int = signal.SIGTERM) -> int | None:
-        """Stop one process with `sig` and start it again; the exit code it stopped with."""
+    async def restart(self, name: str, sig: int | None = None) -> int | None:
+        """Stop one process with `sig` (by default its stop signal) and start it again; the exit code it
+        stopped with."""
         code = await self.stop(name, sig)
         await self.start(self.procs[name])
         return code
@@ -261,21 +267,23 @@ class Supervisor:
         return codes
 
 
-async def http_json(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict]:
-    """GET a JSON endpoint of a local service; (status, body)."""
+async def http_json(port: int, path: str, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, dict]:
+    """GET a JSON endpoint of a service (on this host unless `host` says); (status, body)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
+        async with session.get(f"http://{host}:{port}{path}") as resp:
             return resp.status, await resp.json(content_type=None)
 
 
-async def wait_nats_healthy(monitor_ports: Iterable[int], timeout: float, what: str) -> None:
-    """Wait until every nats-server (by its monitoring port) says its JetStream is healthy; ConfigError
-    saying `what` (where its log is) if one has not after `timeout` seconds."""
+async def wait_nats_healthy(monitor_ports: Iterable[int], timeout: float, what: str,
+                            hosts: Iterable[str] | None = None) -> None:
+    """Wait until every nats-server (by its monitoring port, on its host) says its JetStream is healthy;
+    ConfigError saying `what` (where its log is) if one has not after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    for port in monitor_ports:
+    ports = list(monitor_ports)
+    for port, host in zip(ports, hosts or ["127.0.0.1"] * len(ports), strict=True):
         while True:
             try:
-                if (await http_json(port, "/healthz?js-enabled-only=true"))[0] == 200:
+                if (await http_json(port, "/healthz?js-enabled-only=true", host=host))[0] == 200:
                     break
             except (OSError, aiohttp.ClientError, TimeoutError, ValueError):
                 pass   # not up yet: refused, reset, not JSON
@@ -290,7 +298,7 @@ async def wait_ready(port: int, timeout: float, proc: Proc | None = None) -> Non
     last: object = None
     while time.monotonic() < deadline:
         try:
-            status, body = await http_json(port, "/readyz")
+            status, body = await http_json(port, "/readyz", host=proc.http_host if proc else "127.0.0.1")
             if status == 200:
                 return
             last = body

@@ -9,23 +9,33 @@ keeps recording while Redis is down. How far behind it is shows in
 
 Bad input (a body no stage could decode) is not an event: the stage that consumes it
 dead-letters it, so the recorder only counts it and moves on rather than dead-letter it twice.
+
+One recorder writes at a time: on start it takes the store's writer lock (`acquire_writer`). A
+second one (a replacement started beside one still alive) says once that another recorder holds
+the store and waits, unready (`store_writer` false in /readyz and /v1/health), consuming nothing,
+until the first stops or dies. It takes up what the first left unacked before anything newer
+(`Options.in_order`), so the store fills in stream order and its highest sequence is a watermark
+the state rebuild can trust (services/runtime/rebuild.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
 from contracts.subjects import PIPELINE_SUBJECTS
-from replay.store import SqliteEventStore, StoredEvent
+from replay.store import EventStore, Location, StoreBusy, StoredEvent
 from services.runtime.agent import Agent, AgentContext, Options
-from services.runtime.store import store_location
+from services.runtime.store import open_event_store, store_location
+
+log = logging.getLogger(__name__)
+FIRST_TRY = 0.5   # seconds the first attempt at the writer lock waits before saying another recorder holds it
 
 
 class RecorderAgent(Agent):
@@ -35,15 +45,39 @@ class RecorderAgent(Agent):
     consumes = tuple(PIPELINE_SUBJECTS)
     # insert-or-ignore by id already makes a redelivery a no-op (no dedup); bad input is dead-lettered by
     # the stage that consumes it; off the trading path: a transaction of many events, not one per event
-    options = Options(dedup=False, dead_letters=False, linger=0.25)
+    # in_order: the store's highest sequence is a watermark (see the module's doc)
+    options = Options(dedup=False, dead_letters=False, linger=0.25, in_order=True)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.store: SqliteEventStore | None = None
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.store: EventStore | None = None
         self.queued: list[StoredEvent] = []
+        self.writer: Literal["opening", "waiting", "holding"] = "opening"
 
     async def open(self, context: AgentContext) -> None:
-        self.store = await SqliteEventStore.open(self.path)
+        """Open the store and become its one writer, waiting for as long as another recorder holds it."""
+        store = await open_event_store(self.location)
+        try:
+            await self._become_writer(store)
+        except BaseException:
+            await store.close()
+            raise
+        self.store = store
+
+    async def _become_writer(self, store: EventStore) -> None:
+        try:
+            await store.acquire_writer(timeout=FIRST_TRY)
+        except StoreBusy:
+            self.writer = "waiting"
+            log.warning("another recorder holds the event store: waiting until it stops (this one records nothing "
+                        "meanwhile)", extra={"store": str(self.location)})
+            await store.acquire_writer(timeout=None)
+        self.writer = "holding"
+        log.info("this recorder holds the event store: recording", extra={"store": str(self.location)})
+
+    def checks(self) -> dict[str, bool]:
+        """store_writer: this recorder holds the store's writer lock (false: another one does, it waits)."""
+        return {"store_writer": self.writer == "holding"}
 
     async def prepare(self, inputs: Sequence[Incoming]) -> None:
         self.queued = []
@@ -70,8 +104,10 @@ class RecorderAgent(Agent):
 
         async def stats(request: web.Request) -> web.Response:
             if self.store is None:
-                return web.json_response({"error": "store not open yet"}, status=503)
-            return web.json_response(msgspec.to_builtins(await self.store.stats()) | {"path": str(self.store.path)})
+                return web.json_response({"error": f"store not open yet (writer: {self.writer})",
+                                          "writer": self.writer}, status=503)
+            return web.json_response(msgspec.to_builtins(await self.store.stats())
+                                     | {"path": str(self.location), "writer": self.writer})
 
         return [web.get("/v1/store", stats)]
 

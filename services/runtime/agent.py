@@ -25,7 +25,8 @@ folding already-processed history through `handle()`. `snapshot()` is taken once
 so it should cost little (immutable state, shallow copies).
 
 An agent with effects outside the stream (a ledger, a file, the cache) overrides the coroutines:
-  open(context)      at start, before the state is rebuilt: open files, take the cache;
+  open(context)      at start, before NATS is connected and the state rebuilt: open files and stores, take
+                     the cache (a store it cannot use fails the start at once; a wait here, the stop ends);
   prepare(inputs)    before a batch is handled: begin it, look up what handle() will need;
   record()           after the batch is handled, before its outputs are published: make what
                      handle() queued durable; raising Transient rolls the batch back and retries it;
@@ -73,6 +74,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     this long for the next one to fill, and fetches none ahead; fewer, larger batches cost far less."""
     partitionable: bool = False
     """(stateful) Its state is per symbol: replicas may share the symbols out (services/runtime/partition.py)."""
+    in_order: bool = False
+    """After a restart, what the last run left unacked is handled before anything newer, as for a stateful agent
+    (the recorder: the store then fills in stream order, so its highest sequence is a watermark)."""
 
     def __post_init__(self) -> None:
         if self.linger < 0:
@@ -134,6 +138,10 @@ class Component:
     def routes(self) -> list[web.RouteDef]:
         """Extra HTTP endpoints, beside /v1/health, /healthz, /readyz and /metrics."""
         return []
+
+    def checks(self) -> dict[str, bool]:
+        """Readiness checks of its own, beside the runtime's (nats, redis, consumer, state): every one must hold."""
+        return {}
 
     def micro_endpoints(self) -> dict[str, Callable[[], Awaitable[Any]]]:
         """Extra NATS micro endpoints (tradeflow.<name>.<endpoint>), beside health, stats and restart."""

@@ -1,8 +1,13 @@
 """The Redis cache: one namespace, a TTL per kind of data, hit/miss counters; passes through when Redis is down.
 
-Keys are `<namespace>:cache:<kind>:<key>`, values JSON. A cache is never the source of
-truth: when Redis cannot answer, `get_many` finds nothing and `set_many` stores nothing,
-and the `error` counter (and a log line, at most one per outage) say so.
+Keys are `<namespace>:cache:{<kind>}:<key>`, values JSON. The braces are a hash tag: Redis
+Cluster places a key by the part in braces only, so one kind's keys share a slot and the MGET
+of `get_many` (one kind, many keys) is one command there too (keys of several slots are refused
+with CROSSSLOT). A kind is then served by one node; the values are small and live seconds.
+Keys named before the hash tag (`<namespace>:cache:<kind>:<key>`) are misses, and expire with
+their kind's TTL. A cache is never the source of truth: when Redis cannot answer,
+`get_many` finds nothing and `set_many` stores nothing, and the `error` counter (and a log
+line, at most one per outage) say so.
 
 `get_or_compute` is single-flight: concurrent misses for one key in a service share one
 computation (and one store); an error in it reaches every waiter and nothing is cached. It
@@ -63,7 +68,7 @@ class Cache:
         self.counts: Counter[tuple[str, str]] = Counter()   # (kind, hit|miss|set|error|computed) -> keys
 
     def _key(self, kind: str, key: str) -> str:
-        return f"{self.settings.namespace}:cache:{kind}:{key}"
+        return f"{self.settings.namespace}:cache:{{{kind}}}:{key}"
 
     def _count(self, kind: str, result: str, n: int = 1) -> None:
         if n:

@@ -43,6 +43,8 @@ class RuntimeSettings(Redacted, msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: Seconds = 120.0
     stream_replicas: PositiveInt = 1
     dedup_ttl: Seconds = 7 * 24 * 3600.0
+    # the state rebuild: how long it waits for the event store to catch up with the stream (rebuild.py)
+    rebuild_wait: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # the exchange calendar that market-phase schedules follow (services/runtime/market.py)
     calendar: str = "XNYS"
     # replicas of a per-symbol service (services/runtime/partition.py): replica i of n, and the symbols they share

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contracts.errors import ConfigError
-from services.runtime.settings import redact
+from services.runtime import sentinel
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,10 @@ class RedisTlsSettings(msgspec.Struct, frozen=True, kw_only=True):
         given = {name: path for name, path in (("TRADEFLOW_REDIS_CA", self.redis_ca),
                                                ("TRADEFLOW_REDIS_CERT", self.redis_cert),
                                                ("TRADEFLOW_REDIS_KEY", self.redis_key)) if path}
-        if not url.startswith("rediss://"):
+        if not url.lower().startswith(("rediss://", "rediss+sentinel://")):
             if given:
                 raise ConfigError(f"{', '.join(given)} set, but REDIS_URL is not rediss://: TLS to Redis "
-                                  "needs a rediss:// URL")
+                                  "needs a rediss:// (or rediss+sentinel://) URL")
             return {}
         for name, path in given.items():
             if not os.path.isfile(path):
@@ -144,9 +144,23 @@ class RedisTlsSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "ssl_cert_reqs": "required"}
 
 
-def connect_redis(url: str, tls: RedisTlsSettings | None = None) -> Redis:
-    """A Redis client with short timeouts, so an outage is noticed rather than waited on; over TLS for a
-    rediss:// URL (`tls`: the CA and client certificate)."""
-    log.info("redis", extra={"url": redact(url)})
-    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=5,
-                          **(tls or RedisTlsSettings()).options(url))
+async def connect_redis(url: str, tls: RedisTlsSettings | None = None) -> Redis:
+    """The runtime's one way to Redis: a client of one server (redis://, rediss://: TLS with `tls`'s CA and
+    client certificate) or of the master a Sentinel set names (redis+sentinel://, rediss+sentinel://:
+    services/runtime/sentinel.py). Short timeouts and no retries, so an outage is noticed rather than
+    waited on; ConfigError naming REDIS_URL (password hidden) if the URL cannot work."""
+    log.info("redis", extra={"url": sentinel.shown(url)})
+    options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, "health_check_interval": 5,
+               **(tls or RedisTlsSettings()).options(url)}
+    if sentinel.is_sentinel_url(url):
+        return await sentinel.connect(url, **options)
+    try:
+        return Redis.from_url(url, **options)
+    except ValueError as exc:   # redis-py's reading of the URL: its scheme, port or options
+        raise ConfigError(f"REDIS_URL {sentinel.shown(url)}: {exc}") from None
+
+
+def redis_location(redis: Redis, url: str) -> dict[str, str | None]:
+    """Where a client of connect_redis goes: REDIS_URL without its password (nor its options' values) and,
+    through Sentinel, the master last found (what /v1/health shows)."""
+    return {"url": sentinel.shown(url), "master": sentinel.master_address(redis)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from contracts.subjects import ADVISORY_STREAM, DLQ_STREAM, PIPELINE_STREAM, PIPELINE_SUBJECTS
+from services.runtime.dedup import done_key_prefix
 
 OPERATOR, INJECTOR, DASHBOARD = "operator", "injector", "dashboard"
 
@@ -155,11 +156,13 @@ REDIS_USERS = (*SERVICE_USERS, DASHBOARD, OPERATOR)
 
 def redis_acl(user: str, password: str) -> str:
     """A Redis ACL rule (the text after `user `): a service may read and write only its own dedup keys and the
-    shared cache, run its scripts by hash and nothing dangerous; the operator may do everything."""
+    shared cache, run its scripts by hash and nothing dangerous; the operator may do everything. The dedup
+    keys are granted under both their names, with and without the hash tag, so that a service can move the
+    marks of the older layout at an upgrade (services/runtime/dedup.py)."""
     if user == OPERATOR:
         return f"{user} on >{password} ~* &* +@all"
-    return (f"{user} on >{password} resetkeys ~tradeflow:done:{user}:* ~tradeflow:cache:* "
-            "+@read +@write +@connection +evalsha +script|load -@dangerous")
+    return (f"{user} on >{password} resetkeys ~{done_key_prefix(user)}* ~tradeflow:done:{user}:* "
+            "~tradeflow:cache:* +@read +@write +@connection +evalsha +script|load -@dangerous")
 
 
 BEGIN = ("# --- authorization: written by `tradeflow permissions` (services/runtime/permissions.py); "

@@ -9,8 +9,11 @@ again and handled live.
 The stream keeps a bounded window (TRADEFLOW_STREAM_MAX_AGE); the event store keeps
 everything. When processed history has aged out of the stream, the part that is gone
 is folded from the store first (TRADEFLOW_STORE, or the recorder's file under
-TRADEFLOW_DATA_DIR), then the rest from the stream. Without a store the state is rebuilt
-from what the stream still holds, and the log says what is missing.
+TRADEFLOW_DATA_DIR), then the rest from the stream. The store must hold all of it: the
+recorder records every pipeline subject in stream order (services/recorder/service.py), so
+its highest sequence says how far it has got. A store that is behind (or missing) is
+waited for, up to TRADEFLOW_REBUILD_WAIT seconds, and then the service refuses to start
+(ConfigError, one line): a short history is never folded.
 
 What was folded is also the state's tracking record (services/runtime/tracking.py): the ack floor,
 and the sequences above it folded in or given up on. Live, the worker takes anything it holds as
@@ -19,11 +22,13 @@ done, and handles anything else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Literal
 
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
@@ -33,23 +38,26 @@ from nats.js.errors import NotFoundError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.codec import Incoming, decode
-from contracts.errors import BadInput, Transient
+from contracts.errors import BadInput, ConfigError, Transient
 from contracts.subjects import PIPELINE_STREAM
-from replay.store import SqliteEventStore
+from replay.store import EventStore, Location
 from services.runtime.advisories import given_up
 from services.runtime.agent import Agent
 from services.runtime.dedup import DedupRegistry
 from services.runtime.permissions import rebuild_consumer
+from services.runtime.store import open_event_store
 from services.runtime.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
 
 async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManager,
-                        durable: str, dedup: DedupRegistry, batch: int = 1000, store: Path | None = None
-                        ) -> tuple[int, Tracking]:
+                        durable: str, dedup: DedupRegistry, batch: int = 1000, store: Location | None = None,
+                        wait: float = 60.0) -> tuple[int, Tracking]:
     """Replay processed history into `agent`; how many events were folded in, and the state's tracking record.
-    NATS or Redis away meanwhile is waited out (up to _OUTAGE); the fold goes on where it was."""
+    NATS or Redis away meanwhile is waited out (up to _OUTAGE); the fold goes on where it was. History aged
+    out of the stream comes from `store`, once it holds all of it (waiting up to `wait` seconds; ConfigError
+    if it does not)."""
     async for attempt in _through_outages("reading the consumer"):
         with attempt:
             info = await jsm.consumer_info(PIPELINE_STREAM, durable)
@@ -60,7 +68,8 @@ async def rebuild_state(agent: Agent, js: JetStreamContext, jsm: JetStreamManage
     tracking = Tracking(floor, dead)
     if last == 0:
         return 0, tracking
-    aged = await fold_from_store(agent, store, below=min(first, floor + 1), dead=dead) if first > 1 and floor else 0
+    needed = needed_from_store(first, floor)
+    aged = await fold_from_store(agent, store, needed, first=first, dead=dead, wait=wait) if needed else 0
     fold = _StreamFold(agent, js, jsm, durable, dedup, batch, floor, last, dead, tracking)
     async for attempt in _through_outages("folding the stream"):
         with attempt:
@@ -83,17 +92,78 @@ def _through_outages(what: str) -> AsyncRetrying:
                          before_sleep=waiting)
 
 
-async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: AbstractSet[int] = frozenset()) -> int:
-    """Fold the events the agent consumes with a stream sequence below `below` from the event store."""
-    if path is None or not path.is_file():
-        log.warning("history aged out of the stream and there is no event store to rebuild it from: state "
-                    "covers only what the stream holds", extra={"missing_below_seq": below, "store": str(path)})
-        return 0
+def needed_from_store(first_seq: int, ack_floor: int) -> int:
+    """The highest stream sequence the rebuild must fold from the store (0: none): what was processed (up to
+    the ack floor) and is gone from the stream (below its first sequence)."""
+    return min(first_seq - 1, ack_floor)
+
+
+Verdict = Literal["fold", "wait", "refuse"]
+
+
+def judge_store(needed: int, recorded: int, waited: float, wait: float) -> Verdict:
+    """Fold from the store once it holds every event up to `needed` (its highest sequence, `recorded`, is a
+    watermark: the recorder records every subject in stream order, so the stage's own subjects do not
+    matter); until then wait, and refuse once `wait` seconds have passed."""
+    if recorded >= needed:
+        return "fold"
+    return "wait" if waited < wait else "refuse"
+
+
+_POLL = 0.5   # seconds between two looks at how far the store has got
+
+
+async def caught_up(location: Location | None, needed: int, *, first: int, wait: float) -> EventStore:
+    """The store, open read-only, once it holds every event up to `needed`; ConfigError naming the store's
+    setting if it still does not after `wait` seconds (or there is none)."""
+    started = time.monotonic()
+    store: EventStore | None = None
+    said = False
+    try:
+        while True:
+            if store is None and location is not None and (location.path is None or location.path.is_file()):
+                store = await open_event_store(location, read_only=True)
+            recorded = await store.last_seq() if store is not None else 0
+            verdict = judge_store(needed, recorded, time.monotonic() - started, wait)
+            if verdict == "fold" and store is not None:
+                if said:
+                    log.info("the event store caught up: the rebuild goes on",
+                             extra={"store_holds_up_to_seq": recorded})
+                return store
+            if verdict == "refuse":
+                raise ConfigError(_short_history(location, recorded, needed, first, wait))
+            if not said:
+                said = True
+                log.warning("state rebuild waits for the event store to catch up with the stream (is the recorder "
+                            "running?)", extra={"store": str(location), "store_holds_up_to_seq": recorded,
+                                                "needs_up_to_seq": needed, "stream_first_seq": first,
+                                                "wait_s": wait})
+            await asyncio.sleep(_POLL)
+    except BaseException:
+        if store is not None:
+            await store.close()
+        raise
+
+
+def _short_history(location: Location | None, recorded: int, needed: int, first: int, wait: float) -> str:
+    if location is None:
+        return (f"no event store to rebuild from (TRADEFLOW_STORE): the stream starts at seq {first}, seqs "
+                f"1..{needed} are gone; not rebuilding a short state")
+    return (f"{location.setting}: the event store {location} holds events up to seq {recorded}, the stream starts "
+            f"at seq {first}: seqs {recorded + 1}..{needed} are in neither (waited {wait:g}s for the recorder, "
+            "TRADEFLOW_REBUILD_WAIT); not rebuilding a short state")
+
+
+async def fold_from_store(agent: Agent, location: Location | None, needed: int, *, first: int,
+                          dead: AbstractSet[int] = frozenset(), wait: float = 60.0) -> int:
+    """Fold the events the agent consumes with a stream sequence up to `needed` from the event store, once
+    it holds them all (see `caught_up`)."""
     folded = 0
     now = datetime.now(timezone.utc)
-    async with SqliteEventStore.open(path, read_only=True) as store:
+    store = await caught_up(location, needed, first=first, wait=wait)
+    try:
         batch: list[Incoming] = []
-        async for e in store.query(subjects=list(agent.consumes), by="stream_seq", before_seq=below):
+        async for e in store.query(subjects=list(agent.consumes), by="stream_seq", before_seq=needed + 1):
             if e.stream_seq in dead:
                 continue
             try:
@@ -104,7 +174,10 @@ async def fold_from_store(agent: Agent, path: Path | None, below: int, dead: Abs
                 folded += fold(agent, batch, now)
                 batch = []
         folded += fold(agent, batch, now)
-    log.info("state rebuilt from the event store", extra={"events": folded, "below_seq": below, "store": str(path)})
+    finally:
+        await store.close()
+    log.info("state rebuilt from the event store", extra={"events": folded, "up_to_seq": needed,
+                                                         "store": str(location)})
     return folded
 
 

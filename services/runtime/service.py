@@ -1,4 +1,5 @@
-"""A service's life: connect, declare topology, rebuild state, serve, consume; drain on SIGTERM."""
+"""A service's life: open its files and stores, connect, declare topology, rebuild state, serve, consume;
+drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import msgspec
 import psutil
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from redis.asyncio import Redis
 
 from contracts import envelope as ce
 from contracts.errors import ConfigError
@@ -36,6 +38,7 @@ from services.runtime.connect import (
     TlsSettings,
     connect_nats,
     connect_redis,
+    redis_location,
 )
 from services.runtime.dedup import DedupRegistry
 from services.runtime.http import start_http
@@ -94,6 +97,7 @@ class Service:
         self.http_port = 0
         self.cache_settings = load(CacheSettings, "TRADEFLOW_CACHE_")
         self.cache: Cache | None = None
+        self.redis: Redis | None = None
         self.loop_lag = LoopLag(self.metrics)
         self.tasks = TaskManager(MarketClock(settings.calendar), backoff=settings.backoff)
         self.pool = ComputePool(load(PoolSettings, "TRADEFLOW_POOL_"), self.metrics)   # workers start on first use
@@ -101,10 +105,12 @@ class Service:
         self.process = psutil.Process()
         self.tracing = Tracing.from_env(self.name, version(),   # None unless an OTLP endpoint is configured
                                         consumer=self.consumer if stage is not None else None)
+        # where a stateful stage rebuilds what aged out of the stream from: read (and checked) once, at start
+        self.store = store_location() if stage is not None and stage.options.stateful else None
 
     def ready(self) -> dict[str, bool]:
         """What /readyz reports."""
-        checks = dict(self._checks)
+        checks = dict(self._checks) | self.component.checks()
         checks["nats"] = bool(self.nc and self.nc.is_connected)
         return checks
 
@@ -140,23 +146,31 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)   # kill -USR2: every asyncio task's stack
+        # first: a REDIS_URL that cannot work stops the service before it serves anything
+        redis = self.redis = await connect_redis(s.redis_url, load(RedisTlsSettings, "TRADEFLOW_"))
         self.nc = None
         self.micro = None
         self.worker: Worker | None = None
         routes = [web.get("/v1/health", self._health_view)]
-        runner, self.http_port = await start_http(
-            s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
-            routes=routes + self.component.routes())
+        try:
+            runner, self.http_port = await start_http(
+                s.http_host, s.http_port, service=self.name, metrics=self.metrics, ready=self.ready,
+                routes=routes + self.component.routes())
+        except BaseException:
+            await redis.aclose()
+            raise
         log.info("service starting", extra={"settings": repr(s), "http_port": self.http_port})
         background: list[asyncio.Task] = [asyncio.create_task(self.loop_lag.watch(stop=self._closing),
                                                               name="loop-lag")]
-        redis = connect_redis(s.redis_url, load(RedisTlsSettings, "TRADEFLOW_"))
         self.cache = Cache(redis, self.cache_settings, self.metrics)
         self.tasks.register("redis-ping", lambda: self._ping_redis(redis), priority=Priority.CRITICAL,
                             every=Every(1.0, 1.0), timeout=5.0, backoff=(1.0,))   # readiness follows within 1 s
         await self.tasks.start()
         opened = False
-        try:
+        try:   # its files and stores first: one it cannot use stops the start before anything is connected
+            if not await self._until_stopped(self._open_component(redis)):
+                return 0
+            opened = True
             watch = PermissionWatch()
             tls = load(TlsSettings, "TRADEFLOW_").context(s.nats_url)
             self.nc = await self._until_stopped(connect_nats(s.nats_url, self.name, watch, tls,
@@ -180,19 +194,18 @@ class Service:
                 extra=self.component.micro_endpoints())
             publisher = Publisher(js, timeout=s.publish_timeout, window=s.publish_window, watch=watch)
             dedup = DedupRegistry(redis, self.name, s.dedup_ttl)
-            await self.component.open(self._context(redis))
-            opened = True
             main: list[asyncio.Task] = []
             if stage is not None:
                 tracking = None
                 if stage.options.stateful:
                     rebuilt = await self._until_stopped(rebuild_state(stage, js, jsm, self.consumer, dedup,
-                                                                      store=store_location()))
-                    if rebuilt is None:   # stopped while it waited for NATS or Redis
+                                                                      store=self.store, wait=s.rebuild_wait))
+                    if rebuilt is None:   # stopped while it waited for NATS, Redis or the store
                         return 0
                     folded, tracking = rebuilt
                     self.metrics.rebuilt_events.labels(self.name).inc(folded)
                     self._checks["state"] = True
+                if stage.options.stateful or stage.options.in_order:
                     await self._await_unacked(jsm)
                 sub = await js.pull_subscribe_bind(durable=self.consumer, stream=PIPELINE_STREAM)
                 self._checks["consumer"] = True
@@ -254,6 +267,11 @@ class Service:
             await runner.cleanup()
             log.info("service stopped")
 
+    async def _open_component(self, redis) -> bool:
+        """The component's open(); True once it returned (a stop meanwhile cancels it)."""
+        await self.component.open(self._context(redis))
+        return True
+
     async def _await_unacked(self, jsm) -> None:
         """Let what a previous run held unacked (it was killed) come back before anything newer.
 
@@ -313,6 +331,7 @@ class Service:
             "event_loop_lag": self.loop_lag.snapshot(),
             "tasks": [msgspec.to_builtins(h) for h in self.tasks.health()],
             "cache": self.cache.stats() if self.cache else None,
+            "redis": redis_location(self.redis, self.settings.redis_url) if self.redis is not None else None,
             "pool": self.pool.stats(),
             "market": market,
         }

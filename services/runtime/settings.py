@@ -18,11 +18,12 @@ from contracts.errors import ConfigError
 
 T = TypeVar("T", bound=msgspec.Struct)
 _CREDENTIALS = re.compile(r"//[^/]*@")  # up to the last @ before the host, as urlparse reads it
+_PASSWORD_OPTION = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)   # ?password=, ?sentinel_password=
 
 
 def redact(url: str) -> str:
-    """A URL with any user:password part replaced by ***."""
-    return _CREDENTIALS.sub("//***@", url)
+    """A URL with any user:password part, and the value of any ...password= option, replaced by ***."""
+    return _PASSWORD_OPTION.sub(r"\1***", _CREDENTIALS.sub("//***@", url))
 
 
 def _env_name(cls: type, field: str, prefix: str) -> str:

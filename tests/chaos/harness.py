@@ -15,7 +15,7 @@ import msgspec
 
 from contracts.codec import decode
 from contracts.subjects import DLQ_STREAM, PIPELINE_STREAM, subject_for
-from replay.store import SqliteEventStore
+from services.runtime.store import open_event_store
 from replay.whatif import load_recorded, whatif
 from services import registry
 from services.audit.logic import report
@@ -102,7 +102,7 @@ async def run_fault(make_stack, name: str, fault: Fault, *, env: dict[str, str] 
     lost = expected - in_stream
     fills = Counter(json.loads(m.data)["order_id"] for m in enveloped if m.subject.startswith("executed_ready."))
     duplicate_fills = sum(n - 1 for n in fills.values() if n > 1)
-    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+    async with open_event_store(stack.store_location(), read_only=True) as store:
         recorded = {e.id async for e in store.query()}
     dead = await observe.dead_letters(nc.jsm())
     figures = Figures(fault=name, events=len(expected), lost=len(lost), duplicate_fills=duplicate_fills,
@@ -145,7 +145,7 @@ async def _settle_effects(stack, nc, sim, name: str, fills: Counter) -> None:
     expected = msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
     differ = {k: (portfolio.get(k), v) for k, v in expected.items() if portfolio.get(k) != v}
     assert not differ, f"{name}: audit's portfolio differs from the logic's (audit, logic): {str(differ)[:1500]}"
-    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+    async with open_event_store(stack.store_location(), read_only=True) as store:
         recorded = await load_recorded(store)
     diff = await asyncio.to_thread(whatif, recorded, ENV)
     assert diff.identical, f"{name}: the recorded history differs from the logic in {len(diff.differences)} places: " \

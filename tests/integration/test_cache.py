@@ -1,4 +1,5 @@
-"""The cache manager against a real redis-server: TTL per kind, single-flight, pass-through when Redis is away."""
+"""The cache manager against a real redis-server and a Sentinel set's master: TTL per kind, single-flight,
+pass-through when Redis is away."""
 
 from __future__ import annotations
 
@@ -15,11 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def redis(make_stack):
-    stack, _ = await make_stack(services=())
-    client = Redis.from_url(stack.redis_url)
-    yield client
-    await client.aclose()
+def redis(any_redis):
+    """One redis-server, then a Sentinel set's master: the cache behaves the same on each."""
+    return any_redis
 
 
 def counting(value, delay: float = 0.0):
@@ -39,8 +38,8 @@ async def test_values_expire_after_their_kinds_ttl_and_are_namespaced(redis):
     assert await cache.get_or_compute("market", "AAPL", compute) == {"bid": 10.5}
     assert await cache.get_or_compute("market", "AAPL", compute) == {"bid": 10.5}
     assert len(calls) == 1
-    assert await redis.exists("desk1:cache:market:AAPL") == 1
-    assert 0 < await redis.pttl("desk1:cache:market:AAPL") <= 300
+    assert await redis.exists("desk1:cache:{market}:AAPL") == 1
+    assert 0 < await redis.pttl("desk1:cache:{market}:AAPL") <= 300
     await asyncio.sleep(0.45)
     assert await cache.get_or_compute("market", "AAPL", compute) == {"bid": 10.5}
     assert len(calls) == 2, "an expired value is computed again"
@@ -68,7 +67,7 @@ async def test_an_error_in_the_computation_reaches_every_waiter_and_nothing_is_c
     outcomes = await asyncio.gather(*(cache.get_or_compute("news", "AAPL", broken) for _ in range(5)),
                                     return_exceptions=True)
     assert all(isinstance(o, ValueError) for o in outcomes)
-    assert await redis.exists("tradeflow:cache:news:AAPL") == 0
+    assert await redis.exists("tradeflow:cache:{news}:AAPL") == 0
 
 
 async def test_with_redis_away_the_cache_passes_through_and_counts_errors():

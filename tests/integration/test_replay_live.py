@@ -14,7 +14,7 @@ from contracts import envelope as ce
 from contracts.codec import decode, encode
 from contracts.envelope import Envelope, headers_for
 from contracts.subjects import PIPELINE_STREAM, stage_of, subject_for
-from replay.store import SqliteEventStore, StoredEvent
+from replay.store import StoredEvent, open_store
 from services import registry
 from services.data.service import DataSettings, bar_id, load_bars
 from services.offline.simulate import simulate
@@ -37,7 +37,7 @@ async def recorded_goog(path) -> list:
                        subject=subject_for(bar), trace_id=ce.trace_id_for(bar_id(bar)), sequence=seq)
         body, headers = encode(bar), headers_for(env)
         rows.append(StoredEvent.of(decode(env.subject, body, headers, sequence=seq), recorded_at=now))
-    async with SqliteEventStore.open(path) as store:
+    async with open_store(path) as store:
         await store.append(rows)
     return bars
 

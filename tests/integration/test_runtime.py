@@ -312,17 +312,16 @@ async def test_slow_work_is_kept_alive_not_redelivered(make_stack, tmp_path):
         assert agent.calls == {"SLOW": 1}
 
 
-async def test_dedup_marks_are_seen_for_the_ttl_across_days(make_stack):
-    stack, _ = await make_stack(services=())
-    async with Redis.from_url(stack.redis_url) as redis:
-        registry = DedupRegistry(redis, "strategy", 2 * 86_400)
-        day = datetime.fromisoformat("2026-03-01T23:59:00+00:00")
-        await registry.mark([f"e{n}" for n in range(500)], now=day)
-        await registry.mark(["late"], now=day + timedelta(days=1))
-        ids = ["e0", "e499", "late", "never"]
-        assert await registry.seen(ids, now=day) == {"e0", "e499"}
-        assert await registry.seen(ids, now=day + timedelta(days=2)) == {"e0", "e499", "late"}
-        assert await registry.seen(ids, now=day + timedelta(days=3)) == {"late"}   # past e*'s ttl: not asked
-        assert await registry.seen([]) == set()
-        ttl = await redis.ttl("tradeflow:done:strategy:20260301")
-        assert 2 * 86_400 < ttl <= 2 * 86_400 + 60, "a day's marks live the ttl after that day ends"
+async def test_dedup_marks_are_seen_for_the_ttl_across_days(any_redis):
+    redis = any_redis   # one redis-server, then a Sentinel set's master
+    registry = DedupRegistry(redis, "strategy", 2 * 86_400)
+    day = datetime.fromisoformat("2026-03-01T23:59:00+00:00")
+    await registry.mark([f"e{n}" for n in range(500)], now=day)
+    await registry.mark(["late"], now=day + timedelta(days=1))
+    ids = ["e0", "e499", "late", "never"]
+    assert await registry.seen(ids, now=day) == {"e0", "e499"}
+    assert await registry.seen(ids, now=day + timedelta(days=2)) == {"e0", "e499", "late"}
+    assert await registry.seen(ids, now=day + timedelta(days=3)) == {"late"}   # past e*'s ttl: not asked
+    assert await registry.seen([]) == set()
+    ttl = await redis.ttl("tradeflow:done:{strategy}:20260301")
+    assert 2 * 86_400 < ttl <= 2 * 86_400 + 60, "a day's marks live the ttl after that day ends"

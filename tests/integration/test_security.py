@@ -164,21 +164,22 @@ async def test_redis_users_touch_only_their_own_keys(make_stack):
         with pytest.raises((AuthenticationError, ResponseError)):
             await anonymous.ping()
     async with Redis.from_url(stack.redis_url_for("strategy")) as strategy:
-        await strategy.set("tradeflow:done:strategy:e1", b"1")
-        assert await strategy.mget(["tradeflow:done:strategy:e1"]) == [b"1"]
-        await strategy.set("tradeflow:cache:regime:X", b"{}")
-        for key in ("tradeflow:done:risk:e1", "other"):
+        await strategy.set("tradeflow:done:{strategy}:e1", b"1")
+        assert await strategy.mget(["tradeflow:done:{strategy}:e1"]) == [b"1"]
+        await strategy.set("tradeflow:done:strategy:e0", b"1")   # the layout before the hash tag: moved at an upgrade
+        await strategy.set("tradeflow:cache:{regime}:X", b"{}")
+        for key in ("tradeflow:done:{risk}:e1", "tradeflow:done:risk:e1", "other"):
             with pytest.raises(NoPermissionError):
                 await strategy.get(key)
         with pytest.raises(NoPermissionError):
             await strategy.flushall()
         # the dedup registry runs its script by hash (EVALSHA, loaded with SCRIPT LOAD): held to the same keys
         hset = strategy.register_script("return redis.call('HSET', KEYS[1], 'e2', '1')")
-        assert await hset(keys=["tradeflow:done:strategy:20240102"]) == 1
-        for key in ("tradeflow:done:risk:20240102", "other"):
+        assert await hset(keys=["tradeflow:done:{strategy}:20240102"]) == 1
+        for key in ("tradeflow:done:{risk}:20240102", "other"):
             with pytest.raises((NoPermissionError, ResponseError)):
                 await hset(keys=[key])
-        stray = strategy.register_script("return redis.call('HSET', 'tradeflow:done:risk:x', 'e2', '1')")
+        stray = strategy.register_script("return redis.call('HSET', 'tradeflow:done:{risk}:x', 'e2', '1')")
         with pytest.raises((NoPermissionError, ResponseError)):   # a script naming no key may still touch none
             await stray(keys=[])
         with pytest.raises(NoPermissionError):   # EVAL of a script text is not a service's to run
@@ -186,4 +187,4 @@ async def test_redis_users_touch_only_their_own_keys(make_stack):
         with pytest.raises((NoPermissionError, ResponseError)):
             await strategy.script_flush()
     async with Redis.from_url(stack.redis_url) as admin:   # the cli user
-        assert await admin.get("tradeflow:done:strategy:e1") == b"1"
+        assert await admin.get("tradeflow:done:{strategy}:e1") == b"1"

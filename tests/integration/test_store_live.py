@@ -3,6 +3,7 @@ across a recorder killed mid-run (its unacked batch redelivered), and what the s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -14,13 +15,15 @@ import orjson
 import pytest
 
 from contracts.subjects import PIPELINE_STREAM
-from replay.store import SqliteEventStore
+from replay.store import open_store
 from services.ops import observe
-from services.ops.supervisor import http_json
-from services.registry import DURABLES
+from services.ops.supervisor import RestartPolicy, http_json
+from services.registry import CONSUMERS, DURABLES
 from services.risk.service import book_view
+from services.runtime.store import open_event_store
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
+from tests.stores import KINDS, location_for
 from tests.unit.test_backtesting_parity import PARITY_ENV
 
 pytestmark = pytest.mark.integration
@@ -60,7 +63,7 @@ async def test_store_holds_every_event_once_across_a_killed_recorder(make_stack)
     delivered = (await nc.jsm().consumer_info(PIPELINE_STREAM, "recorder")).delivered
     assert delivered.consumer_seq > delivered.stream_seq, "some messages were delivered to the recorder twice"
     messages = await stream_messages(nc, PIPELINE_STREAM)
-    async with SqliteEventStore.open(store_path, read_only=True) as store:
+    async with open_store(store_path, read_only=True) as store:
         stored = [e async for e in store.query(by="time")]
         assert await store.count() == len(stored)
     assert len(messages) == 2148 + 4 * 94
@@ -123,7 +126,7 @@ async def test_store_commands_read_a_live_store_without_changing_it(make_stack):
 async def test_history_aged_out_of_the_stream_is_rebuilt_from_the_store(make_stack):
     _, sim, agents = predicted(LOGIC_ENV)
     expected_book = book_view(agents["risk"].book)
-    stack, nc = await make_stack(env=LOGIC_ENV, per_service={"data": DATA_ENV})
+    stack, nc = await make_stack(env={**LOGIC_ENV, "TRADEFLOW_REBUILD_WAIT": "2"}, per_service={"data": DATA_ENV})
     await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
     await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
     assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] == expected_book
@@ -144,9 +147,65 @@ async def test_history_aged_out_of_the_stream_is_rebuilt_from_the_store(make_sta
 
     store = stack.home / "recorder" / "events.sqlite"
     await stack.supervisor.stop("recorder")
-    store.rename(store.with_suffix(".moved"))  # without the store, only what the stream holds: nothing
-    await stack.restart_service("risk", signal.SIGKILL)
-    assert (await http_json(stack.http_port("risk"), "/v1/book"))[1] != expected_book
+    store.rename(store.with_suffix(".moved"))  # without the store, the history is in neither: risk refuses
+    code, line, _ = await start_refused(stack, "risk")
+    assert code == 1 and line.startswith(f"Error: TRADEFLOW_STORE: the event store {store} holds events up to "
+                                         "seq 0, the stream starts at seq "), line
+
+
+async def start_refused(stack, name: str) -> tuple[int, str, list[str]]:
+    """Kill service `name` and start it once more, not restarted when it ends: its exit code, the last line it
+    wrote and all its log. One that ended is taken out of the stack (nothing is left to stop)."""
+    await stack.supervisor.stop(name, signal.SIGKILL)
+    proc = stack.service_proc(name)
+    proc.restart = RestartPolicy("no")
+    await stack.supervisor.start(proc)
+    assert proc.process is not None
+    code = await asyncio.wait_for(proc.process.wait(), timeout=90)
+    del stack.supervisor.procs[name]
+    lines = proc.log_path.read_text().splitlines()
+    return code, lines[-1], lines
+
+
+BARS_AFTER = [{"symbol": "AAPL", "ts": f"2024-01-05T14:{30 + i}:00Z", "open": 100 + i, "high": 102 + i,
+               "low": 99 + i, "close": 101 + i, "volume": 1000} for i in range(5)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_rebuild_refuses_a_store_that_missed_what_the_stream_no_longer_holds(make_stack, request, tmp_path,
+                                                                                       kind):
+    store = {"TRADEFLOW_STORE": location_for(kind, request, tmp_path)} if kind != "sqlite" else {}
+    stack, nc = await make_stack(env={**LOGIC_ENV, **store, "TRADEFLOW_REBUILD_WAIT": "3"},
+                                 per_service={"data": DATA_ENV})
+    await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
+    jsm = nc.jsm()
+    await observe.wait_drained(jsm, DURABLES, timeout=60)
+    await stack.supervisor.stop("recorder")   # what comes next is never recorded
+    for bar in BARS_AFTER:
+        await nc.jetstream().publish("data_ready.AAPL", orjson.dumps(bar))
+    await observe.wait_drained(jsm, CONSUMERS, timeout=60)
+    floor = (await jsm.consumer_info(PIPELINE_STREAM, "risk")).ack_floor.stream_seq
+
+    config = (await jsm.stream_info(PIPELINE_STREAM)).config   # then the stream lets it all go
+    config.max_age, config.duplicate_window = 1.0, 1.0
+    await jsm.update_stream(config)
+
+    async def stream_empty() -> bool:
+        return (await jsm.stream_info(PIPELINE_STREAM)).state.messages == 0
+
+    await wait_for(stream_empty, timeout=60, what="the stream to age everything out")
+    first = (await jsm.stream_info(PIPELINE_STREAM)).state.first_seq
+    async with open_event_store(stack.store_location(), read_only=True) as events:
+        recorded = await events.last_seq()
+    assert recorded < floor < first, "risk handled events the store does not hold and the stream no longer does"
+
+    code, line, log = await start_refused(stack, "risk")
+    assert code == 1
+    assert line == (f"Error: TRADEFLOW_STORE: the event store {stack.store_location()} holds events up to seq "
+                    f"{recorded}, the stream starts at seq {first}: seqs {recorded + 1}..{floor} are in neither "
+                    "(waited 3s for the recorder, TRADEFLOW_REBUILD_WAIT); not rebuilding a short state")
+    waited = [orjson.loads(entry) for entry in log if "waits for the event store" in entry]
+    assert [(w["needs_up_to_seq"], w["store_holds_up_to_seq"]) for w in waited] == [(floor, recorded)]
 
 
 async def test_a_fill_made_on_a_later_bar_is_in_its_orders_trace(make_stack):
@@ -156,7 +215,7 @@ async def test_a_fill_made_on_a_later_bar_is_in_its_orders_trace(make_stack):
                                  per_service={"data": slow})
     await wait_for(lambda: _published_all(stack), timeout=60, what="every bar published")
     await observe.wait_drained(nc.jsm(), DURABLES, timeout=60)
-    async with SqliteEventStore.open(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
+    async with open_store(stack.home / "recorder" / "events.sqlite", read_only=True) as store:
         stored = [e async for e in store.query(by="time")]
     approved = {e.id: e for e in stored if e.stage == "approved_ready"}
     fills = [e for e in stored if e.stage == "executed_ready"]

@@ -60,7 +60,7 @@ async def test_a_tls_deployment_works_for_clients_that_trust_its_ca(tmp_path):
             async with Redis.from_url(stack.redis_url, ssl_ca_certs=str(certs / "ca.pem")) as redis:
 
                 async def marked() -> bool:   # marks follow the acks by up to 50 ms
-                    return bool(await redis.keys("tradeflow:done:quant:*"))
+                    return bool(await redis.keys("tradeflow:done:{quant}:*"))
 
                 await wait_for(marked, timeout=10, what="quant's marks, written over TLS")
             with pytest.raises(RedisError):   # no CA to trust

@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from contracts.errors import ConfigError
-from services.ops.compose import MAX_BYTES, interpolate, load, read
+from replay.store.location import parse_location
+from services.ops import postgres_local as pg
+from services.ops.compose import MAX_BYTES, interpolate, load, names, read
 from services.ops.deploy_local import LocalDeployment, _command
 from services.ops.envfile import read_env_file
 from services.ops.interpolation import references, substitute
@@ -356,3 +361,82 @@ def test_the_model_is_the_one_docker_compose_builds(tmp_path):
         assert ours[name].get("command") == service.get("command"), name
         assert set(ours[name].get("depends_on") or {}) == set(service.get("depends_on") or {}), name
         assert ours[name]["image"] == service["image"], name
+
+
+STORES = ("TRADEFLOW_STORE", "TRADEFLOW_EXECUTION_LEDGER", "TRADEFLOW_AUDIT_LOG")
+WITH_POSTGRES = [COMPOSE / "compose.yaml", COMPOSE / "scaled.yaml", COMPOSE / "postgres.yaml"]
+
+
+def example_variables() -> dict[str, str]:
+    return {name: f"pw-{name.lower()}" for name in read_env_file(COMPOSE / "env.example", {})}
+
+
+def test_every_variable_the_compose_files_use_is_in_env_example():
+    used = set().union(*(names(read(path)) for path in COMPOSE.glob("*.yaml")))
+    assert used <= set(example_variables()), used - set(example_variables())
+
+
+def test_the_postgres_profile_gives_each_store_its_writer_s_role_and_the_rebuilds_the_reader():
+    """Every store, ledger and audit setting is a postgresql:// URL on the postgres service, with the role
+    that may do what that service does (postgres-init/10-roles.sql) and its password from the environment."""
+    services = load(WITH_POSTGRES, example_variables())["services"]
+    roles = {(name, key): parse_location(value, key) for name, svc in services.items()
+             for key, value in (svc.get("environment") or {}).items() if key in STORES}
+    readers = {"strategy", "strategy-0", "strategy-1", "quant", "risk", "execution", "audit"}
+    assert {(n, k): urlsplit(loc.url or "").username for (n, k), loc in roles.items()} == {
+        ("recorder", "TRADEFLOW_STORE"): "tradeflow_recorder",
+        ("execution", "TRADEFLOW_EXECUTION_LEDGER"): "tradeflow_execution",
+        ("audit", "TRADEFLOW_AUDIT_LOG"): "tradeflow_audit",
+        **{(n, "TRADEFLOW_STORE"): "tradeflow_reader" for n in readers}}
+    for (name, _), location in roles.items():
+        url = urlsplit(location.url or "")
+        assert location.kind == "postgresql" and (url.hostname, url.port, url.path) == ("postgres", 5432, "/tradeflow")
+        assert url.password == f"pw-tradeflow_postgres_password_{(url.username or '').removeprefix('tradeflow_')}"
+        assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    for name in (n for n in services if n not in {n for n, _ in roles}):
+        assert "postgres" not in (services[name].get("depends_on") or {}), name
+
+
+def test_without_the_postgres_file_the_stores_stay_embedded(tmp_path):
+    deployment = LocalDeployment(files=[COMPOSE / "compose.yaml"], home=tmp_path / "home")
+    assert "postgres" not in deployment.services
+    assert not [(n, k) for n, svc in deployment.services.items() for k in svc.get("environment") or {} if k in STORES]
+
+
+def test_deploy_local_runs_the_postgres_service_on_a_free_port_and_points_the_services_at_it(tmp_path):
+    deployment = LocalDeployment(files=WITH_POSTGRES[::2], home=tmp_path / "home", profiles=("postgres",))
+    port = deployment.port("postgres", 5432)
+    server = deployment.proc("postgres")
+    assert Path(server.argv[0]).name == "postgres" and server.argv[1:3] == ["-D", str(deployment.pgdata("postgres"))]
+    assert server.argv[-6:] == ["-c", "listen_addresses=127.0.0.1", "-p", str(port), "-c", "unix_socket_directories="]
+    assert server.stop_signal == signal.SIGINT and server.user == ("postgres" if os.geteuid() == 0 else None)
+    volume = tmp_path / "home" / "volumes" / "postgres-data"
+    assert deployment.pgdata("postgres") == (volume if os.geteuid() else pg.data_folder(volume))
+    password = deployment.variables["TRADEFLOW_POSTGRES_PASSWORD_RECORDER"]
+    assert deployment.proc("recorder").env["TRADEFLOW_STORE"] == \
+        f"postgresql://tradeflow_recorder:{password}@127.0.0.1:{port}/tradeflow"
+    assert deployment.postgres_url("postgres") == \
+        f"postgresql://postgres:{deployment.variables['TRADEFLOW_POSTGRES_PASSWORD']}@127.0.0.1:{port}/tradeflow"
+
+
+@pytest.mark.parametrize("service, message", [
+    ("image: postgres:15\n", "POSTGRES_PASSWORD is not set"),
+    ("image: postgres:15\n    environment: {POSTGRES_PASSWORD_FILE: /nope/pw}\n", "POSTGRES_PASSWORD_FILE /nope/pw"),
+    ("image: postgres:15\n    environment: {POSTGRES_PASSWORD: x, POSTGRES_INITDB_ARGS: \"'\"}\n",
+     "POSTGRES_INITDB_ARGS"),
+    ("image: postgres:15\n    stop_signal: SIGNOPE\n    environment: {POSTGRES_PASSWORD: x}\n",
+     "stop_signal 'SIGNOPE' is not a signal"),
+], ids=["no password", "no password file", "unclosed quote", "no such signal"])
+def test_a_postgres_service_it_cannot_run_is_a_clear_error(tmp_path, service, message):
+    [path] = files(tmp_path, f"services:\n  db:\n    {service}")
+    with pytest.raises(ConfigError, match=f"service db: {message}"):
+        LocalDeployment(files=[path], home=tmp_path / "home").proc("db")
+
+
+def test_a_compressed_init_script_is_refused_and_others_are_taken_in_name_order(tmp_path):
+    for name in ("20-b.sql", "10-a.sh", "30-c.txt"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in pg.init_scripts(tmp_path)] == ["10-a.sh", "20-b.sql"]
+    (tmp_path / "40-d.sql.gz").write_bytes(b"")
+    with pytest.raises(ConfigError, match="compressed init scripts cannot run here"):
+        pg.init_scripts(tmp_path)

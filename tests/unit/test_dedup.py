@@ -1,8 +1,9 @@
-"""The dedup registry says "Redis is unavailable" for every way a call fails while Redis restarts."""
+"""The dedup registry says "Redis is unavailable" for every way a call fails while Redis restarts or fails over."""
 
 from __future__ import annotations
 
 import pytest
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from contracts.errors import RedisUnavailable
@@ -41,6 +42,9 @@ class FailingPipeline:
     def expire(self, *_args) -> None:
         pass
 
+    def exists(self, *_args) -> None:
+        pass
+
     async def execute(self):
         raise self.error
 
@@ -49,6 +53,7 @@ class FailingPipeline:
     RedisConnectionError("Connection closed by server."),
     ConnectionResetError(104, "Connection reset by peer"),
     RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed"),
+    MasterNotFoundError("No master found for 'tradeflow'"),   # the sentinels have not promoted a replica yet
 ])
 async def test_a_call_cut_off_by_a_restart_is_redis_unavailable(error):
     registry = DedupRegistry(Failing(error), "strategy", 86_400)

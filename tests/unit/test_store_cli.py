@@ -160,3 +160,19 @@ def test_trace_ends_with_the_audit_log_line_of_its_fill(store_path, tmp_path):
     log.write_bytes(b"\x00not json\n")   # an unreadable log leaves the trace as the store has it
     result = run("trace", "trace-3", "--audit-log", str(log), store=store_path)
     assert result.exit_code == 0 and "audit" not in result.output.split("fields")[1]
+
+
+def test_trace_reads_an_audit_trail_in_postgresql(store_path, pg_url):
+    from services.audit.trail import open_trail
+
+    logged = T0 + timedelta(days=3, milliseconds=20 + 7)   # 7 ms after journey 3's fill, evt-304
+
+    async def log_fill() -> None:
+        async with open_trail(pg_url) as trail:
+            await trail.append([{"type": "fill", "id": "evt-304", "trace_id": "trace-3",
+                                 "logged_at": logged.isoformat()}])
+
+    asyncio.run(log_fill())
+    steps = [json.loads(line) for line in
+             run("trace", "trace-3", "--json", "--audit-log", pg_url, store=store_path).output.splitlines()]
+    assert (steps[-1]["stage"], steps[-1]["after_cause_ms"]) == ("audit", 7.0)

@@ -21,7 +21,7 @@ from contracts.envelope import REPLAY_OF, REPLAY_RUN, derive_id
 from contracts.errors import ConfigError
 from contracts.events import BarReceived, OrderApproved, OrderFilled, SignalGenerated
 from replay.simulated import as_recorded as recorded_rows
-from replay.store import SqliteEventStore, StoredEvent
+from replay.store import StoredEvent, open_store
 from replay.whatif import WhatIf, WhatIfError, load_recorded, overrides_env, whatif
 from replay.whatif_report import NO_DIFFERENCES, format_diff
 from services import registry
@@ -49,7 +49,7 @@ def as_recorded(sim: Simulation) -> list[StoredEvent]:
 
 
 async def record(path: Path, sim: Simulation) -> Path:
-    async with SqliteEventStore.open(path) as store:
+    async with open_store(path) as store:
         await store.append(as_recorded(sim))
     return path
 
@@ -70,7 +70,7 @@ def goog_run(goog) -> Simulation:
 
 @pytest.fixture
 async def store(tmp_path, goog_run):
-    async with SqliteEventStore.open(await record(tmp_path / "events.sqlite", goog_run)) as opened:
+    async with open_store(await record(tmp_path / "events.sqlite", goog_run)) as opened:
         yield opened
 
 
@@ -109,7 +109,7 @@ async def test_other_parameters_give_what_a_fresh_run_gives(store, goog, goog_ru
 
 
 async def test_a_tighter_limit_turns_approvals_into_rejections(tmp_path, goog):
-    async with SqliteEventStore.open(await record(tmp_path / "fixed.sqlite", run(goog, FIXED))) as store:
+    async with open_store(await record(tmp_path / "fixed.sqlite", run(goog, FIXED))) as store:
         recorded = await load_recorded(store)
     w = whatif(recorded, overrides_env(FIXED, sets=("TRADEFLOW_RISK_MAX_POSITION=5",)))
     counts = {s.stage: s for s in w.stages}
@@ -126,7 +126,7 @@ async def test_a_tighter_limit_turns_approvals_into_rejections(tmp_path, goog):
 async def test_several_symbols_interleave_as_the_pipeline_saw_them(tmp_path):
     bars = synthetic(["BBB", "AAA", "CCC"], 300, seed=3)  # all-in on three symbols: one cash for all
     sim = run(bars, ALL_IN)
-    async with SqliteEventStore.open(await record(tmp_path / "three.sqlite", sim)) as store:
+    async with open_store(await record(tmp_path / "three.sqlite", sim)) as store:
         recorded = await load_recorded(store)
         assert recorded.bars == [(bar_id(bar), bar) for bar in bars]
         assert whatif(recorded, ALL_IN).identical
@@ -195,7 +195,7 @@ async def test_fills_are_matched_by_order_whichever_input_made_them(tmp_path, go
             order = orders[decode_body("executed_ready", row.body).order_id]
             row = msgspec.structs.replace(row, id=derive_id("execution", order, 0), causation_id=order)
         rows.append(row)
-    async with SqliteEventStore.open(tmp_path / "live.sqlite") as store:
+    async with open_store(tmp_path / "live.sqlite") as store:
         await store.append(rows)
         w = whatif(await load_recorded(store), ALL_IN)
     assert w.identical and w.before == w.after and w.after.fills == 94
@@ -215,7 +215,7 @@ async def test_a_corrupt_row_is_skipped_and_reported(tmp_path, goog, goog_run, s
         (victim, body), = db.execute("SELECT id, body FROM events WHERE stage = ? ORDER BY event_ts "
                                      "LIMIT 1 OFFSET 30", [stage]).fetchall()
         db.execute("UPDATE events SET body = ? WHERE id = ?", [corrupt(body), victim])
-    async with SqliteEventStore.open(path) as store:
+    async with open_store(path) as store:
         recorded = await load_recorded(store)
     w = whatif(recorded, ALL_IN)
     assert [s.id for s in w.skipped] == [victim] and reason in w.skipped[0].reason
