@@ -11,6 +11,7 @@ stands, with its event id and body, whichever process made it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Annotated, Any, cast
 
 import msgspec
 from aiohttp import web
+from prometheus_client import Counter
 
 from contracts.codec import Incoming
 from contracts.events import BarReceived, OrderApproved, OrderFilled, Symbol
@@ -26,6 +28,8 @@ from services.execution.ledger import SETTING, FillConflict, FillLedger, Locatio
 from services.execution.logic import BrokerParams, new_broker, on_bar, on_order
 from services.runtime.agent import Agent, AgentContext, Options, Output
 from services.runtime.settings import load
+
+log = logging.getLogger(__name__)
 
 
 class LedgerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +62,7 @@ class ExecutionAgent(Agent):
         self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
         self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
         self.waiting: dict[str, tuple[str, str]] = {}  # a waiting order's id -> (its trace, its event id)
+        self.filled_elsewhere: Any = None              # a Prometheus counter, once open() has made it
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Output]:
         """Each fill keyed by its order: it is its order's, made once (the ledger), so its id comes from the
@@ -76,6 +81,11 @@ class ExecutionAgent(Agent):
 
     async def open(self, context: AgentContext) -> None:
         self.ledger = await open_ledger(self.ledger_location or context.data_dir / "fills.sqlite")
+        if context.metrics is not None:
+            self.filled_elsewhere = Counter(
+                "tradeflow_fills_recorded_elsewhere", "Orders whose fill another execution process had recorded "
+                "first (two alive on one ledger); the fill that stands was published", ["service"],
+                registry=context.metrics.registry).labels(self.name)
 
     async def prepare(self, inputs: Sequence[Incoming]) -> None:
         """Look up every order this batch could fill: its new orders and those waiting for a bar."""
@@ -90,7 +100,14 @@ class ExecutionAgent(Agent):
         FillConflict if the fill that stands for one of its orders is another process's, not this batch's
         (the runtime rolls the batch back and handles it again: prepare() then finds that fill)."""
         fills, self.queued = self.queued, []
-        standing = await self._ledger().record(fills)
+        standing, inserted = await self._ledger().record(fills)
+        # neither known to the ledger before this batch nor inserted by it: another process filled it since
+        elsewhere = [f.order_id for f in fills if f.order_id not in inserted and f.order_id not in self.recorded]
+        if elsewhere:
+            log.warning("another execution process recorded fills of these orders first: is a second one alive on "
+                        "this ledger?", extra={"orders": elsewhere[:10], "count": len(elsewhere)})
+            if self.filled_elsewhere is not None:
+                self.filled_elsewhere.inc(len(elsewhere))
         others = [fill.order_id for fill in fills if standing[fill.order_id] != fill]
         if others:
             raise FillConflict(f"the fill ledger holds another process's fill for {len(others)} order(s) of this "

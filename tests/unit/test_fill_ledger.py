@@ -26,6 +26,7 @@ from services.execution.logic import BrokerParams
 from services.execution.service import ExecutionAgent
 from services.ops.supervisor import free_port
 from services.runtime.agent import AgentContext, Output, output_id
+from services.runtime.metrics import Metrics
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 SETTING = "TRADEFLOW_EXECUTION_LEDGER"
@@ -88,16 +89,17 @@ def filled(order_id: str, price: float = 100.0, symbol: str = "GOOG", minutes: i
 # -- the port ------------------------------------------------------------------------------------------
 
 async def test_an_order_is_recorded_once_and_its_first_fill_stands(ledger):
-    assert await ledger.record([filled("a"), filled("b")]) == {"a": filled("a"), "b": filled("b")}
+    assert await ledger.record([filled("a"), filled("b")]) == ({"a": filled("a"), "b": filled("b")}, {"a", "b"})
     again = await ledger.record([filled("a", price=999.0), filled("c")])
-    assert again == {"a": filled("a"), "c": filled("c")}   # "a" keeps its first fill, and the caller is told so
+    assert again == ({"a": filled("a"), "c": filled("c")}, {"c"})   # "a" keeps its first fill, and the caller is told
     assert await ledger.count() == 3
     assert await ledger.lookup(["a", "c", "missing", "a"]) == {"a": filled("a"), "c": filled("c")}
-    assert await ledger.record([]) == {} and await ledger.lookup([]) == {}
+    assert await ledger.record([]) == ({}, set()) and await ledger.lookup([]) == {}
 
 
 async def test_one_record_of_one_order_twice_keeps_the_first(ledger):
-    assert await ledger.record([filled("a", price=1.0), filled("a", price=2.0)]) == {"a": filled("a", price=1.0)}
+    assert await ledger.record([filled("a", price=1.0), filled("a", price=2.0)]) == ({"a": filled("a", price=1.0)},
+                                                                                      {"a"})
     assert await ledger.count() == 1
 
 
@@ -133,7 +135,7 @@ async def test_a_ledger_knows_what_was_there_when_it_opened_and_record_tells_it_
     async with open_ledger(backend.location) as first, open_ledger(backend.location) as second:
         await first.record([filled("a", price=1.0)])
         assert await second.lookup(["a"]) == {}                                   # not known here yet
-        assert await second.record([filled("a", price=2.0)]) == {"a": filled("a", price=1.0)}   # the truth
+        assert await second.record([filled("a", price=2.0)]) == ({"a": filled("a", price=1.0)}, set())   # the truth
         assert await second.lookup(["a"]) == {"a": filled("a", price=1.0)}
     async with open_ledger(backend.location) as third:
         assert await third.lookup(["a"]) == {"a": filled("a", price=1.0)}       # held when it opened
@@ -145,12 +147,15 @@ async def test_two_processes_recording_the_same_orders_at_once_fill_each_once(ba
     took their row locks in different orders would deadlock now and then): each order has one row, and both
     are told the same fill stands, the one the ledger holds."""
     answers: list[dict[str, OrderFilled]] = [{}, {}]
+    inserted: list[set[str]] = [set(), set()]
 
     async def process(ledger, orders: list[str], number: int, price: float) -> None:
         mine = orders[:]
         random.Random(f"{orders[0]}/{number}").shuffle(mine)
         for start in range(0, len(mine), 40):
-            answers[number] |= await ledger.record([filled(o, price=price) for o in mine[start:start + 60]])
+            standing, new = await ledger.record([filled(o, price=price) for o in mine[start:start + 60]])
+            answers[number] |= standing
+            inserted[number] |= new
 
     async with open_ledger(backend.location) as one, open_ledger(backend.location) as two:
         for round_ in range(5):
@@ -161,6 +166,8 @@ async def test_two_processes_recording_the_same_orders_at_once_fill_each_once(ba
         stored = await one.lookup(everything)
     assert answers[0] == answers[1] == stored
     assert set(stored) == set(everything) and {f.price for f in stored.values()} <= {100.0, 200.0}
+    assert not inserted[0] & inserted[1] and inserted[0] | inserted[1] == set(everything)   # each insert told once
+    assert {o for o, f in stored.items() if f.price == 100.0} == inserted[0]
     assert backend.run("SELECT count(DISTINCT order_id), count(*) FROM fills") == [(1500, 1500)]
 
 
@@ -227,9 +234,9 @@ def incoming(event: Event, event_id: str) -> Incoming:
     return Incoming(env, event)
 
 
-async def open_agent(backend: Backend, **params) -> ExecutionAgent:
+async def open_agent(backend: Backend, metrics: Metrics | None = None, **params) -> ExecutionAgent:
     agent = ExecutionAgent(BrokerParams(**params), backend.location)
-    await agent.open(AgentContext(cache=None, data_dir=Path("/nonexistent"), metrics=None))
+    await agent.open(AgentContext(cache=None, data_dir=Path("/nonexistent"), metrics=metrics))  # type: ignore[arg-type]
     return agent
 
 
@@ -258,9 +265,13 @@ async def test_a_fill_recorded_but_never_published_is_replayed_not_refilled(back
     [original] = await batch(first, incoming(order(), "e-1"))
     await first.close()   # the process dies here: the fill is in the ledger, the publish never happened
     # restarted with other settings: the redelivered order gets the recorded fill, not a new one
-    second = await open_agent(backend, fill_price="close", slippage_bps=50, commission_rate=0.01)
+    metrics = Metrics("execution")
+    second = await open_agent(backend, metrics, fill_price="close", slippage_bps=50, commission_rate=0.01)
     try:
-        assert await batch(second, incoming(order(), "e-1")) == [original]
+        assert await handled(second, incoming(order(), "e-1")) == ([original], 0)
+        # its own earlier run's fill, held when it opened: not taken for another process's
+        assert metrics.registry.get_sample_value("tradeflow_fills_recorded_elsewhere_total",
+                                                 {"service": "execution"}) == 0
         assert second.broker.holdings["GOOG"].quantity == 10.0
         assert second.broker.cash == pytest.approx(100_000 - original.event.commission)
         assert await batch(second, incoming(order(), "e-1-again")) == []   # the same order id: nothing
@@ -309,13 +320,16 @@ async def test_two_processes_alive_at_once_publish_the_fill_that_stands(backend)
     to the second while the first still had it): the second, which did not know, makes fills of its own
     (other settings: another slippage); the ledger says the first's stand, and what it publishes is those,
     with their event ids, and its account holds them too."""
+    metrics = Metrics("execution")
     first = await open_agent(backend, fill_price="close")
-    second = await open_agent(backend, fill_price="close", slippage_bps=80)   # opened before the first fills
+    second = await open_agent(backend, metrics, fill_price="close", slippage_bps=80)   # opened before the first fills
     try:
         inputs = [incoming(order(f"o-{i}", quantity=i + 1), f"e-{i}") for i in range(5)]
         published = await batch(first, *inputs[:3])
         again, rolled_back = await handled(second, *inputs)   # three were the first's; two are its own
         assert rolled_back == 1
+        assert metrics.registry.get_sample_value("tradeflow_fills_recorded_elsewhere_total",
+                                                 {"service": "execution"}) == 3
         assert again[:3] == published
         assert [o.event.price for o in again[3:]] == [pytest.approx(100.8)] * 2
         assert {output_id(first.name, inc.id, 0, out) for inc, out in zip(inputs, published)} == \

@@ -12,7 +12,7 @@ import os
 
 from replay.store.location import Location, parse_location
 from replay.store.model import Opening
-from services.execution.ledger.port import SETTING, FillConflict, FillLedger, LedgerUnavailable
+from services.execution.ledger.port import SETTING, FillConflict, FillLedger, LedgerUnavailable, Recorded
 from services.execution.ledger.sqlite import SqliteFillLedger
 
 
@@ -30,5 +30,5 @@ def open_ledger(location: str | os.PathLike[str] | Location, *, timeout: float |
     return SqliteFillLedger.open(where.path)  # type: ignore[return-value]
 
 
-__all__ = ["SETTING", "FillConflict", "FillLedger", "LedgerUnavailable", "Location", "SqliteFillLedger",
+__all__ = ["SETTING", "FillConflict", "FillLedger", "LedgerUnavailable", "Location", "Recorded", "SqliteFillLedger",
            "open_ledger", "parse_location"]

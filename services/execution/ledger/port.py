@@ -27,7 +27,7 @@ own (FillConflict). On a ledger one process owns, `lookup` misses nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -54,6 +54,13 @@ class FillConflict(Transient):
     reason = "fill_conflict"
 
 
+class Recorded(NamedTuple):
+    """What `record` answers: the fill that stands for each order id given, and which of them it inserted."""
+
+    standing: dict[str, OrderFilled]
+    inserted: frozenset[str]
+
+
 class FillLedger(Protocol):
     """Where execution's fills are recorded, one per order id; one adapter per storage."""
 
@@ -63,9 +70,9 @@ class FillLedger(Protocol):
         """The recorded fills of those of `order_ids` this ledger knows to be filled (see the module's doc)."""
         ...
 
-    async def record(self, fills: Sequence[OrderFilled]) -> dict[str, OrderFilled]:
+    async def record(self, fills: Sequence[OrderFilled]) -> Recorded:
         """Insert the fills whose order has none yet, in one transaction; for each order id given, the fill
-        that stands (the one given, or the one recorded before it)."""
+        that stands (the one given, or the one recorded before it), and which were inserted now."""
         ...
 
     async def recent(self, limit: int = 100, symbol: str | None = None) -> list[OrderFilled]:

@@ -31,6 +31,7 @@ from services.execution.ledger.port import (
     SCHEMA_VERSION,
     SETTING,
     LedgerUnavailable,
+    Recorded,
     first_per_order,
     known,
 )
@@ -94,11 +95,12 @@ class PostgresFillLedger:
         async with self._connection() as conn:
             return await _read(conn, ids)
 
-    async def record(self, fills: Sequence[OrderFilled]) -> dict[str, OrderFilled]:
-        """Insert the fills whose order has none yet, in one transaction; the fill that stands for each order."""
+    async def record(self, fills: Sequence[OrderFilled]) -> Recorded:
+        """Insert the fills whose order has none yet, in one transaction; the fill that stands for each order,
+        and which were inserted now."""
         batch = first_per_order(fills)
         if not batch:
-            return {}
+            return Recorded({}, frozenset())
         columns = [[f.order_id for f in batch], [f.symbol for f in batch], [f.ts for f in batch],
                    [f.side for f in batch], [f.quantity for f in batch], [f.price for f in batch],
                    [f.commission for f in batch], [ENCODE(f) for f in batch]]
@@ -109,7 +111,7 @@ class PostgresFillLedger:
             if others:   # recorded before: by this process, or by another (committed, or waited for)
                 standing |= await _read(conn, others)
         self._held.update(standing)
-        return standing
+        return Recorded(standing, frozenset(inserted))
 
     async def recent(self, limit: int = 100, symbol: str | None = None) -> list[OrderFilled]:
         """The last `limit` fills recorded (of `symbol`), newest first."""

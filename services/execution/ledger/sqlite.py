@@ -2,7 +2,8 @@
 
 Two processes may share the file on one machine (a local disk: SQLite's locking is not to be trusted
 over a network filesystem; use PostgreSQL there). `record` takes the write lock first (BEGIN
-IMMEDIATE), inserts-or-ignores, and reads back the fills that stand before it commits.
+IMMEDIATE), reads which orders have a fill already, inserts-or-ignores, and reads back the fills that
+stand before it commits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.execution.ledger.port import (
     SCHEMA_VERSION,
     SETTING,
     LedgerUnavailable,
+    Recorded,
     first_per_order,
     known,
 )
@@ -72,31 +74,33 @@ class SqliteFillLedger:
         async with self._lock:
             return await _guarded(self._read(ids))
 
-    async def record(self, fills: Sequence[OrderFilled]) -> dict[str, OrderFilled]:
-        """Insert the fills whose order has none yet, in one transaction; the fill that stands for each order."""
+    async def record(self, fills: Sequence[OrderFilled]) -> Recorded:
+        """Insert the fills whose order has none yet, in one transaction; the fill that stands for each order,
+        and which were inserted now."""
         batch = first_per_order(fills)
         if not batch:
-            return {}
+            return Recorded({}, frozenset())
         now = datetime.now(timezone.utc).isoformat()
         rows = [(f.order_id, f.symbol, f.ts.isoformat(), f.side, f.quantity, f.price, f.commission, ENCODE(f), now)
                 for f in batch]
         async with self._lock:
-            standing = await _guarded(self._insert(rows, [f.order_id for f in batch]))
-        self._held.update(standing)
-        return standing
+            recorded = await _guarded(self._insert(rows, [f.order_id for f in batch]))
+        self._held.update(recorded.standing)
+        return recorded
 
-    async def _insert(self, rows: list[tuple[Any, ...]], ids: list[str]) -> dict[str, OrderFilled]:
+    async def _insert(self, rows: list[tuple[Any, ...]], ids: list[str]) -> Recorded:
         db = self._db
         await db.execute("BEGIN IMMEDIATE")
         try:
+            before = await self._read(ids)   # under the write lock: what is not there now, this inserts
             await db.executemany(_INSERT, rows)
-            standing = await self._read(ids)
+            standing = before | await self._read([order_id for order_id in ids if order_id not in before])
             await db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 await db.execute("ROLLBACK")
             raise
-        return standing
+        return Recorded(standing, frozenset(standing.keys() - before.keys()))
 
     async def _read(self, ids: list[str]) -> dict[str, OrderFilled]:
         found: dict[str, OrderFilled] = {}
