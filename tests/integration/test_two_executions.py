@@ -37,7 +37,7 @@ from services.registry import SERVICES
 from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = pytest.mark.integration
 
 # redelivery after a pause comes after ack_wait: keep it short; fills depend on the order alone (see above)
 ENV = LOGIC_ENV | {"TRADEFLOW_EXECUTION_FILL_PRICE": "close", "TRADEFLOW_ACK_WAIT": "2",
@@ -84,6 +84,7 @@ async def elsewhere(port: int) -> float:
                if line.startswith("tradeflow_fills_recorded_elsewhere_total{"))
 
 
+@pytest.mark.faults   # freezes a service mid-stream
 async def test_two_execution_processes_on_one_durable_never_fill_an_order_twice(make_stack, pg_url):
     """Both consume the one durable. The ledger is made to hold its writes (a table lock) until a process waits
     in the middle of recording a batch with fills; that process is frozen there (SIGSTOP) past ack_wait, so
@@ -162,3 +163,29 @@ async def check_every_stage(stack, nc, sim) -> None:
         sorted((event_id, f.order_id, f) for event_id, f in fills(sim))   # ids and bodies, as predicted
     lines = [line for line in trail.read(stack.home / "audit" / "audit.jsonl") if line["type"] == "fill"]
     assert sorted(line["id"] for line in lines) == sorted(f.id for f in published)   # audited once each
+
+
+async def test_an_execution_whose_ledger_cannot_be_used_stops_with_one_line(make_stack, pg_url):
+    """`tradeflow run execution` with a malformed ledger URL, an unreachable database, or a database whose ledger
+    schema is newer than the code: exit 1, one line naming TRADEFLOW_EXECUTION_LEDGER (password hidden), and
+    nothing consumed."""
+    stack, nc = await make_stack(services=("recorder",))
+    with psycopg.connect(pg_url, autocommit=True) as conn:   # as a newer tradeflow would have left it
+        conn.execute("CREATE TABLE tradeflow_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO tradeflow_schema VALUES ('fills', 2)")
+    secret = pg_url.replace("postgres@", "postgres:s3cret@")
+    env = stack.service_proc("execution").env
+    for bad, says in [("postgresql://tradeflow:s3cret@db.example/ledger?nonsense=1", "is not a PostgreSQL URL"),
+                      (f"postgresql://tradeflow:s3cret@127.0.0.1:{free_port()}/ledger", "cannot connect"),
+                      (secret, "newer than this code's 1")]:
+        proc = await asyncio.create_subprocess_exec(*stack.service_proc("execution").argv, env=env | {LEDGER: bad},
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        errors = [line for line in err.decode().splitlines() if line.startswith("Error:")]
+        assert proc.returncode == 1 and len(errors) == 1, err.decode()[-2000:]
+        assert errors[0].startswith(f"Error: {LEDGER}") and says in errors[0] and "s3cret" not in errors[0], errors
+        assert "Traceback" not in err.decode()
+    info = await nc.jsm().consumer_info(PIPELINE_STREAM, "execution")
+    assert info.delivered.stream_seq == 0 and info.ack_floor.stream_seq == 0
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('fills')").fetchone() == (None,)   # nothing written

@@ -17,6 +17,14 @@ filled" where it matters, before a publish: `record` inserts-or-keeps and reads 
 one transaction, and execution handles the batch again with another process's fill when it is not its
 own (FillConflict). On a ledger one process owns, `lookup` misses nothing.
 
+A fill that stands is published again by whoever handles its order again; the stream's duplicate
+window (TRADEFLOW_DUPLICATE_WINDOW) drops it by its event id. A process frozen for longer than the
+window would add a second copy (same ce-id) when it wakes. And two alive each see only part of the
+stream: a fill at the next bar's open may be made on a later bar (the bar went to the other), and one
+symbol's fills may be published out of order (a frozen process's batch after the other's newer ones).
+So the ledger makes a second process harmless to what is filled, not a way to run two: execution runs
+as one instance.
+
     Transient
      ├── EffectFailed
      │    └── LedgerUnavailable   the ledger cannot be read or written for now: the batch is retried
