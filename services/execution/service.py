@@ -62,7 +62,7 @@ class ExecutionAgent(Agent):
         self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
         self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
         self.waiting: dict[str, tuple[str, str]] = {}  # a waiting order's id -> (its trace, its event id)
-        self.filled_elsewhere: Any = None              # a Prometheus counter, once open() has made it
+        self.filled_elsewhere: Counter | None = None   # made by open(), in the service's metrics
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Output]:
         """Each fill keyed by its order: it is its order's, made once (the ledger), so its id comes from the

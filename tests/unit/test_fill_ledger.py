@@ -21,12 +21,15 @@ from contracts.errors import ConfigError, Transient
 from contracts.events import BarReceived, Event, OrderApproved, OrderFilled
 from contracts.subjects import STAGES, stage_of, subject_for
 from services import registry
-from services.execution.ledger import FillConflict, open_ledger
+from services.execution.ledger import open_ledger
 from services.execution.logic import BrokerParams
 from services.execution.service import ExecutionAgent
 from services.ops.supervisor import free_port
 from services.runtime.agent import AgentContext, Output, output_id
+from services.runtime.config import RuntimeSettings
 from services.runtime.metrics import Metrics
+from services.runtime.worker import Worker
+from tests.unit.test_worker import Dedup, Published, Wire, message
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=timezone.utc)
 SETTING = "TRADEFLOW_EXECUTION_LEDGER"
@@ -315,32 +318,50 @@ async def test_a_recorded_fill_published_again_from_another_input_keeps_its_even
         await second.close()
 
 
-async def test_two_processes_alive_at_once_publish_the_fill_that_stands(backend):
+async def test_two_processes_alive_at_once_publish_the_fill_that_stands(backend, tmp_path, monkeypatch):
     """Two execution processes on one ledger, both alive, both handed the same orders (a message redelivered
-    to the second while the first still had it): the second, which did not know, makes fills of its own
-    (other settings: another slippage); the ledger says the first's stand, and what it publishes is those,
-    with their event ids, and its account holds them too."""
+    to the second while the first still had it), each through the runtime's worker: the second, which did
+    not know, makes fills of its own (other settings: another slippage); the ledger says the first's stand,
+    the batch is rolled back and handled again, and what it publishes is those, with their event ids and
+    bodies, and its account holds them too."""
+    pauses: list[float] = []
+
+    async def pause(seconds, stopping) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr("services.runtime.worker.pause", pause)
     metrics = Metrics("execution")
     first = await open_agent(backend, fill_price="close")
     second = await open_agent(backend, metrics, fill_price="close", slippage_bps=80)   # opened before the first fills
     try:
-        inputs = [incoming(order(f"o-{i}", quantity=i + 1), f"e-{i}") for i in range(5)]
-        published = await batch(first, *inputs[:3])
-        again, rolled_back = await handled(second, *inputs)   # three were the first's; two are its own
-        assert rolled_back == 1
+        orders = [order(f"o-{i}", quantity=i + 1) for i in range(5)]
+        wire, ones, twos = Wire(), Published(), Published()
+
+        def deliveries(upto: int) -> list:   # each process its own deliveries of the same stream messages
+            return [message(wire, seq, o) for seq, o in enumerate(orders[:upto], 1)]
+
+        await run_worker(first, ones, tmp_path / "one").process(deliveries(3))
+        await run_worker(second, twos, tmp_path / "two").process(deliveries(5))
+        assert len(pauses) == 1   # one roll-back: the ledger's answer, then the batch again with the fills that stand
         assert metrics.registry.get_sample_value("tradeflow_fills_recorded_elsewhere_total",
                                                  {"service": "execution"}) == 3
-        assert again[:3] == published
-        assert [o.event.price for o in again[3:]] == [pytest.approx(100.8)] * 2
-        assert {output_id(first.name, inc.id, 0, out) for inc, out in zip(inputs, published)} == \
-            {output_id(second.name, inc.id, 0, out) for inc, out in zip(inputs, again[:3])}
-        held = sum(o.event.quantity for o in again)
-        assert second.broker.holdings["GOOG"].quantity == held
-        assert second.broker.cash == pytest.approx(100_000 - sum(o.event.commission for o in again))
-        assert await second.ledger.lookup([f"o-{i}" for i in range(5)]) == {o.event.order_id: o.event for o in again}
+        assert [(o.headers["ce-id"], o.body) for o in twos.out[:3]] == [(o.headers["ce-id"], o.body) for o in ones.out]
+        fills = [msgspec.json.decode(o.body, type=OrderFilled) for o in twos.out]
+        assert [f.price for f in fills[3:]] == [pytest.approx(100.8)] * 2   # its own, where it was first
+        assert second.broker.holdings["GOOG"].quantity == sum(f.quantity for f in fills) == 15
+        assert second.broker.cash == pytest.approx(100_000 - sum(f.commission for f in fills))
+        assert await second.ledger.lookup([o.order_id for o in orders]) == {f.order_id: f for f in fills}
+        assert all(answers[-1] == "+ACK" for answers in wire.answers().values())
     finally:
         await first.close()
         await second.close()
+
+
+def run_worker(agent: ExecutionAgent, published: Published, data_dir: Path) -> Worker:
+    """The runtime's worker around `agent`, publishing into `published`, with a dedup registry that answers."""
+    settings = RuntimeSettings(data_dir=str(data_dir), backoff=[0.5])
+    return Worker(agent, object(), publisher=published, dedup=Dedup(), metrics=Metrics(agent.name),  # type: ignore[arg-type]
+                  settings=settings)
 
 
 async def test_the_ledger_stays_empty_when_nothing_fills(backend):
@@ -361,10 +382,6 @@ async def test_the_default_ledger_is_a_file_in_the_data_directory(tmp_path):
         await agent.close()
     with sqlite3.connect(tmp_path / "fills.sqlite") as db:
         assert db.execute("SELECT order_id FROM fills").fetchall() == [("o-1",)]
-
-
-async def test_a_conflict_is_a_transient_the_runtime_retries():
-    assert issubclass(FillConflict, Transient) and FillConflict.reason == "fill_conflict"
 
 
 @pytest.mark.parametrize(("query", "status", "expected"), [
