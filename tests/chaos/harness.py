@@ -23,7 +23,7 @@ from services.data.service import DataSettings, load_bars
 from services.execution.ledger import open_ledger
 from services.offline.simulate import simulate
 from services.ops import observe
-from services.ops.demo import wait_published
+from services.ops.demo import fill_ledger_location, wait_published
 from services.ops.supervisor import http_json, wait_ready
 from services.runtime.settings import load
 from tests.chaos.conftest import RESULTS, Figures
@@ -134,7 +134,7 @@ async def _settle_effects(stack, nc, sim, name: str, fills: Counter) -> None:
     """The accounts outside the stream: execution's fill ledger holds exactly the fills in the stream, audit's
     portfolio is the one the logic predicts, and the logic re-run over the recorded bars reproduces every
     recorded output (what `tradeflow whatif --check` checks)."""
-    async with open_ledger(stack.home / "execution" / "fills.sqlite") as ledger:
+    async with open_ledger(fill_ledger_location(stack)) as ledger:
         booked, rows = set(await ledger.lookup(list(fills))), await ledger.count()
     assert booked == set(fills) and rows == len(fills), \
         f"{name}: the fill ledger holds {rows} fills, {len(set(fills) - booked)} of the stream's missing"

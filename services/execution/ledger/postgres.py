@@ -45,9 +45,6 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS fills_recent ON fills (ts, seq)",
     "CREATE INDEX IF NOT EXISTS fills_symbol_recent ON fills (symbol, ts, seq)",
 ]
-# two processes starting at once: one creates the schema, the other waits and finds it (CREATE TABLE IF
-# NOT EXISTS alone can fail on a concurrent creation)
-_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tradeflow_schema'))"
 _INSERT = """INSERT INTO fills (order_id, symbol, ts, side, quantity, price, commission, body)
     SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[],
                          %s::float8[], %s::bytea[])
@@ -73,8 +70,7 @@ class PostgresFillLedger:
     async def _open(cls, url: str, timeout: float) -> PostgresFillLedger:
         pool = await open_pool(url, setting=SETTING, what="fill ledger", timeout=timeout)
         try:
-            async with pool.connection() as conn:
-                await conn.execute(_SCHEMA_LOCK)
+            async with pool.connection() as conn:   # check_schema's lock, held to the commit: one creator at a time
                 await check_schema(conn, component="fills", version=SCHEMA_VERSION, setting=SETTING, create=True)
                 for statement in _SCHEMA:
                     await conn.execute(statement)
