@@ -1,6 +1,6 @@
 """Trades: fills paired into entry/exit round trips, per symbol. Pure and synchronous.
 
-(The fill ledger, the SQLite record of every fill, is execution's: services/execution/ledger.py.)
+(The fill ledger, the record of every fill, is execution's: services/execution/ledger/.)
 
 A fill on the side of the open trade adds to it (weighted entry price); a fill against it
 closes up to its size and opens the remainder, so a reversal is one close and one open.

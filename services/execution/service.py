@@ -1,32 +1,39 @@
 """Execution service wiring: approved_ready.<SYM> (and the bars to fill at) -> executed_ready.<SYM>.
 
-Every fill is written to the fill ledger (SQLite, TRADEFLOW_EXECUTION_LEDGER, by default
-<data dir>/execution/fills.sqlite) before it is published. Before a batch is handled, the
-ledger is asked about every order the batch could fill; an order it holds gets its recorded
-fill again, never a second one.
+Every fill is written to the fill ledger (TRADEFLOW_EXECUTION_LEDGER: a path or sqlite:///…, by
+default <data dir>/execution/fills.sqlite, or postgresql://… for a ledger several hosts share) before
+it is published. Before a batch is handled, the ledger is asked about every order the batch could
+fill; an order it holds gets its recorded fill again, never a second one. The ledger's answer to the
+write is the last word: where another execution process recorded an order's fill first, the batch is
+rolled back and handled again with that fill (FillConflict), so what is published is the fill that
+stands, with its event id and body, whichever process made it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 import msgspec
 from aiohttp import web
+from prometheus_client import Counter
 
 from contracts.codec import Incoming
 from contracts.events import BarReceived, OrderApproved, OrderFilled, Symbol
 from contracts.subjects import APPROVED_READY, DATA_READY
-from services.execution.ledger import FillLedger
+from services.execution.ledger import SETTING, FillConflict, FillLedger, Location, open_ledger, parse_location
 from services.execution.logic import BrokerParams, new_broker, on_bar, on_order
 from services.runtime.agent import Agent, AgentContext, Options, Output
 from services.runtime.settings import load
 
+log = logging.getLogger(__name__)
+
 
 class LedgerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """TRADEFLOW_EXECUTION_LEDGER: the fill ledger's file (default: in the service's data directory)."""
+    """TRADEFLOW_EXECUTION_LEDGER: the fill ledger's path or URL (default: a file in the service's data directory)."""
 
     ledger: str | None = None
 
@@ -45,14 +52,17 @@ class ExecutionAgent(Agent):
     consumes = (f"{APPROVED_READY}.>", f"{DATA_READY}.>")
     options = Options(stateful=True, wait_for_dedup=True)   # a fill is acked only once its input is marked done
 
-    def __init__(self, params: BrokerParams, ledger_path: str | None = None) -> None:
+    def __init__(self, params: BrokerParams, ledger: str | os.PathLike[str] | Location | None = None) -> None:
         self.params = params
         self.broker = new_broker(params)
-        self.ledger_path = ledger_path
+        # parsed now: a malformed TRADEFLOW_EXECUTION_LEDGER stops the service before it connects to anything
+        self.ledger_location = ledger if ledger is None or isinstance(ledger, Location) \
+            else parse_location(ledger, SETTING)
         self.ledger: FillLedger | None = None
         self.recorded: dict[str, OrderFilled] = {}   # this batch's orders the ledger already holds
         self.queued: list[OrderFilled] = []          # this batch's fills, to record before publishing
         self.waiting: dict[str, tuple[str, str]] = {}  # a waiting order's id -> (its trace, its event id)
+        self.filled_elsewhere: Counter | None = None   # made by open(), in the service's metrics
 
     def handle(self, incoming: Incoming, now: datetime) -> list[Output]:
         """Each fill keyed by its order: it is its order's, made once (the ledger), so its id comes from the
@@ -70,8 +80,12 @@ class ExecutionAgent(Agent):
                 for fill in fills]
 
     async def open(self, context: AgentContext) -> None:
-        path = Path(self.ledger_path) if self.ledger_path else context.data_dir / "fills.sqlite"
-        self.ledger = await FillLedger.open(path)
+        self.ledger = await open_ledger(self.ledger_location or context.data_dir / "fills.sqlite")
+        if context.metrics is not None:
+            self.filled_elsewhere = Counter(
+                "tradeflow_fills_recorded_elsewhere", "Orders whose fill another execution process had recorded "
+                "first (two alive on one ledger); the fill that stands was published", ["service"],
+                registry=context.metrics.registry).labels(self.name)
 
     async def prepare(self, inputs: Sequence[Incoming]) -> None:
         """Look up every order this batch could fill: its new orders and those waiting for a bar."""
@@ -82,9 +96,22 @@ class ExecutionAgent(Agent):
         self.recorded = await self._ledger().lookup(ids) if ids else {}
 
     async def record(self) -> None:
-        """Write this batch's fills to the ledger (insert-or-ignore by order id) before they are published."""
-        await self._ledger().record(self.queued)
-        self.queued = []
+        """Write this batch's fills to the ledger (insert-or-ignore by order id) before they are published;
+        FillConflict if the fill that stands for one of its orders is another process's, not this batch's
+        (the runtime rolls the batch back and handles it again: prepare() then finds that fill)."""
+        fills, self.queued = self.queued, []
+        standing, inserted = await self._ledger().record(fills)
+        # neither known to the ledger before this batch nor inserted by it: another process filled it since
+        elsewhere = [f.order_id for f in fills if f.order_id not in inserted and f.order_id not in self.recorded]
+        if elsewhere:
+            log.warning("another execution process recorded fills of these orders first: is a second one alive on "
+                        "this ledger?", extra={"orders": elsewhere[:10], "count": len(elsewhere)})
+            if self.filled_elsewhere is not None:
+                self.filled_elsewhere.inc(len(elsewhere))
+        others = [fill.order_id for fill in fills if standing[fill.order_id] != fill]
+        if others:
+            raise FillConflict(f"the fill ledger holds another process's fill for {len(others)} order(s) of this "
+                               f"batch ({', '.join(others[:3])}): handling it again with them")
 
     def _ledger(self) -> FillLedger:
         assert self.ledger is not None, "open() opens the ledger"
@@ -120,4 +147,4 @@ class ExecutionAgent(Agent):
 def build(environ=None) -> ExecutionAgent:
     """The execution agent from TRADEFLOW_EXECUTION_*."""
     ledger = load(LedgerSettings, "TRADEFLOW_EXECUTION_", environ)
-    return ExecutionAgent(load(BrokerParams, "TRADEFLOW_EXECUTION_", environ), ledger.ledger)
+    return ExecutionAgent(load(BrokerParams, "TRADEFLOW_EXECUTION_", environ), ledger.ledger or None)

@@ -18,7 +18,9 @@ from contracts.subjects import (
     SIGNALS_READY,
     VALIDATED_READY,
 )
+from replay.store.location import parse_location
 from services.audit import trail
+from services.execution.ledger import SETTING as LEDGER
 from services.ops import observe
 from services.ops.stack import Stack
 from services.ops.supervisor import http_json
@@ -99,7 +101,7 @@ async def run_demo(home: Path, data: tuple[str, ...], timeout: float, data_env: 
         "logs": str(stack.logs),
         "audit_log": trail.shown(audit_log),
         "audit_log_lines": dict(logged),
-        "fill_ledger": str(stack.home / "execution" / "fills.sqlite"),
+        "fill_ledger": str(parse_location(fill_ledger_location(stack), LEDGER)),   # a URL's password hidden
         "event_store": str(where),
         "event_store_events": recorded,
         "exit_codes": codes,
@@ -111,6 +113,13 @@ def audit_trail_location(stack: Stack) -> str:
     """Where the stack's audit service kept its trail: its TRADEFLOW_AUDIT_LOG, else the default file."""
     given = stack.supervisor.procs["audit"].env.get(trail.SETTING)
     return given or str(stack.home / "audit" / trail.DEFAULT_FILE)
+
+
+def fill_ledger_location(stack: Stack) -> str:
+    """Where the stack's execution service keeps its fill ledger: its TRADEFLOW_EXECUTION_LEDGER, else the default
+    file."""
+    given = stack.supervisor.procs["execution"].env.get(LEDGER)
+    return given or str(stack.home / "execution" / "fills.sqlite")
 
 
 def render(s: dict) -> str:

@@ -20,10 +20,10 @@ from replay.whatif import load_recorded, whatif
 from services import registry
 from services.audit.logic import report
 from services.data.service import DataSettings, load_bars
-from services.execution.ledger import FillLedger
+from services.execution.ledger import open_ledger
 from services.offline.simulate import simulate
 from services.ops import observe
-from services.ops.demo import wait_published
+from services.ops.demo import fill_ledger_location, wait_published
 from services.ops.supervisor import http_json, wait_ready
 from services.runtime.settings import load
 from tests.chaos.conftest import RESULTS, Figures
@@ -134,11 +134,8 @@ async def _settle_effects(stack, nc, sim, name: str, fills: Counter) -> None:
     """The accounts outside the stream: execution's fill ledger holds exactly the fills in the stream, audit's
     portfolio is the one the logic predicts, and the logic re-run over the recorded bars reproduces every
     recorded output (what `tradeflow whatif --check` checks)."""
-    ledger = await FillLedger.open(stack.home / "execution" / "fills.sqlite")
-    try:
+    async with open_ledger(fill_ledger_location(stack)) as ledger:
         booked, rows = set(await ledger.lookup(list(fills))), await ledger.count()
-    finally:
-        await ledger.close()
     assert booked == set(fills) and rows == len(fills), \
         f"{name}: the fill ledger holds {rows} fills, {len(set(fills) - booked)} of the stream's missing"
     _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
