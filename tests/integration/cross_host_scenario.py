@@ -87,7 +87,12 @@ async def test_across_three_hosts(network, tmp_path):
         network.cut(h3)
         await asyncio.sleep(CUT_FOR)
         network.restore(h3)
-        await wait_for(lambda: audit_past(200 + 300), timeout=60, what="audit to go on after the link came back")
+        restored_at = time.monotonic()
+        before = (await jsm.consumer_info(PIPELINE_STREAM, "audit")).ack_floor.stream_seq
+        await wait_for(lambda: audit_past(before), timeout=60, what="audit to go on after the link came back")
+        figure("h3_cut_s", CUT_FOR)
+        figure("audit_acking_again_after_restore_s", round(time.monotonic() - restored_at, 1))
+        await wait_for(lambda: audit_past(before + 300), timeout=60, what="audit to catch up after the link came back")
         await mid_stream()
         killed = await asyncio.to_thread(sentinels.kill_master)
         failed_over_at = time.monotonic()
