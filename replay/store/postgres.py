@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Unpack
+from typing import Any
 
-import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -37,19 +36,13 @@ from replay.store.fence import lock_session, try_lock_session
 from replay.store.location import redact
 from replay.store.model import (
     COLUMNS,
-    Filters,
     Opening,
-    Order,
     StoredEvent,
     StoreBusy,
     StoreError,
-    StoreStats,
     StoreUnavailable,
-    Target,
     TimeColumn,
-    at,
     check_pattern,
-    export_events,
     micros,
 )
 from replay.store.pg import DatabaseError, check_schema, open_pool, reason
@@ -57,7 +50,6 @@ from replay.store.pg import DatabaseError, check_schema, open_pool, reason
 SCHEMA_VERSION = 1
 COMPONENT = "events"
 TABLE = "tradeflow_events"
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}"
 _INSERT = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
            "ON CONFLICT (id) DO NOTHING")
 
@@ -85,8 +77,14 @@ _SCHEMA = [
 Connection = psycopg.AsyncConnection[Any]
 
 
-class PostgresEventStore:
+class PostgresEventStore(sql.SqlReads):
     """The shared store: `async with PostgresEventStore.open(url) as store`, or `store = await ...open(url)`."""
+
+    table, mark = TABLE, "%s"
+
+    @staticmethod
+    def match(pattern: str) -> tuple[str, list[Any]]:
+        return subject_match(pattern)
 
     def __init__(self, pool: AsyncConnectionPool, url: str, *, page_size: int, read_only: bool = False) -> None:
         self._pool, self._url, self._page, self.read_only = pool, url, page_size, read_only
@@ -155,7 +153,7 @@ class PostgresEventStore:
         """Record events in one transaction, ignoring ids already stored; the number that were new."""
         if not events:
             return 0
-        rows = [_row(event) for event in events]
+        rows = [sql.row(event) for event in events]
 
         async def insert(conn: Connection) -> int:
             async with conn.cursor() as cursor:
@@ -163,41 +161,6 @@ class PostgresEventStore:
                 return cursor.rowcount
 
         return await self._write(insert)
-
-    def query(self, *, limit: int | None = None, order: Order = "asc",
-              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]:
-        """The matching events in (time column, stream_seq, id) order, fetched a page at a time."""
-        ordered, clauses, params = sql.where(subject_match, "%s", **filters)
-        sql.direction(order)
-        return sql.pages(self._fetch, _SELECT, _event, ordered=ordered, clauses=clauses, params=params,
-                         limit=limit, order=order, page=self._page, mark="%s")
-
-    async def get(self, event_id: str) -> StoredEvent | None:
-        """The event with this id, or None."""
-        rows = await self._fetch(_SELECT + " WHERE id = %s", [event_id])
-        return _event(rows[0]) if rows else None
-
-    async def trace(self, trace_id: str) -> list[StoredEvent]:
-        """Every event of one trace (a bar's journey), in time order."""
-        return [event async for event in self.query(trace_id=trace_id)]
-
-    async def count(self, **filters: Unpack[Filters]) -> int:
-        """How many events match the filters."""
-        _, clauses, params = sql.where(subject_match, "%s", **filters)
-        return int((await self._fetch(f"SELECT count(*) FROM {TABLE}" + sql.sql_where(clauses), params))[0][0])
-
-    async def last_seq(self) -> int:
-        """The highest JetStream stream sequence recorded, 0 if none: where the recorder resumes."""
-        return int((await self._fetch(f"SELECT coalesce(max(stream_seq), 0) FROM {TABLE}", []))[0][0])
-
-    async def stats(self) -> StoreStats:
-        """The number of events, their time span and per-stage counts."""
-        (n, t0, t1, e0, e1), = await self._fetch(
-            f"SELECT count(*), min(time), max(time), min(event_ts), max(event_ts) FROM {TABLE}", [])
-        stages = await self._fetch(f"SELECT stage, count(*) FROM {TABLE} GROUP BY stage ORDER BY stage", [])
-        t0, t1, e0, e1 = (None if us is None else at(us) for us in (t0, t1, e0, e1))
-        return StoreStats(count=n, first_time=t0, last_time=t1, first_event_ts=e0, last_event_ts=e1,
-                          stages=dict(stages))
 
     async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int:
         """Delete events older than `before` on the `by` column and vacuum the table (its space becomes
@@ -210,12 +173,6 @@ class PostgresEventStore:
         deleted = await self._write(delete)
         await self._fetch(f"VACUUM {TABLE}", [], rows=False)   # outside a transaction: the pool is autocommit
         return deleted
-
-    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
-                     **filters: Unpack[Filters]) -> int:
-        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many. `progress`
-        hears how many are written, a batch at a time."""
-        return await export_events(self.query(**filters), target, fmt=fmt, progress=progress)
 
     async def _fetch(self, statement: str, params: Sequence[Any], *, rows: bool = True) -> list[Any]:
         try:
@@ -253,17 +210,6 @@ class PostgresEventStore:
             raise StoreBusy(f"event store {self.where}: this writer's session was lost and another writer holds "
                             "the store now: stopping rather than write beside it")
         return self._fence
-
-
-def _row(e: StoredEvent) -> tuple[Any, ...]:
-    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, micros(e.time), micros(e.event_ts), e.trace_id,
-            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, micros(e.recorded_at))
-
-
-def _event(r: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=at(r[6]),
-                       event_ts=at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
-                       headers=orjson.loads(r[11]), body=bytes(r[12]), recorded_at=at(r[13]))
 
 
 _REGEX_SPECIAL = frozenset(".^$*+?()[]{}|\\")

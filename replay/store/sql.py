@@ -1,14 +1,28 @@
-"""What the SQL adapters share: the filters as a WHERE clause (values always parameters) and keyset
-paging in (time column, stream_seq, id) order. Each adapter brings its parameter mark (`?`, `%s`),
-its subject matcher and its fetch."""
+"""What the SQL adapters share: the filters as a WHERE clause (values always parameters), keyset
+paging in (time column, stream_seq, id) order, the row a StoredEvent is kept as, and the read side
+(`SqlReads`: query, get, trace, count, last_seq, stats, export). Each adapter brings its table, its
+parameter mark (`?`, `%s`), its subject matcher and its fetch; writes are its own."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar, Unpack
 
-from replay.store.model import COLUMNS, Order, OrderColumn, micros
+import orjson
+
+from replay.store.model import (
+    COLUMNS,
+    Filters,
+    Order,
+    OrderColumn,
+    StoredEvent,
+    StoreStats,
+    Target,
+    at,
+    export_events,
+    micros,
+)
 
 T = TypeVar("T")
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
@@ -82,3 +96,77 @@ async def pages(fetch: Fetch, select: str, make: Callable[[Sequence[Any]], T], *
             return
         left = None if left is None else left - len(rows)
         key = [rows[-1][key_at], rows[-1][_SEQ_AT], rows[-1][0]]
+
+
+def row(e: StoredEvent) -> tuple[Any, ...]:
+    """The columns (COLUMNS' order) an event is kept as: times in microseconds, headers as JSON text."""
+    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, micros(e.time), micros(e.event_ts), e.trace_id,
+            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, micros(e.recorded_at))
+
+
+def event(r: Sequence[Any]) -> StoredEvent:
+    """The event a row (COLUMNS' order) holds."""
+    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=at(r[6]),
+                       event_ts=at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
+                       headers=orjson.loads(r[11]), body=bytes(r[12]), recorded_at=at(r[13]))
+
+
+class SqlReads:
+    """The read side of a SQL event store; a subclass sets `table`, `mark`, `match`, `_page` and `_fetch`."""
+
+    table: ClassVar[str]
+    mark: ClassVar[str]
+    _page: int
+
+    @staticmethod
+    def match(pattern: str) -> tuple[str, list[Any]]:
+        """SQL and parameters matching `subject` against a NATS pattern (the adapter's dialect)."""
+        raise NotImplementedError
+
+    async def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def query(self, *, limit: int | None = None, order: Order = "asc",
+              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]:
+        """The matching events in (time column, stream_seq, id) order, fetched a page at a time."""
+        ordered, clauses, params = where(self.match, self.mark, **filters)
+        direction(order)
+        return pages(self._fetch, self._select, event, ordered=ordered, clauses=clauses, params=params,
+                     limit=limit, order=order, page=self._page, mark=self.mark)
+
+    @property
+    def _select(self) -> str:
+        return f"SELECT {', '.join(COLUMNS)} FROM {self.table}"
+
+    async def get(self, event_id: str) -> StoredEvent | None:
+        """The event with this id, or None."""
+        rows = await self._fetch(f"{self._select} WHERE id = {self.mark}", [event_id])
+        return event(rows[0]) if rows else None
+
+    async def trace(self, trace_id: str) -> list[StoredEvent]:
+        """Every event of one trace (a bar's journey), in time order."""
+        return [e async for e in self.query(trace_id=trace_id)]
+
+    async def count(self, **filters: Unpack[Filters]) -> int:
+        """How many events match the filters."""
+        _, clauses, params = where(self.match, self.mark, **filters)
+        return int((await self._fetch(f"SELECT count(*) FROM {self.table}" + sql_where(clauses), params))[0][0])
+
+    async def last_seq(self) -> int:
+        """The highest JetStream stream sequence recorded, 0 if none: where the recorder resumes."""
+        return int((await self._fetch(f"SELECT coalesce(max(stream_seq), 0) FROM {self.table}", []))[0][0])
+
+    async def stats(self) -> StoreStats:
+        """The number of events, their time span and per-stage counts."""
+        (n, t0, t1, e0, e1), = await self._fetch(
+            f"SELECT count(*), min(time), max(time), min(event_ts), max(event_ts) FROM {self.table}", [])
+        stages = await self._fetch(f"SELECT stage, count(*) FROM {self.table} GROUP BY stage ORDER BY stage", [])
+        t0, t1, e0, e1 = (None if us is None else at(us) for us in (t0, t1, e0, e1))
+        return StoreStats(count=n, first_time=t0, last_time=t1, first_event_ts=e0, last_event_ts=e1,
+                          stages=dict(stages))
+
+    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
+                     **filters: Unpack[Filters]) -> int:
+        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many. `progress`
+        hears how many are written, a batch at a time."""
+        return await export_events(self.query(**filters), target, fmt=fmt, progress=progress)

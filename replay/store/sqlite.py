@@ -10,35 +10,27 @@ import asyncio
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any
 
 import aiosqlite
-import orjson
 
 from replay.store import sql
 from replay.store.fence import lock_file, writer_file
 from replay.store.model import (
     COLUMNS,
-    Filters,
     Opening,
-    Order,
     StoredEvent,
     StoreError,
-    StoreStats,
     StoreUnavailable,
-    Target,
     TimeColumn,
-    at,
     check_pattern,
-    export_events,
     micros,
 )
 
 SCHEMA_VERSION = 1
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM events"
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -56,8 +48,14 @@ _SCHEMA = [
 _DOTS = "(length(subject) - length(replace(subject, '.', '')))"
 
 
-class SqliteEventStore:
+class SqliteEventStore(sql.SqlReads):
     """The embedded store: `async with SqliteEventStore.open(path) as store`, or `store = await ...open(path)`."""
+
+    table, mark = "events", "?"
+
+    @staticmethod
+    def match(pattern: str) -> tuple[str, list[Any]]:
+        return subject_match(pattern)
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, *, page_size: int, read_only: bool = False) -> None:
         self._conn, self.path, self._page, self.read_only = conn, path, page_size, read_only
@@ -115,44 +113,9 @@ class SqliteEventStore:
         """Record events in one transaction, ignoring ids already stored; the number that were new."""
         if not events:
             return 0
-        rows = [_row(event) for event in events]
+        rows = [sql.row(event) for event in events]
         async with self._lock:
             return await self._write(_INSERT, rows, many=True)
-
-    def query(self, *, limit: int | None = None, order: Order = "asc",
-              **filters: Unpack[Filters]) -> AsyncIterator[StoredEvent]:
-        """The matching events in (time column, stream_seq, id) order, fetched a page at a time."""
-        ordered, clauses, params = sql.where(subject_match, "?", **filters)
-        sql.direction(order)
-        return sql.pages(self._fetch, _SELECT, _event, ordered=ordered, clauses=clauses, params=params,
-                         limit=limit, order=order, page=self._page, mark="?")
-
-    async def get(self, event_id: str) -> StoredEvent | None:
-        """The event with this id, or None."""
-        rows = await self._fetch(_SELECT + " WHERE id = ?", [event_id])
-        return _event(rows[0]) if rows else None
-
-    async def trace(self, trace_id: str) -> list[StoredEvent]:
-        """Every event of one trace (a bar's journey), in time order."""
-        return [event async for event in self.query(trace_id=trace_id)]
-
-    async def count(self, **filters: Unpack[Filters]) -> int:
-        """How many events match the filters."""
-        _, clauses, params = sql.where(subject_match, "?", **filters)
-        return (await self._fetch("SELECT count(*) FROM events" + sql.sql_where(clauses), params))[0][0]
-
-    async def last_seq(self) -> int:
-        """The highest JetStream stream sequence recorded, 0 if none: where the recorder resumes."""
-        return (await self._fetch("SELECT coalesce(max(stream_seq), 0) FROM events", []))[0][0]
-
-    async def stats(self) -> StoreStats:
-        """The number of events, their time span and per-stage counts."""
-        (n, t0, t1, e0, e1), = await self._fetch(
-            "SELECT count(*), min(time), max(time), min(event_ts), max(event_ts) FROM events", [])
-        stages = await self._fetch("SELECT stage, count(*) FROM events GROUP BY stage ORDER BY stage", [])
-        t0, t1, e0, e1 = (None if us is None else at(us) for us in (t0, t1, e0, e1))
-        return StoreStats(count=n, first_time=t0, last_time=t1, first_event_ts=e0, last_event_ts=e1,
-                          stages=dict(stages))
 
     async def compact(self, before: datetime, *, by: TimeColumn = "event_ts") -> int:
         """Delete events older than `before` on the `by` column and give the space back; how many went."""
@@ -162,12 +125,6 @@ class SqliteEventStore:
             await self._conn.executescript("PRAGMA incremental_vacuum")  # run to the end, not one page per step
             await self._conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
-
-    async def export(self, target: Target, *, fmt: str = "jsonl", progress: Callable[[int], None] | None = None,
-                     **filters: Unpack[Filters]) -> int:
-        """Write the matching events to a path or binary file as JSON lines (or Parquet); how many. `progress`
-        hears how many are written, a batch at a time."""
-        return await export_events(self.query(**filters), target, fmt=fmt, progress=progress)
 
     async def _fetch(self, statement: str, params: Sequence[Any]) -> list[Any]:
         async with self._lock:
@@ -213,17 +170,6 @@ async def _prepare(conn: aiosqlite.Connection, path: Path, busy_timeout_ms: int,
         await conn.execute(statement)
     await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     await conn.execute("COMMIT")
-
-
-def _row(e: StoredEvent) -> tuple[Any, ...]:
-    return (e.id, e.type, e.subject, e.stage, e.symbol, e.source, micros(e.time), micros(e.event_ts), e.trace_id,
-            e.causation_id, e.stream_seq, orjson.dumps(e.headers).decode(), e.body, micros(e.recorded_at))
-
-
-def _event(r: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(id=r[0], type=r[1], subject=r[2], stage=r[3], symbol=r[4], source=r[5], time=at(r[6]),
-                       event_ts=at(r[7]), trace_id=r[8], causation_id=r[9], stream_seq=r[10],
-                       headers=orjson.loads(r[11]), body=r[12], recorded_at=at(r[13]))
 
 
 def subject_match(pattern: str) -> tuple[str, list[Any]]:
