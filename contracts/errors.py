@@ -11,7 +11,9 @@
      │    ├── NatsUnavailable
      │    ├── RedisUnavailable
      │    └── EffectFailed      an agent's ledger or log could not be written
-     └── ConfigError         a setting is missing or invalid at start-up
+     ├── ConfigError         a setting is missing or invalid at start-up
+     └── Fatal               the process cannot go on (a recorder that lost its writer fence): the
+                             worker stops without acking its batch, the service exits 70 and is restarted
 """
 
 from __future__ import annotations
@@ -89,3 +91,8 @@ class PublishDenied(TradeflowError):
     """Raised when NATS refuses a publish for want of permission: a deployment error, never retried."""
 
     reason = "publish_denied"
+
+
+class Fatal(TradeflowError):
+    """Raised when this process must stop: retrying in place cannot help (another process now holds what it
+    needs). Its batch is left unacked, for JetStream to redeliver to whoever can handle it."""

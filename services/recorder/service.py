@@ -29,6 +29,7 @@ import msgspec
 from aiohttp import web
 
 from contracts.codec import Incoming
+from contracts.errors import Fatal
 from contracts.subjects import PIPELINE_SUBJECTS
 from replay.store import EventStore, Location, StoreBusy, StoredEvent
 from services.runtime.agent import Agent, AgentContext, Options
@@ -87,9 +88,14 @@ class RecorderAgent(Agent):
         return []
 
     async def record(self) -> None:
-        """Commit the batch (StoreUnavailable, a Transient, retries it in place)."""
+        """Commit the batch (StoreUnavailable, a Transient, retries it in place). A recorder whose fence
+        another took meanwhile (its session was lost) stops: it would hold its batch, retrying for ever."""
         assert self.store is not None, "open() opens the store"
-        await self.store.append(self.queued)
+        try:
+            await self.store.append(self.queued)
+        except StoreBusy as exc:
+            self.writer = "waiting"
+            raise Fatal(f"this recorder lost the event store's writer fence to another: {exc}") from exc
         self.queued = []
 
     async def close(self) -> None:

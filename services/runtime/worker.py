@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 
 from contracts import envelope as ce
 from contracts.codec import Incoming, decode
-from contracts.errors import BadInput, EffectFailed, RedisUnavailable, Transient
+from contracts.errors import BadInput, EffectFailed, Fatal, RedisUnavailable, Transient
 from contracts.subjects import matcher, stage_of
 from services.runtime import nats_internals
 from services.runtime.agent import Agent, output_id, unwrap
@@ -562,7 +562,7 @@ class Worker:
     async def _record(self) -> None:
         try:
             await self.agent.record()
-        except (Transient, asyncio.CancelledError):
+        except (Transient, Fatal, asyncio.CancelledError):
             raise
         except Exception as exc:  # disk full, locked database: the batch is retried, nothing is acked
             raise EffectFailed(f"{self.service} could not record its effects: {exc!r}") from exc

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from contracts.codec import Incoming, decode
-from contracts.errors import RedisUnavailable, Rejected, Transient
+from contracts.errors import Fatal, RedisUnavailable, Rejected, Transient
 from contracts.events import SignalGenerated, SignalValidated
 from services.runtime.agent import Agent, Options
 from services.runtime.config import RuntimeSettings
@@ -265,6 +265,21 @@ async def test_the_input_the_last_run_crashed_on_is_tried_last_and_alone(tmp_pat
                          message(wire, 3, signal("C"), attempt=2)])
     assert seen == ["in-1", "in-3", "in-2"]
     assert not again.suspect_file.exists()   # it was handled: no longer a suspect
+
+
+async def test_a_fatal_effect_stops_the_worker_with_nothing_acked(tmp_path):
+    """A recorder that lost its writer fence: retrying in place would hold the batch for ever, so the worker
+    stops (the service exits 70) and the batch waits, unacked, for whoever holds the fence."""
+    class LostFence(Counting):
+        async def record(self) -> None:
+            raise Fatal("another recorder holds the store")
+
+    wire, published = Wire(), Published()
+    w = worker(LostFence(), tmp_path, publisher=published)
+    with pytest.raises(Fatal):
+        await w.process([message(wire, 1, signal("A")), message(wire, 2, signal("B"))])
+    assert not [a for a in wire.answers().values() if "+ACK" in a or any(x.startswith("-NAK") for x in a)]
+    assert published.out == []
 
 
 def _incoming(wire: Wire, seq: int, event, attempt: int) -> Incoming:
