@@ -42,6 +42,13 @@ async def open_pool(url: str, *, setting: str, what: str, min_size: int = 1, max
     transaction unless in `conn.transaction()` (a read is one round trip, no BEGIN or COMMIT around it).
     `check`: try each connection before lending it (one round trip more), so the connections a database
     restart broke are replaced unseen, rather than each failing one call."""
+    try:   # one connection first: a refusal (no server, no such database, bad password) is said at once,
+        # where the pool would retry it until `timeout`
+        first = await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, int(timeout)))
+    except psycopg.Error as exc:
+        raise DatabaseError(f"{setting}: cannot connect to {redact(url)} ({what}): {reason(exc)}") from None
+    await first.close()
+
     async def configure(conn: psycopg.AsyncConnection) -> None:
         if read_only:
             await conn.execute("SET default_transaction_read_only = on")
