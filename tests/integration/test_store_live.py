@@ -23,7 +23,7 @@ from services.risk.service import book_view
 from services.runtime.store import open_event_store
 from tests.integration.conftest import stream_messages, wait_for
 from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
-from tests.stores import KINDS, location_for
+from tests.stores import location_for
 from tests.unit.test_backtesting_parity import PARITY_ENV
 
 pytestmark = pytest.mark.integration
@@ -171,7 +171,7 @@ BARS_AFTER = [{"symbol": "AAPL", "ts": f"2024-01-05T14:{30 + i}:00Z", "open": 10
                "low": 99 + i, "close": 101 + i, "volume": 1000} for i in range(5)]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["sqlite"])   # the decision on both adapters: tests/unit/test_rebuild_store.py
 async def test_a_rebuild_refuses_a_store_that_missed_what_the_stream_no_longer_holds(make_stack, request, tmp_path,
                                                                                        kind):
     store = {"TRADEFLOW_STORE": location_for(kind, request, tmp_path)} if kind != "sqlite" else {}

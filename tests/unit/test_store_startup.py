@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from replay.store import SCHEMA_VERSION, open_store
 from services.cli import cli
-from tests.stores import KINDS, location_for, needs_postgres
+from tests.stores import KINDS, location_for
 from tests.unit.test_store import event
 
 SECRET = "s3cret-pw"
@@ -109,7 +109,6 @@ def test_a_newer_schema_stops_the_recorder_and_every_command(tmp_path, newer):
     assert files(tmp_path) == before, "nothing written, not even the writer's lock file"
 
 
-@needs_postgres
 def test_an_unreachable_postgres_store_stops_the_recorder_and_the_commands(tmp_path):
     url = f"postgresql://tradeflow:{SECRET}@127.0.0.1:1/events"
     recorder = tradeflow("run", "recorder", folder=tmp_path, env={"TRADEFLOW_STORE": url})
@@ -129,7 +128,6 @@ def rows(url: str) -> dict[str, object]:
         return counts | {"versions": conn.execute("SELECT * FROM tradeflow_schema ORDER BY 1").fetchall()}
 
 
-@needs_postgres
 def test_a_newer_postgres_schema_stops_the_recorder_and_the_commands(tmp_path, pg_url):
     import psycopg
 
