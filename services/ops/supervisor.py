@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pwd
 import random
 import shutil
 import signal
@@ -173,8 +174,17 @@ class Proc:
         self.started_at = time.monotonic()
         with self.log_path.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, user=self.user,
+                *as_user(self.user), *self.argv, env=self.env, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=on_parent_death(signal.SIGTERM))   # dies with its supervisor
+
+
+def as_user(user: str | None) -> list[str]:
+    """The prefix that runs a program as `user` (none: as this process): setpriv, which execs it, so the pid,
+    the signals and the exit status stay the program's (and any event loop can start it, uvloop's too)."""
+    if user is None:
+        return []
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--"]
 
 
 class Supervisor:
