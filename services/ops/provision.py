@@ -11,7 +11,8 @@ from collections.abc import Callable
 import nats
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from nats.js.errors import APIError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from contracts.errors import ConfigError
 from contracts.subjects import ADVISORY_STREAM, PIPELINE_STREAM
@@ -50,6 +51,15 @@ def deployment_consumers(settings: RuntimeSettings, replicas: dict[str, int] | N
     return out
 
 
+NO_PEERS = 10005   # JetStream's "no suitable peers for placement"
+
+
+def _not_yet(exc: BaseException) -> bool:
+    """Whether JetStream may answer otherwise in a moment: no answer yet, or, in a cluster still forming, too
+    few nodes joined yet to place a stream's replicas."""
+    return isinstance(exc, NOT_YET) or (isinstance(exc, APIError) and exc.err_code == NO_PEERS)
+
+
 async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None,
                tls: ssl.SSLContext | None = None,
                settings_for: Callable[[str], RuntimeSettings] | None = None) -> list[str]:
@@ -68,7 +78,7 @@ async def init(settings: RuntimeSettings, replicas: dict[str, int] | None = None
         raise ConfigError(f"NATS_URL: cannot reach NATS at {redact(settings.nats_url)} ({exc})") from None
     try:
         # a cluster that has just started answers only once it has a JetStream meta leader: ask again
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(NOT_YET), stop=stop_after_delay(60),
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_not_yet), stop=stop_after_delay(60),
                                            wait=wait_exponential(multiplier=0.2, max=2), reraise=True):
             with attempt:
                 return await provision(nc.jsm(timeout=10), settings, consumers)

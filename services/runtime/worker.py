@@ -271,7 +271,7 @@ class Worker:
         if not all(takes(msg.subject) for msg in msgs):
             msgs = await self._pass_over(msgs)
         self._count(self.metrics.messages_in, (msg.subject for msg in msgs))
-        arrived = [(msg, delivery(msg.reply)) for msg in msgs]
+        arrived = await self._once_each([(msg, delivery(msg.reply)) for msg in msgs])
         decoded = await self._decode(await self._not_held(arrived) if self.tracking is not None else arrived)
         for segment in segments(decoded, attempt=lambda item: item[1].envelope.attempt,
                                 ident=lambda item: item[1].id, suspect=self.suspect):
@@ -287,6 +287,28 @@ class Worker:
             else:
                 await self._quietly(msg.ack())
         return mine
+
+    async def _once_each(self, arrived: list[Arrived]) -> list[Arrived]:
+        """One delivery of each stream sequence in a batch, in its first place: a message can come twice in
+        one fetch (a late answer to a pull given up on, then its redelivery after ack_wait, as after a network
+        cut). The newest delivery is the one handled; the others are acked as duplicates, so a state folds
+        the input once."""
+        if len({seq for _, (seq, _a, _t) in arrived}) == len(arrived):
+            return arrived
+        kept: list[Arrived] = []
+        place: dict[int, int] = {}
+        for item in arrived:
+            seq, attempt = item[1][0], item[1][1]
+            if seq not in place:
+                place[seq] = len(kept)
+                kept.append(item)
+                continue
+            older = kept[place[seq]]
+            if attempt >= older[1][1]:
+                kept[place[seq]], item = item, older
+            self.metrics.duplicates.labels(self.service).inc()
+            await self._quietly(item[0].ack())
+        return kept
 
     async def _not_held(self, arrived: list[Arrived]) -> list[Arrived]:
         """The messages the state does not hold yet; those it holds are done (delivered again after a

@@ -25,7 +25,7 @@ def test_a_deployment_across_three_hosts_survives_a_cut_link_and_a_redis_failove
         observer = net.hosts[0]
         env = os.environ | net.to_env() | {"PYTEST_TRADEFLOW_SESSION": uuid.uuid4().hex}   # its own process check
         run = subprocess.run([*observer.prefix, sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                              "--basetemp", str(tmp_path / "run"),
+                              "--show-capture=no", "--tb=short", "-rf", "--basetemp", str(tmp_path / "run"),
                               str(ROOT / "tests" / "integration" / "cross_host_scenario.py")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     figures = {}

@@ -47,13 +47,20 @@ def predicted(env: dict[str, str]):
     return bars, simulate(bars, **agents), agents
 
 
-async def assert_matches_prediction(stack, nc, sim) -> None:
-    await wait_published(stack, timeout=120)
-    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=120)
+async def assert_counts_and_portfolio(stack, nc, sim, timeout: float = 120) -> dict:
+    """Once every bar is published and every consumer drained: each stage's count and audit's portfolio are
+    the prediction's; the portfolio."""
+    await wait_published(stack, timeout=timeout)
+    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=timeout)
     counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
     assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
     _, portfolio = await stack.get("audit", "/v1/portfolio")
     assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
+    return portfolio
+
+
+async def assert_matches_prediction(stack, nc, sim) -> None:
+    portfolio = await assert_counts_and_portfolio(stack, nc, sim)
     fills = [decode(m.subject, m.data, m.headers).event
              for m in await stream_messages(nc, PIPELINE_STREAM, "executed_ready.>")]
     order_ids = [f.order_id for f in fills]

@@ -20,7 +20,6 @@ import asyncio
 import signal
 
 import aiohttp
-import msgspec
 import psycopg
 import pytest
 
@@ -28,14 +27,13 @@ from contracts.codec import decode
 from contracts.events import OrderFilled
 from contracts.subjects import PIPELINE_STREAM
 from services.audit import trail
-from services.audit.logic import report
 from services.execution.ledger import open_ledger
 from services.ops import observe
-from services.ops.demo import audit_trail_location, wait_published
+from services.ops.demo import audit_trail_location
 from services.ops.supervisor import Proc, free_port, wait_ready
 from services.registry import SERVICES
-from tests.integration.conftest import CONSUMERS, stream_messages, wait_for
-from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, predicted
+from tests.integration.conftest import stream_messages, wait_for
+from tests.integration.test_pipeline import DATA_ENV, LOGIC_ENV, assert_counts_and_portfolio, predicted
 
 pytestmark = pytest.mark.integration
 
@@ -156,12 +154,7 @@ async def check_every_stage(stack, nc, sim) -> None:
     published after fills the other made meanwhile, so what folds fills in their order of arrival (audit's
     trade lines, risk's book of fills) may differ from the prediction; what folds them in event time (audit's
     portfolio) may not, nor may the fills themselves, their ids, or how many there are."""
-    await wait_published(stack, timeout=60)
-    await observe.wait_drained(nc.jsm(), CONSUMERS, timeout=60)
-    counts = observe.stage_totals(await observe.subject_counts(nc.jsm()))
-    assert {k: v for k, v in counts.items() if v} == dict(sim.counts)
-    _, portfolio = await stack.get("audit", "/v1/portfolio")
-    assert portfolio == msgspec.json.decode(msgspec.json.encode(report(sim.audit.report())))
+    await assert_counts_and_portfolio(stack, nc, sim, timeout=60)
     assert await observe.dead_letters(nc.jsm()) == 0
     published = [decode(m.subject, m.data, m.headers) for m in await stream_messages(nc, PIPELINE_STREAM,
                                                                                      "executed_ready.>")]

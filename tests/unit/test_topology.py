@@ -3,6 +3,7 @@ the worker uses to pass over the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 
@@ -63,3 +64,13 @@ def test_the_subject_test_agrees_with_nats_matching(patterns):
     takes, rng = matcher(patterns), random.Random(7)
     for subject in [random_subject(rng) for _ in range(3000)] + ["data_ready", "data_ready.", "data_ready.S.T"]:
         assert takes(subject) == any(subject_matches(p, subject) for p in patterns), subject
+
+
+def test_init_asks_again_while_a_cluster_is_too_small_to_place_replicas_and_not_for_a_real_refusal():
+    from nats.js.errors import BadRequestError
+
+    from services.ops.provision import _not_yet
+
+    assert _not_yet(BadRequestError(code=400, err_code=10005, description="no suitable peers for placement"))
+    assert not _not_yet(BadRequestError(code=400, err_code=10058, description="stream name already in use"))
+    assert _not_yet(asyncio.TimeoutError())

@@ -267,6 +267,18 @@ async def test_the_input_the_last_run_crashed_on_is_tried_last_and_alone(tmp_pat
     assert not again.suspect_file.exists()   # it was handled: no longer a suspect
 
 
+async def test_a_message_twice_in_one_batch_is_folded_once(tmp_path):
+    """A late answer to a pull given up on, then the same message redelivered: both in one fetch."""
+    wire, published = Wire(), Published()
+    agent = Stateful()
+    w = worker(agent, tmp_path, publisher=published)
+    await w.process([message(wire, 1, signal("A")), message(wire, 2, signal("B")),
+                     message(wire, 1, signal("A"), attempt=2)])
+    assert agent.counts == {"A": 1, "B": 1}
+    assert [out.headers["ce-causationid"] for out in published.out] == ["in-1", "in-2"]   # in stream order
+    assert wire.answers() == {1: ["+ACK", "+ACK"], 2: ["+ACK"]}
+
+
 async def test_a_fatal_effect_stops_the_worker_with_nothing_acked(tmp_path):
     """A recorder that lost its writer fence: retrying in place would hold the batch for ever, so the worker
     stops (the service exits 70) and the batch waits, unacked, for whoever holds the fence."""
