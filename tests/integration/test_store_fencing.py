@@ -20,7 +20,8 @@ from tests.unit.test_backtesting_parity import PARITY_ENV
 
 pytestmark = pytest.mark.integration
 
-GOOG = {"TRADEFLOW_DATA_SOURCE": "csv", "TRADEFLOW_DATA_FILES": "GOOG", "TRADEFLOW_DATA_RATE": "400"}
+# ~14 s of bars: the first recorder is killed with much of the feed still to come, for the second to record
+GOOG = {"TRADEFLOW_DATA_SOURCE": "csv", "TRADEFLOW_DATA_FILES": "GOOG", "TRADEFLOW_DATA_RATE": "150"}
 HOLDS = "another recorder holds the event store"
 TOOK = "this recorder holds the event store"
 
@@ -74,6 +75,8 @@ async def test_one_recorder_writes_and_the_second_takes_over_when_it_dies(make_s
     await wait_for(some_recorded, timeout=60, what="600 events recorded by the first recorder")
     assert await standing_by(second) and not await consumed(second.http_port or 0), "the second one took in events"
 
+    _, progress = await http_json(stack.http_port("data"), "/v1/progress")
+    assert not progress.get("done"), "the kill would not land mid-stream; slow the feed down"
     assert await stack.supervisor.stop("recorder", signal.SIGKILL) == -signal.SIGKILL
     await wait_ready(second.http_port or 0, 60, second)
     assert said(second, TOOK) == 1 and said(second, HOLDS) == 1
