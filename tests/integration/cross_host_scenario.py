@@ -88,7 +88,17 @@ async def test_across_three_hosts(network, tmp_path):
         await asyncio.sleep(CUT_FOR)
         network.restore(h3)
         restored_at = time.monotonic()
-        before = (await jsm.consumer_info(PIPELINE_STREAM, "audit")).ack_floor.stream_seq
+        before = 0
+
+        async def audit_floor() -> bool:   # JetStream may say "temporarily unavailable" while it settles
+            nonlocal before
+            try:
+                before = (await asyncio.wait_for(jsm.consumer_info(PIPELINE_STREAM, "audit"), 2)).ack_floor.stream_seq
+            except (nats.errors.Error, asyncio.TimeoutError):
+                return False
+            return True
+
+        await wait_for(audit_floor, timeout=60, what="JetStream to answer after the link came back")
         await wait_for(lambda: audit_past(before), timeout=60, what="audit to go on after the link came back")
         figure("h3_cut_s", CUT_FOR)
         figure("audit_acking_again_after_restore_s", round(time.monotonic() - restored_at, 1))
