@@ -23,7 +23,6 @@ from services.audit import trail
 from services.execution.ledger import SETTING as LEDGER
 from services.ops import observe
 from services.ops.stack import Stack
-from services.ops.supervisor import http_json
 from services.registry import DURABLES
 from services.runtime.store import open_event_store
 
@@ -48,7 +47,7 @@ async def collect_summary(stack: Stack, nc) -> dict:
     """Counts per stage, dead letters and audit's portfolio."""
     jsm = nc.jsm()
     totals = observe.stage_totals(await observe.subject_counts(jsm))
-    _, portfolio = await http_json(stack.http_port("audit"), "/v1/portfolio")
+    _, portfolio = await stack.get("audit", "/v1/portfolio")
     return {
         "bars": totals[DATA_READY],
         "signals": totals[SIGNALS_READY],

@@ -123,10 +123,11 @@ class Stack:
         routes = [free_port() for _ in range(self.nats_cluster)]
         nodes = [self.host_of(f"nats-{i}") for i in range(1, self.nats_cluster + 1)]
         env = self._nats_env()
+        local = self._nats_conf() if THIS_HOST in nodes else None   # one file for every node on this host
         for i, (node, port, monitor, route) in enumerate(zip(nodes, ports, monitors, routes), start=1):
             store = self.home / f"nats-{i}"
             store.mkdir(parents=True, exist_ok=True)
-            conf = self._nats_conf(node, port, monitor)
+            conf = local if node is THIS_HOST and local is not None else self._nats_conf(node, port, monitor)
             argv = [*node.prefix, nats_server_binary(), "-c", str(conf), "-a", node.address, "-p", str(port),
                     "-m", str(monitor), "-js", "-sd", str(store), "-n", f"tradeflow-{i}", "--cluster_name",
                     "tradeflow", "--cluster", f"nats://{node.address}:{route}",
